@@ -1,0 +1,123 @@
+"""The one model configuration shared by models, checkpoints, ONNX metadata and run summaries."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import UsageError
+
+SCHEMA_VERSION = 1
+
+MOBILENETS = ("mobilenet_v1", "mobilenet_v2")
+BASELINES = ("resnet50", "vgg16")
+MODEL_NAMES = MOBILENETS + BASELINES
+
+_CHOICES = {
+    "activation": ("relu", "relu6"),
+    "conv_type": ("separable", "full"),
+    "bottleneck_activation": ("linear", "relu6"),
+    "shortcut": ("bottleneck", "expansion", "none"),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model, JSON-serialisable and versioned.
+
+    ``activation`` defaults to ReLU6, as in the official TensorFlow MobileNets and timm
+    (the V1 paper's text says ReLU; ReLU6 bounds activations, which helps int8).
+    ``bn_eps`` defaults to PyTorch's 1e-5 so that torchvision/timm weights reproduce their logits.
+    ``conv_type`` applies to V1 only; ``bottleneck_activation`` and ``shortcut`` to V2 only.
+    """
+
+    name: str
+    width_mult: float = 1.0
+    resolution: int = 224
+    num_classes: int = 1000
+    in_chans: int = 3
+    small_input: bool = False
+    activation: str = "relu6"
+    bn_eps: float = 1e-5
+    bn_momentum: float = 0.1
+    drop_rate: float = 0.2
+    conv_type: str = "separable"
+    bottleneck_activation: str = "linear"
+    shortcut: str = "bottleneck"
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def rho(self) -> float:
+        """The paper's resolution multiplier ρ = resolution / 224."""
+        return self.resolution / 224
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """Rebuild a config, refusing unknown fields and newer schema versions."""
+        if not isinstance(d, dict):
+            raise UsageError(f"model config must be a JSON object, got {type(d).__name__}")
+        version = d.get("schema_version", SCHEMA_VERSION)
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise UsageError(
+                f"model config schema_version {version!r} is newer than this mobilenets "
+                f"understands ({SCHEMA_VERSION}); upgrade mobilenets"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UsageError(f"unknown model config field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        return cls.from_dict(json.loads(text))
+
+
+def min_resolution(small_input: bool) -> int:
+    return 16 if small_input else 32
+
+
+def validate(cfg: ModelConfig) -> None:
+    """Raise UsageError with a one-line message naming the bad field."""
+    if cfg.name not in MODEL_NAMES:
+        raise UsageError(f"unknown model {cfg.name!r}; choose from {', '.join(MODEL_NAMES)}")
+    if isinstance(cfg.width_mult, bool) or not isinstance(cfg.width_mult, (int, float)):
+        raise UsageError(f"width_mult must be a number, got {cfg.width_mult!r}")
+    if not cfg.width_mult > 0:
+        raise UsageError(f"width_mult must be > 0, got {cfg.width_mult}")
+    if cfg.name in BASELINES and cfg.width_mult != 1.0:
+        raise UsageError(f"{cfg.name} has no width multiplier; width_mult must be 1.0")
+    if isinstance(cfg.resolution, bool) or not isinstance(cfg.resolution, int):
+        raise UsageError(f"resolution must be an integer, got {cfg.resolution!r}")
+    lo = min_resolution(cfg.small_input)
+    if cfg.resolution < lo:
+        extra = "" if cfg.small_input else " (16 with small_input)"
+        raise UsageError(f"resolution must be >= {lo}{extra}, got {cfg.resolution}")
+    for field in ("num_classes", "in_chans"):
+        v = getattr(cfg, field)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UsageError(f"{field} must be an integer >= 1, got {v!r}")
+    if not 0.0 <= cfg.drop_rate < 1.0:
+        raise UsageError(f"drop_rate must be in [0, 1), got {cfg.drop_rate}")
+    if not cfg.bn_eps > 0:
+        raise UsageError(f"bn_eps must be > 0, got {cfg.bn_eps}")
+    for field, choices in _CHOICES.items():
+        if getattr(cfg, field) not in choices:
+            raise UsageError(f"{field} must be one of {', '.join(choices)}, got {getattr(cfg, field)!r}")
+    defaults = ModelConfig.__dataclass_fields__
+    v1_only, v2_only = ("conv_type",), ("bottleneck_activation", "shortcut")
+    for field in v1_only + v2_only:
+        applies = cfg.name == ("mobilenet_v1" if field in v1_only else "mobilenet_v2")
+        if not applies and getattr(cfg, field) != defaults[field].default:
+            raise UsageError(f"option {field} does not apply to {cfg.name}")
