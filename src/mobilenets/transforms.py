@@ -1,0 +1,77 @@
+"""Decoding and evaluation preprocessing shared by ``eval``, ``predict`` and export checks.
+
+Images travel as uint8 tensors (N, C, H, W) until :func:`to_model_input`, which adapts the
+channels to the model, resizes to its resolution and normalizes. ``crop_pct`` < 1 resizes the
+shorter side to ``resolution / crop_pct`` and center-crops (the ImageNet evaluation protocol);
+``crop_pct`` = 1 resizes the whole image (small datasets such as Fashion-MNIST and CIFAR).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import MobilenetsError
+
+
+def decode_image(path: str | Path, in_chans: int) -> torch.Tensor:
+    """Read an image file as a uint8 (C, H, W) tensor with ``in_chans`` channels.
+
+    Raises MobilenetsError naming the file when it is missing, corrupt or not an image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = im.convert("L" if in_chans == 1 else "RGB")
+            arr = np.asarray(im, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise MobilenetsError(f"{path}: no such image file") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise MobilenetsError(f"{path}: not a readable image ({e.__class__.__name__})") from None
+    t = torch.from_numpy(arr)
+    t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+    return adapt_channels(t.unsqueeze(0), in_chans)[0]
+
+
+def adapt_channels(x: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Gray -> repeat, RGB -> gray by the mean, otherwise repeat/truncate channels cyclically."""
+    c = x.shape[1]
+    if c == in_chans:
+        return x
+    if in_chans == 1:
+        return x.float().mean(1, keepdim=True).round().to(x.dtype) if x.dtype == torch.uint8 else x.mean(1, keepdim=True)
+    idx = torch.arange(in_chans) % c
+    return x[:, idx]
+
+
+def to_model_input(
+    images: torch.Tensor,
+    resolution: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    in_chans: int | None = None,
+    crop_pct: float = 1.0,
+) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> normalized float (N, in_chans, resolution, resolution)."""
+    x = images if in_chans is None else adapt_channels(images, in_chans)
+    x = x.float().div_(255.0)
+    h, w = x.shape[-2:]
+    if crop_pct < 1.0:
+        short = round(resolution / crop_pct)
+        scale = short / min(h, w)
+        size = (max(resolution, round(h * scale)), max(resolution, round(w * scale)))
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        top = (size[0] - resolution) // 2
+        left = (size[1] - resolution) // 2
+        x = x[..., top : top + resolution, left : left + resolution]
+    elif (h, w) != (resolution, resolution):
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
