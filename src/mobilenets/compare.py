@@ -1,0 +1,108 @@
+"""``mobilenets compare``: V1, V2, ResNet-50 and VGG16 side by side, and the alpha x rho grids,
+with the papers' published figures beside ours."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from . import published as pub
+from .models import create_model
+from .profile import profile
+
+V1_WIDTHS = (1.0, 0.75, 0.5, 0.25)
+V1_RESOLUTIONS = (224, 192, 160, 128)
+V2_WIDTHS = (1.4, 1.3, 1.0, 0.75, 0.5, 0.35)
+V2_RESOLUTIONS = (224, 192, 160, 128, 96)
+
+
+def baselines() -> list[dict[str, Any]]:
+    """The seed comparison at 224 px: ours and the published params, MACs and top-1."""
+    rows = []
+    for name, (p_params, p_macs, top1, src) in pub.BASELINES.items():
+        rep = profile(create_model(name))
+        rows.append(
+            {
+                "model": name,
+                "params": rep.params,
+                "macs": rep.macs,
+                "weights_mb_fp32": rep.params * 4 / 1e6,
+                "largest_tensor_elems": rep.largest_tensor_elems,
+                "peak_activation_elems": rep.peak_activation_elems,
+                "published": {"params_m": p_params, "macs_m": p_macs, "top1": top1, "source": pub.SOURCES[src]},
+            }
+        )
+    return rows
+
+
+def grid(name: str) -> list[dict[str, Any]]:
+    """Our MACs/params over the alpha x rho grid of ``name``, beside the published tables."""
+    v1 = name == "mobilenet_v1"
+    rows = []
+    for a in V1_WIDTHS if v1 else V2_WIDTHS:
+        model = create_model(name, width_mult=a)
+        for r in V1_RESOLUTIONS if v1 else V2_RESOLUTIONS:
+            slim = (pub.V1_SLIM if v1 else pub.V2_SLIM).get((a, r))
+            if slim is None:
+                continue
+            rep = profile(model, resolution=r)
+            row = {
+                "width": a,
+                "resolution": r,
+                "rho": r / 224,
+                "macs": rep.macs,
+                "params": rep.params,
+                "slim_macs_m": slim[0],
+                "slim_params_m": (pub.V1_SLIM_PARAMS if v1 else pub.V2_SLIM_PARAMS)[a],
+                "slim_top1": slim[1],
+            }
+            if v1 and (a, r) in pub.V1_PAPER:
+                row["paper_macs_m"], row["paper_params_m"], row["paper_top1"] = pub.V1_PAPER[(a, r)]
+            rows.append(row)
+    return rows
+
+
+def collect() -> dict[str, Any]:
+    return {
+        "baselines": baselines(),
+        "mobilenet_v1_grid": grid("mobilenet_v1"),
+        "mobilenet_v2_grid": grid("mobilenet_v2"),
+        "sources": pub.SOURCES,
+    }
+
+
+def format_compare(d: dict[str, Any]) -> str:
+    out = ["At 224x224 (ours | published):", f"{'model':<14} {'params M':>17} {'MACs M':>19} {'fp32 MB':>8} {'largest act.':>13} {'top-1':>6}"]
+    for r in d["baselines"]:
+        p = r["published"]
+        out.append(
+            f"{r['model']:<14} {r['params'] / 1e6:>8.2f} | {p['params_m']:<6.2f} {r['macs'] / 1e6:>8.1f} | {p['macs_m']:<8} "
+            f"{r['weights_mb_fp32']:>8.1f} {r['largest_tensor_elems']:>13,} {p['top1']:>6}"
+        )
+    for name, key, srcs in (
+        ("MobileNetV1", "mobilenet_v1_grid", "paper = V1 Tables 6/7, slim = TF-slim checkpoints"),
+        ("MobileNetV2", "mobilenet_v2_grid", "slim = TF-slim checkpoints"),
+    ):
+        out += ["", f"{name} alpha x rho grid ({srcs}):"]
+        out.append(f"{'alpha':>5} {'res':>4} {'MACs M':>8} {'slim':>5} {'paper':>5} {'params M':>9} {'slim':>5} {'slim top-1':>10}")
+        for r in d[key]:
+            paper = r.get("paper_macs_m", "")
+            out.append(
+                f"{r['width']:>5} {r['resolution']:>4} {r['macs'] / 1e6:>8.1f} {r['slim_macs_m']:>5} {paper!s:>5} "
+                f"{r['params'] / 1e6:>9.2f} {r['slim_params_m']:>5} {r['slim_top1']:>10}"
+            )
+    out += ["", "Sources:"] + [f"  {k}: {v}" for k, v in d["sources"].items()]
+    return "\n".join(out)
+
+
+def run(args: argparse.Namespace) -> int:
+    d = collect()
+    print(json.dumps(d) if args.json else format_compare(d))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="V1 vs V2 vs ResNet-50 vs VGG16, and the alpha x rho grids")
+    p.add_argument("--json", action="store_true", help="print the tables as JSON")
+    p.set_defaults(func=run)

@@ -1,0 +1,65 @@
+"""Published figures that ``compare`` prints beside ours, each with its source.
+
+Copied from the papers and the anchors' own repositories (see the project's
+shared/reference/published-numbers.md). MACs are multiply-adds of conv and FC layers.
+"""
+
+from __future__ import annotations
+
+SOURCES = {
+    "v1_paper": "Howard et al. 2017, MobileNets, arXiv:1704.04861, Tables 6-8",
+    "v1_slim": "tensorflow/models research/slim/nets/mobilenet_v1.md (re-trained checkpoints)",
+    "v2_paper": "Sandler et al. 2018, MobileNetV2, arXiv:1801.04381 v4, Table 4",
+    "v2_slim": "tensorflow/models research/slim/nets/mobilenet/README.md (MACs truncated to M)",
+    "torchvision": "torchvision weight cards (ResNet50_Weights.IMAGENET1K_V1, VGG16_Weights.IMAGENET1K_V1, MobileNet_V2_Weights.IMAGENET1K_V1)",
+}
+
+# V1 paper, Tables 6 and 7: (alpha, resolution) -> (M MACs, M params, top-1 %).
+V1_PAPER = {
+    (1.0, 224): (569, 4.2, 70.6),
+    (0.75, 224): (325, 2.6, 68.4),
+    (0.5, 224): (149, 1.3, 63.7),
+    (0.25, 224): (41, 0.5, 50.6),
+    (1.0, 192): (418, 4.2, 69.1),
+    (1.0, 160): (290, 4.2, 67.2),
+    (1.0, 128): (186, 4.2, 64.4),
+}
+# V1 paper, Table 4: the same network with full 3x3 convolutions ("Conv MobileNet").
+V1_PAPER_FULL_CONV = (4866, 29.3, 71.7)
+
+# V1 paper, Table 2: share of MACs / params (conv and FC weights, no BN or biases), in %.
+# The paper prints 1.19 for the first conv's MACs; the column only sums to 100 with 1.91.
+V1_PAPER_SHARES = {
+    "pointwise": (94.86, 74.59),
+    "depthwise": (3.06, 1.06),
+    "conv": (1.91, 0.02),
+    "linear": (0.18, 24.33),
+}
+
+# TF-slim V1 checkpoints: alpha -> M params, and (alpha, resolution) -> (M MACs, top-1 float %).
+V1_SLIM_PARAMS = {1.0: 4.24, 0.75: 2.59, 0.5: 1.34, 0.25: 0.47}
+V1_SLIM = {
+    (1.0, 224): (569, 70.9), (1.0, 192): (418, 70.0), (1.0, 160): (291, 68.0), (1.0, 128): (186, 65.2),
+    (0.75, 224): (317, 68.4), (0.75, 192): (233, 67.2), (0.75, 160): (162, 65.3), (0.75, 128): (104, 62.1),
+    (0.5, 224): (150, 63.3), (0.5, 192): (110, 61.7), (0.5, 160): (77, 59.1), (0.5, 128): (49, 56.3),
+    (0.25, 224): (41, 49.8), (0.25, 192): (34, 47.7), (0.25, 160): (21, 45.5), (0.25, 128): (14, 41.5),
+}
+
+# TF-slim V2 checkpoints: alpha -> M params, and (alpha, resolution) -> (M MACs, top-1 %).
+V2_SLIM_PARAMS = {1.4: 6.06, 1.3: 5.34, 1.0: 3.47, 0.75: 2.61, 0.5: 1.95, 0.35: 1.66}
+V2_SLIM = {
+    (1.4, 224): (582, 75.0),
+    (1.3, 224): (509, 74.4),
+    (1.0, 224): (300, 71.8), (1.0, 192): (221, 70.7), (1.0, 160): (154, 68.8), (1.0, 128): (99, 65.3), (1.0, 96): (56, 60.3),
+    (0.75, 224): (209, 69.8), (0.75, 192): (153, 68.7), (0.75, 160): (107, 66.4), (0.75, 128): (69, 63.2), (0.75, 96): (39, 58.8),
+    (0.5, 224): (97, 65.4), (0.5, 192): (71, 63.9), (0.5, 160): (50, 61.0), (0.5, 128): (32, 57.7), (0.5, 96): (18, 51.2),
+    (0.35, 224): (59, 60.3), (0.35, 192): (43, 58.2), (0.35, 160): (30, 55.7), (0.35, 128): (20, 50.8), (0.35, 96): (11, 45.5),
+}
+
+# The seed comparison at 224 px: name -> (M params, M MACs, ImageNet top-1 %, source key).
+BASELINES = {
+    "mobilenet_v1": (4.2, 569, 70.6, "v1_paper"),
+    "mobilenet_v2": (3.4, 300, 72.0, "v2_paper"),
+    "resnet50": (25.557032, 4090, 76.13, "torchvision"),
+    "vgg16": (138.357544, 15470, 71.59, "torchvision"),
+}
