@@ -105,7 +105,9 @@ def test_v1_full_conv_ablation():
 
 
 def test_config_is_versioned_json_and_round_trips():
-    m = create_model("mobilenet_v2", width_mult=0.5, resolution=160, num_classes=10, in_chans=1, shortcut="none")
+    m = create_model(
+        "mobilenet_v2", width_mult=0.5, resolution=160, num_classes=10, in_chans=1, shortcut="none"
+    )
     d = json.loads(m.config.to_json())
     assert d["schema_version"] == 1 and d["name"] == "mobilenet_v2" and d["bn_eps"] == 1e-5
     cfg = ModelConfig.from_json(m.config.to_json())

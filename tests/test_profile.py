@@ -32,7 +32,12 @@ def test_v1_matches_paper_tables_6_and_7(alpha, res, macs_m, params_m):
 def test_v1_layer_kind_shares_match_table_2():
     rep = profile(create_model("mobilenet_v1"))
     # (MACs %, params %); the paper prints 1.19 for the first conv's MACs, a transposition of 1.91.
-    table2 = {"pointwise": (94.86, 74.59), "depthwise": (3.06, 1.06), "linear": (0.18, 24.33), "conv": (1.91, 0.02)}
+    table2 = {
+        "pointwise": (94.86, 74.59),
+        "depthwise": (3.06, 1.06),
+        "linear": (0.18, 24.33),
+        "conv": (1.91, 0.02),
+    }
     for kind, (macs, params) in table2.items():
         assert abs(100 * rep.by_kind[kind]["macs_share"] - macs) <= 0.1, kind
         assert abs(100 * rep.by_kind[kind]["params_share"] - params) <= 0.1, kind
@@ -52,6 +57,7 @@ def test_v2_memory():
 
 
 # TF-slim MobileNetV2 checkpoint table: (alpha, resolution) -> truncated M MACs; alpha -> M params.
+# fmt: off
 V2_SLIM = {
     (1.4, 224): 582, (1.3, 224): 509,
     (1.0, 224): 300, (1.0, 192): 221, (1.0, 160): 154, (1.0, 128): 99, (1.0, 96): 56,
@@ -59,6 +65,7 @@ V2_SLIM = {
     (0.5, 224): 97, (0.5, 192): 71, (0.5, 160): 50, (0.5, 128): 32, (0.5, 96): 18,
     (0.35, 224): 59, (0.35, 192): 43, (0.35, 160): 30, (0.35, 128): 20, (0.35, 96): 11,
 }
+# fmt: on
 V2_SLIM_PARAMS = {1.4: 6.06, 1.3: 5.34, 1.0: 3.47, 0.75: 2.61, 0.5: 1.95, 0.35: 1.66}
 
 
@@ -111,7 +118,8 @@ def test_macs_scale_with_alpha_squared_and_rho_squared():
     half_width = profile(create_model("mobilenet_v1", width_mult=0.5)).macs
     half_res = profile(create_model("mobilenet_v1"), resolution=112).macs
     assert 0.25 <= half_width / base <= 0.28  # ~alpha^2, depthwise and FC scale slower
-    assert 0.25 <= half_res / base <= 0.26  # ~rho^2, the FC does not scale
+    # ~rho^2; the last maps round up (112/32 = 3.5 -> 4) and the FC does not scale
+    assert 0.25 <= half_res / base <= 0.27
 
 
 def test_ops_carry_buffer_lifetimes_for_a_memory_planner():
@@ -133,8 +141,23 @@ def test_report_fields_and_default_resolution():
     rep = profile(create_model("mobilenet_v2", resolution=160))
     d = rep.to_dict()
     assert d["resolution"] == 160
-    for key in ("params", "macs", "layers", "largest_tensor_elems", "peak_activation_elems", "by_kind"):
+    for key in (
+        "params",
+        "macs",
+        "layers",
+        "largest_tensor_elems",
+        "peak_activation_elems",
+        "by_kind",
+    ):
         assert key in d
     row = next(r for r in d["layers"] if r["name"] == "blocks.1.dw.conv")
-    assert row["kind"] == "depthwise" and row["in_shape"] == [96, 80, 80] and row["out_shape"] == [96, 40, 40]
-    assert row["macs"] == 96 * 40 * 40 * 9 and row["params"] == 96 * 9 and row["out_elems"] == 96 * 40 * 40
+    assert (
+        row["kind"] == "depthwise"
+        and row["in_shape"] == [96, 80, 80]
+        and row["out_shape"] == [96, 40, 40]
+    )
+    assert (
+        row["macs"] == 96 * 40 * 40 * 9
+        and row["params"] == 96 * 9
+        and row["out_elems"] == 96 * 40 * 40
+    )

@@ -26,7 +26,15 @@ _LAZY = {
     "Predictor": "predict",
 }
 
-__all__ = ["ModelConfig", "MobilenetsError", "Report", "UsageError", "create_model", "profile", *_LAZY]
+__all__ = [
+    "ModelConfig",
+    "MobilenetsError",
+    "Report",
+    "UsageError",
+    "create_model",
+    "profile",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -164,7 +164,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     model.eval().to(device)
-    return Checkpoint(model, cfg, info["class_names"], info["mean"], info["std"], p, info.get("meta", {}))
+    return Checkpoint(
+        model, cfg, info["class_names"], info["mean"], info["std"], p, info.get("meta", {})
+    )
 
 
 def safe_torch_load(path: str | Path) -> Any:

@@ -72,7 +72,11 @@ def model_from_args(args: argparse.Namespace, name: str, **defaults):
     from .models import create_model
 
     kw = dict(defaults)
-    for key, attr in (("resolution", "resolution"), ("in_chans", "in_chans"), ("num_classes", "num_classes")):
+    for key, attr in (
+        ("resolution", "resolution"),
+        ("in_chans", "in_chans"),
+        ("num_classes", "num_classes"),
+    ):
         if getattr(args, attr, None) is not None:
             kw[key] = getattr(args, attr)
     kw.setdefault("resolution", 224)

@@ -30,7 +30,12 @@ def baselines() -> list[dict[str, Any]]:
                 "weights_mb_fp32": rep.params * 4 / 1e6,
                 "largest_tensor_elems": rep.largest_tensor_elems,
                 "peak_activation_elems": rep.peak_activation_elems,
-                "published": {"params_m": p_params, "macs_m": p_macs, "top1": top1, "source": pub.SOURCES[src]},
+                "published": {
+                    "params_m": p_params,
+                    "macs_m": p_macs,
+                    "top1": top1,
+                    "source": pub.SOURCES[src],
+                },
             }
         )
     return rows
@@ -73,7 +78,10 @@ def collect() -> dict[str, Any]:
 
 
 def format_compare(d: dict[str, Any]) -> str:
-    out = ["At 224x224 (ours | published):", f"{'model':<14} {'params M':>17} {'MACs M':>19} {'fp32 MB':>8} {'largest act.':>13} {'top-1':>6}"]
+    out = [
+        "At 224x224 (ours | published):",
+        f"{'model':<14} {'params M':>17} {'MACs M':>19} {'fp32 MB':>8} {'largest act.':>13} {'top-1':>6}",
+    ]
     for r in d["baselines"]:
         p = r["published"]
         out.append(
@@ -85,7 +93,9 @@ def format_compare(d: dict[str, Any]) -> str:
         ("MobileNetV2", "mobilenet_v2_grid", "slim = TF-slim checkpoints"),
     ):
         out += ["", f"{name} alpha x rho grid ({srcs}):"]
-        out.append(f"{'alpha':>5} {'res':>4} {'MACs M':>8} {'slim':>5} {'paper':>5} {'params M':>9} {'slim':>5} {'slim top-1':>10}")
+        out.append(
+            f"{'alpha':>5} {'res':>4} {'MACs M':>8} {'slim':>5} {'paper':>5} {'params M':>9} {'slim':>5} {'slim top-1':>10}"
+        )
         for r in d[key]:
             paper = r.get("paper_macs_m", "")
             out.append(

@@ -114,7 +114,9 @@ def validate(cfg: ModelConfig) -> None:
         raise UsageError(f"bn_eps must be > 0, got {cfg.bn_eps}")
     for field, choices in _CHOICES.items():
         if getattr(cfg, field) not in choices:
-            raise UsageError(f"{field} must be one of {', '.join(choices)}, got {getattr(cfg, field)!r}")
+            raise UsageError(
+                f"{field} must be one of {', '.join(choices)}, got {getattr(cfg, field)!r}"
+            )
     defaults = ModelConfig.__dataclass_fields__
     v1_only, v2_only = ("conv_type",), ("bottleneck_activation", "shortcut")
     for field in v1_only + v2_only:

@@ -143,7 +143,9 @@ class InvertedResidual(nn.Module):
     ) -> None:
         super().__init__()
         hid = spec.exp_chs
-        self.expand = ConvBNAct(spec.in_chs, hid, 1, 1, 1, act, **bn) if hid != spec.in_chs else None
+        self.expand = (
+            ConvBNAct(spec.in_chs, hid, 1, 1, 1, act, **bn) if hid != spec.in_chs else None
+        )
         self.dw = ConvBNAct(hid, hid, 3, spec.stride, hid, act, **bn)
         self.project = ConvBNAct(hid, spec.out_chs, 1, 1, 1, project_act, **bn)
         self.bottleneck_shortcut = (
@@ -166,7 +168,12 @@ class MobileNet(nn.Module):
     """stem -> blocks -> head (V2's 1x1 conv) -> global average pool -> dropout -> classifier."""
 
     def __init__(
-        self, config: ModelConfig, stem: nn.Module, blocks: Sequence[nn.Module], head: nn.Module | None, num_features: int
+        self,
+        config: ModelConfig,
+        stem: nn.Module,
+        blocks: Sequence[nn.Module],
+        head: nn.Module | None,
+        num_features: int,
     ) -> None:
         super().__init__()
         self.config = config

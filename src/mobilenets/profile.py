@@ -19,12 +19,25 @@ from torch.fx.passes.shape_prop import ShapeProp
 # Layer kinds that the papers count: multiply-adds of convolutions and fully connected layers.
 WEIGHT_KINDS = ("conv", "depthwise", "pointwise", "linear")
 _ALIAS_MODULES = (
-    nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Identity, nn.Dropout, nn.Flatten, nn.Hardswish, nn.SiLU
+    nn.BatchNorm2d,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.Identity,
+    nn.Dropout,
+    nn.Flatten,
+    nn.Hardswish,
+    nn.SiLU,
 )
 _POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveMaxPool2d)
 _ALIAS_FUNCTIONS = {
-    operator.add, operator.iadd, torch.add, torch.flatten, torch.relu, torch.nn.functional.relu,
-    torch.nn.functional.relu6, torch.reshape,
+    operator.add,
+    operator.iadd,
+    torch.add,
+    torch.flatten,
+    torch.relu,
+    torch.nn.functional.relu,
+    torch.nn.functional.relu6,
+    torch.reshape,
 }
 _ALIAS_METHODS = {"flatten", "view", "reshape", "relu", "relu_", "add", "add_", "contiguous"}
 
@@ -208,12 +221,22 @@ def profile(
             if isinstance(m, nn.Conv2d):
                 kind = _conv_kind(m)
                 wparams = m.weight.numel()
-                macs = _numel(out_shape) * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+                macs = (
+                    _numel(out_shape)
+                    * (m.in_channels // m.groups)
+                    * m.kernel_size[0]
+                    * m.kernel_size[1]
+                )
             elif isinstance(m, nn.Linear):
                 kind, wparams = "linear", m.weight.numel()
                 macs = _numel(out_shape) * m.in_features
             elif isinstance(m, _ALIAS_MODULES):
-                kind = {nn.BatchNorm2d: "bn", nn.Identity: "identity", nn.Dropout: "identity", nn.Flatten: "flatten"}.get(type(m), "act")
+                kind = {
+                    nn.BatchNorm2d: "bn",
+                    nn.Identity: "identity",
+                    nn.Dropout: "identity",
+                    nn.Flatten: "flatten",
+                }.get(type(m), "act")
                 inplace = True
             elif isinstance(m, _POOL_MODULES):
                 kind = "pool"
@@ -222,16 +245,35 @@ def profile(
         else:
             name = node.name
             target = node.target
-            if target in _ALIAS_FUNCTIONS or (node.op == "call_method" and target in _ALIAS_METHODS):
+            if target in _ALIAS_FUNCTIONS or (
+                node.op == "call_method" and target in _ALIAS_METHODS
+            ):
                 inplace = True
-                kind = "add" if target in (operator.add, operator.iadd, torch.add, "add", "add_") else "reshape"
+                kind = (
+                    "add"
+                    if target in (operator.add, operator.iadd, torch.add, "add", "add_")
+                    else "reshape"
+                )
             else:
                 kind = getattr(target, "__name__", str(target))
         for inp in tensor_inputs:
             buffers[buf_of[inp]].last = i
         out = buf_of[tensor_inputs[0]] if inplace else new_buffer(node, i)
         buf_of[node] = out
-        ops.append(Op(name, kind, [buf_of[n] for n in tensor_inputs], out, shape(tensor_inputs[0]), out_shape, params, wparams, macs, inplace))
+        ops.append(
+            Op(
+                name,
+                kind,
+                [buf_of[n] for n in tensor_inputs],
+                out,
+                shape(tensor_inputs[0]),
+                out_shape,
+                params,
+                wparams,
+                macs,
+                inplace,
+            )
+        )
 
     total_w = sum(op.weight_params for op in ops) or 1
     total_m = sum(op.macs for op in ops) or 1

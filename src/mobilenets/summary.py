@@ -25,7 +25,9 @@ def format_report(rep: Report) -> str:
         )
     lines.append("-" * len(head))
     lines.append(f"{rep.model} at {rep.resolution}x{rep.resolution}x{rep.in_chans}")
-    lines.append(f"  params: {rep.params:,} ({rep.params / 1e6:.2f} M, {rep.params * 4 / 2**20:.1f} MiB fp32)")
+    lines.append(
+        f"  params: {rep.params:,} ({rep.params / 1e6:.2f} M, {rep.params * 4 / 2**20:.1f} MiB fp32)"
+    )
     lines.append(f"  MACs:   {rep.macs:,} ({rep.macs / 1e6:.1f} M)")
     lines.append(f"  largest tensor: {rep.largest_tensor_elems:,} elements")
     lines.append(
@@ -34,7 +36,9 @@ def format_report(rep: Report) -> str:
     )
     lines.append("  share by layer kind (conv/FC weights, as V1 paper Table 2): MACs / params")
     for kind, k in rep.by_kind.items():
-        lines.append(f"    {kind:<10} {100 * k['macs_share']:6.2f}% / {100 * k['params_share']:6.2f}%")
+        lines.append(
+            f"    {kind:<10} {100 * k['macs_share']:6.2f}% / {100 * k['params_share']:6.2f}%"
+        )
     return "\n".join(lines)
 
 

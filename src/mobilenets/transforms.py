@@ -45,7 +45,11 @@ def adapt_channels(x: torch.Tensor, in_chans: int) -> torch.Tensor:
     if c == in_chans:
         return x
     if in_chans == 1:
-        return x.float().mean(1, keepdim=True).round().to(x.dtype) if x.dtype == torch.uint8 else x.mean(1, keepdim=True)
+        return (
+            x.float().mean(1, keepdim=True).round().to(x.dtype)
+            if x.dtype == torch.uint8
+            else x.mean(1, keepdim=True)
+        )
     idx = torch.arange(in_chans) % c
     return x[:, idx]
 
@@ -71,7 +75,9 @@ def to_model_input(
         left = (size[1] - resolution) // 2
         x = x[..., top : top + resolution, left : left + resolution]
     elif (h, w) != (resolution, resolution):
-        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+        x = F.interpolate(
+            x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False
+        )
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return (x - m) / s

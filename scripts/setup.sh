@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Set up everything mobilenets needs, idempotently: system packages (as root), .venv, the package.
+# Usage: bash scripts/setup.sh [extra]   (extra: "test" adds pytest, timm and ruff)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extra="${1:-}"
+PY="${PYTHON:-python3}"
+
+need_apt=()
+"$PY" -c "import ensurepip, venv" 2>/dev/null || need_apt+=(python3-venv python3-pip)
+[ -d /usr/share/datasets/fashion-mnist ] || need_apt+=(dataset-fashion-mnist)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: apt-get install ${need_apt[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "setup: not root, skipping system packages: ${need_apt[*]}" \
+         "(Fashion-MNIST then downloads through torchvision when online)" >&2
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$PY" -m venv .venv
+fi
+spec="."
+[ -n "$extra" ] && spec=".[$extra]"
+echo "setup: pip install -e '$spec' (torch is large: the first run takes a few minutes)"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e "$spec" 2>&1 \
+  | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import mobilenets, torch; print('setup: mobilenets', mobilenets.__version__, 'torch', torch.__version__)"
