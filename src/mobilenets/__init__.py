@@ -1,43 +1,36 @@
 """mobilenets: MobileNet V1/V2 from the papers to a device."""
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
+# Functions that share their module's name (profile, evaluate, quantize) are bound here after
+# their submodules are imported, so `mobilenets.evaluate` is always the function.
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import ModelConfig
 from .errors import MobilenetsError, UsageError
+from .evaluate import evaluate
+from .export import export_onnx, fold_bn
 from .models import create_model
+from .predict import Predictor
 from .profile import Report, profile
+from .quantize import quantize
+from .train import fit
+from .weights import load_pretrained
 
 __version__ = "0.1.0"
 
-# Heavier parts load on first use, so `import mobilenets` stays quick.
-_LAZY = {
-    "Checkpoint": "checkpoint",
-    "load_checkpoint": "checkpoint",
-    "save_checkpoint": "checkpoint",
-    "load_pretrained": "weights",
-    "fit": "train",
-    "evaluate": "evaluate",
-    "export_onnx": "export",
-    "fold_bn": "export",
-    "quantize": "quantize",
-    "Predictor": "predict",
-}
-
 __all__ = [
+    "Checkpoint",
     "ModelConfig",
     "MobilenetsError",
+    "Predictor",
     "Report",
     "UsageError",
     "create_model",
+    "evaluate",
+    "export_onnx",
+    "fit",
+    "fold_bn",
+    "load_checkpoint",
+    "load_pretrained",
     "profile",
-    *_LAZY,
+    "quantize",
+    "save_checkpoint",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'mobilenets' has no attribute {name!r}")

@@ -1,0 +1,236 @@
+"""``mobilenets eval``: top-1, top-5, per-class accuracy and a confusion matrix for a checkpoint.
+
+Inputs are preprocessed with the checkpoint's own normalization and crop (``to_model_input``),
+exactly as ``predict`` does. All accuracies are fractions in [0, 1]; the CLI prints percentages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import MobilenetsError, UsageError
+
+
+@dataclass
+class Tally:
+    """Sums over evaluated images; add tallies (or all-reduce ``tensor()``) to combine shards."""
+
+    loss_sum: float
+    top1: int
+    top5: int
+    n: int
+    confusion: torch.Tensor  # (C, C) int64, rows = true class
+
+    def as_tensor(self) -> torch.Tensor:
+        head = torch.tensor([self.loss_sum, self.top1, self.top5, self.n], dtype=torch.float64)
+        return torch.cat([head, self.confusion.flatten().double()])
+
+    @classmethod
+    def from_tensor(cls, t: torch.Tensor, num_classes: int) -> Tally:
+        t = t.cpu()
+        conf = t[4:].round().long().view(num_classes, num_classes)
+        return cls(float(t[0]), int(t[1]), int(t[2]), int(t[3]), conf)
+
+    def metrics(self) -> dict[str, float]:
+        n = max(self.n, 1)
+        return {
+            "loss": self.loss_sum / n,
+            "top1": self.top1 / n,
+            "top5": self.top5 / n,
+            "n": self.n,
+        }
+
+
+@torch.no_grad()
+def tally(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    num_classes: int,
+    device: torch.device,
+    amp: bool = False,
+) -> Tally:
+    """Run ``model`` (already in eval mode) over ``batches`` of preprocessed inputs."""
+    k = min(5, num_classes)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    top1 = torch.zeros((), dtype=torch.int64, device=device)
+    top5 = torch.zeros((), dtype=torch.int64, device=device)
+    conf = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    n = 0
+    for x, y in batches:
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        pred = logits.topk(k, 1).indices
+        top1 += (pred[:, 0] == y).sum()
+        top5 += (pred == y[:, None]).any(1).sum()
+        conf += torch.bincount(y * num_classes + pred[:, 0], minlength=num_classes * num_classes)
+        n += len(y)
+    return Tally(
+        float(loss_sum), int(top1), int(top5), n, conf.view(num_classes, num_classes).cpu()
+    )
+
+
+def evaluate(
+    checkpoint: str | Path,
+    data: str | None = None,
+    split: str = "test",
+    data_dir: str | Path | None = None,
+    batch_size: int = 256,
+    device: str | None = None,
+    out: str | Path | None = None,
+    workers: int = 0,
+    skip_bad_images: bool = False,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint folder (or ``last.ckpt``/``best.ckpt``) on a dataset split.
+
+    Args:
+        data: a ``--data`` spec; defaults to the dataset the checkpoint was trained on.
+        split: ``test`` (ImageFolder: ``val/``), ``val`` (the ``--val-split`` hold-out of the
+            training set, re-drawn from the seed stored in the checkpoint) or ``train``.
+        out: if given, write ``confusion_matrix.png``, ``confusion_matrix.json`` and ``eval.json`` there.
+
+    Returns:
+        ``top1``, ``top5``, ``loss``, ``n``, ``per_class`` (class name -> accuracy, None when
+        the split has no image of that class), ``confusion`` (rows true, columns predicted),
+        ``class_names``, ``split``, ``data``, ``checkpoint``; accuracies are fractions.
+    """
+    from .checkpoint import load_checkpoint
+    from .data import BadImages, Preprocess, eval_batches, holdout, load_dataset
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ckpt = load_checkpoint(checkpoint, dev)
+    meta = ckpt.meta
+    spec = data or meta.get("data")
+    if not spec:
+        raise UsageError("this checkpoint does not record its dataset; pass --data SPEC")
+    ds = load_dataset(spec, data_dir or meta.get("data_dir"))
+    if split == "val":
+        n_val = int(meta.get("val_split") or 0)
+        if not n_val:
+            raise UsageError(
+                "this checkpoint was trained without --val-split, so it has no val split; use --split test"
+            )
+        _, part = holdout(ds.split("train"), n_val, int(meta.get("split_seed", 0)))
+    else:
+        part = ds.split(split)
+    cfg = ckpt.config
+    if cfg.num_classes != len(ds.class_names):
+        raise MobilenetsError(
+            f"{ckpt.path}: the model has {cfg.num_classes} classes but {ds.name} has {len(ds.class_names)}"
+        )
+    crop_pct = float(meta.get("preprocess", {}).get("crop_pct", ds.crop_pct))
+    prep = Preprocess(cfg.resolution, cfg.in_chans, ckpt.mean, ckpt.std, crop_pct)
+    model = ckpt.model
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    bad = BadImages(skip_bad_images)
+    t = tally(
+        model,
+        eval_batches(part, prep, batch_size, dev, workers=workers, bad=bad),
+        cfg.num_classes,
+        dev,
+        dev.type == "cuda",
+    )
+    conf = t.confusion
+    per_row = conf.sum(1)
+    per_class = {
+        name: (float(conf[i, i]) / int(per_row[i]) if per_row[i] else None)
+        for i, name in enumerate(ds.class_names)
+    }
+    m = t.metrics()
+    result: dict[str, Any] = {
+        "top1": m["top1"],
+        "top5": m["top5"],
+        "loss": m["loss"],
+        "n": t.n,
+        "per_class": per_class,
+        "class_names": list(ds.class_names),
+        "confusion": conf.tolist(),
+        "split": split,
+        "data": ds.spec,
+        "checkpoint": str(ckpt.path),
+        "skipped_images": len(bad),
+    }
+    if out is not None:
+        from .plots import plot_confusion
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "confusion_matrix.json").write_text(
+            json.dumps({"class_names": result["class_names"], "matrix": result["confusion"]})
+        )
+        plot_confusion(result["confusion"], result["class_names"], out / "confusion_matrix.png")
+        (out / "eval.json").write_text(
+            json.dumps({k: v for k, v in result.items() if k != "confusion"}, indent=2)
+        )
+        result["files"] = [
+            str(out / f) for f in ("confusion_matrix.png", "confusion_matrix.json", "eval.json")
+        ]
+    return result
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``eval`` subcommand."""
+    p = subparsers.add_parser(
+        "eval", help="top-1/top-5/per-class accuracy and confusion matrix of a checkpoint"
+    )
+    p.add_argument(
+        "checkpoint",
+        metavar="CHECKPOINT",
+        help="checkpoint folder, or RUN/last.ckpt, RUN/best.ckpt",
+    )
+    p.add_argument("--data", metavar="SPEC", help="dataset (default: the one it was trained on)")
+    p.add_argument("--data-dir", metavar="DIR")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test")
+    p.add_argument(
+        "--out", metavar="DIR", help="where to write the confusion matrix (default: RUN/eval-SPLIT)"
+    )
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", choices=("cpu", "cuda"))
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers (ImageFolder)")
+    p.add_argument("--skip-bad-images", action="store_true")
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    from .checkpoint import resolve
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
+    out = args.out or resolve(args.checkpoint).parent / f"eval-{args.split}"
+    r = evaluate(
+        args.checkpoint,
+        args.data,
+        args.split,
+        args.data_dir,
+        args.batch_size,
+        args.device,
+        out,
+        args.workers,
+        args.skip_bad_images,
+    )
+    if args.json:
+        print(json.dumps({k: v for k, v in r.items() if k != "confusion"}))
+        return 0
+    print(f"{r['checkpoint']} on {r['data']} [{r['split']}], {r['n']} images")
+    print(f"top-1 {100 * r['top1']:.2f}%   top-5 {100 * r['top5']:.2f}%   loss {r['loss']:.4f}")
+    width = max(len(c) for c in r["class_names"])
+    for name, acc in r["per_class"].items():
+        print(f"  {name:<{width}}  {'-' if acc is None else f'{100 * acc:6.2f}%'}")
+    if r["skipped_images"]:
+        print(f"skipped {r['skipped_images']} unreadable image(s)")
+    print(f"confusion matrix: {out}/confusion_matrix.png, {out}/confusion_matrix.json")
+    return 0

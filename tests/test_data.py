@@ -1,0 +1,159 @@
+"""Dataset loading, search order, augmentation and hold-out splits."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mobilenets import data
+from mobilenets.errors import MobilenetsError, UsageError
+
+SYSTEM = Path("/usr/share/datasets/fashion-mnist")
+
+
+def write_idx(path: Path, arr: np.ndarray, gz: bool) -> None:
+    header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    payload = header + arr.astype(np.uint8).tobytes()
+    if gz:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def fake_fashion(folder: Path, n: int = 6, label: int = 3, gz: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for img, lbl in data.FASHION_MNIST_FILES.values():
+        write_idx(folder / img, rng.integers(0, 256, (n, 28, 28)), gz)
+        write_idx(folder / lbl, np.full(n, label), gz)
+    return folder
+
+
+@pytest.fixture
+def no_system(monkeypatch, tmp_path):
+    monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST", [tmp_path / "nowhere"])
+    monkeypatch.delenv("MOBILENETS_DATA", raising=False)
+    monkeypatch.setenv("MOBILENETS_OFFLINE", "1")
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_files_gzipped_or_not(tmp_path, no_system, gz):
+    ds = data.load_fashion_mnist(fake_fashion(tmp_path / "d", gz=gz))
+    train = ds.split("train")
+    assert train.images.shape == (6, 1, 28, 28) and train.images.dtype == torch.uint8
+    assert train.labels.tolist() == [3] * 6
+    assert (ds.channels, ds.resolution, ds.small_input, ds.crop_pct) == (1, 28, True, 1.0)
+
+
+def test_data_dir_comes_before_env(tmp_path, no_system, monkeypatch):
+    monkeypatch.setenv("MOBILENETS_DATA", str(fake_fashion(tmp_path / "env", label=7)))
+    assert data.load_fashion_mnist(None).split("test").labels[0] == 7
+    assert (
+        data.load_fashion_mnist(fake_fashion(tmp_path / "dir", label=1)).split("test").labels[0]
+        == 1
+    )
+    # a --data-dir without the files falls through to $MOBILENETS_DATA
+    assert data.load_fashion_mnist(tmp_path / "empty").split("test").labels[0] == 7
+
+
+def test_truncated_idx_is_named(tmp_path, no_system):
+    folder = fake_fashion(tmp_path / "d", gz=False)
+    f = folder / "train-images-idx3-ubyte"
+    f.write_bytes(f.read_bytes()[:-10])
+    with pytest.raises(MobilenetsError, match="train-images-idx3-ubyte: truncated"):
+        data.load_fashion_mnist(folder)
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path, no_system):
+    with pytest.raises(MobilenetsError) as e:
+        data.load_fashion_mnist(tmp_path)
+    msg = str(e.value)
+    assert (
+        "apt-get install dataset-fashion-mnist" in msg and "--data-dir" in msg and "\n" not in msg
+    )
+
+
+@pytest.mark.skipif(
+    not SYSTEM.is_dir(),
+    reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)",
+)
+def test_real_fashion_mnist():
+    ds = data.load_dataset("fashion-mnist")
+    assert len(ds.split("train")) == 60000 and len(ds.split("test")) == 10000
+    assert ds.class_names[0] == "T-shirt/top" and ds.class_names[9] == "Ankle boot"
+    assert torch.bincount(ds.split("test").labels).tolist() == [1000] * 10
+    mean, std = ds.stats(1)
+    assert mean[0] == pytest.approx(0.286, abs=0.002) and std[0] == pytest.approx(0.353, abs=0.002)
+    mean3, _ = ds.stats(3)
+    assert mean3 == pytest.approx([mean[0]] * 3)
+
+
+def test_spec_parsing():
+    assert data.parse_spec("cifar10:/x") == ("cifar10", "/x")
+    with pytest.raises(UsageError, match="needs a folder"):
+        data.parse_spec("imagefolder")
+    with pytest.raises(UsageError, match="unknown --data"):
+        data.parse_spec("mnist")
+
+
+def test_cifar_missing_folder_is_explained(tmp_path):
+    with pytest.raises(MobilenetsError, match="cifar-10-batches-py"):
+        data.load_dataset(f"cifar10:{tmp_path}")
+
+
+def test_random_crop_flip():
+    x = torch.arange(2 * 1 * 4 * 5, dtype=torch.uint8).view(2, 1, 4, 5).repeat(50, 1, 1, 1)
+    g = torch.Generator().manual_seed(0)
+    flipped = data.random_crop_flip(x, 0, g)
+    same = (flipped == x).flatten(1).all(1)
+    mirrored = (flipped == x.flip(-1)).flatten(1).all(1)
+    assert (same | mirrored).all() and same.any() and mirrored.any()
+    a = data.random_crop_flip(x, 2, torch.Generator().manual_seed(1))
+    b = data.random_crop_flip(x, 2, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b)
+    # every crop is a shifted window of the zero-padded image
+    padded = torch.nn.functional.pad(x[:1], (2, 2, 2, 2))
+    windows = {
+        padded[0, :, i : i + 4, j : j + 5].flatten().tolist().__repr__()
+        for i in range(5)
+        for j in range(5)
+    }
+    windows |= {
+        padded[0, :, i : i + 4, j : j + 5].flip(-1).flatten().tolist().__repr__()
+        for i in range(5)
+        for j in range(5)
+    }
+    assert a[0].flatten().tolist().__repr__() in windows
+
+
+def test_holdout_is_disjoint_and_seeded():
+    split = data.Split(torch.arange(100), torch.zeros(100, 1, 2, 2, dtype=torch.uint8))
+    split.images[:, 0, 0, 0] = torch.arange(100, dtype=torch.uint8)
+    train, val = data.holdout(split, 10, seed=5)
+    assert len(train) == 90 and len(val) == 10
+    assert not set(train.labels.tolist()) & set(val.labels.tolist())
+    assert torch.equal(val.images[:, 0, 0, 0].long(), val.labels)
+    assert torch.equal(data.holdout(split, 10, seed=5)[1].labels, val.labels)
+    with pytest.raises(UsageError):
+        data.holdout(split, 100, seed=0)
+
+
+def test_imagefolder_layout(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in ("cat", "dog"):
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.new("RGB", (10, 12), "red").save(tmp_path / split / c / "a.png")
+    (tmp_path / "train" / "dog" / ".DS_Store").write_bytes(b"junk")
+    ds = data.load_dataset(f"imagefolder:{tmp_path}")
+    assert ds.class_names == ["cat", "dog"] and ds.crop_pct == 0.875 and ds.resolution == 224
+    assert len(ds.split("train")) == 2 and ds.split("test").labels.tolist() == [0, 1]
+    prep = data.Preprocess(32, 3, *ds.stats(3), ds.crop_pct)
+    ((x, y),) = list(data.eval_batches(ds.split("test"), prep, 8, torch.device("cpu")))
+    assert x.shape == (2, 3, 32, 32) and y.tolist() == [0, 1]
