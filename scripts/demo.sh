@@ -7,7 +7,7 @@ bash scripts/setup.sh
 out="${1:-runs/demo}"
 mn=.venv/bin/mobilenets
 $mn summary mobilenet_v1 --width 0.25 --resolution 28 --small-input --in-chans 1 --num-classes 10 | tail -9
-$mn train --model mobilenet_v1 --width 0.25 --data fashion-mnist --epochs 4 --batch-size 128 \
+$mn train --model mobilenet_v1 --width 0.25 --data fashion-mnist --epochs 3 --batch-size 128 \
   --out "$out" --seed 0
 $mn eval "$out/last.ckpt" --data fashion-mnist --out "$out/eval"
 echo
