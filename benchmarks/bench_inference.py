@@ -1,0 +1,288 @@
+"""Inference benchmark: our ONNX MobileNetV2 vs torchvision's, int8 vs fp32, int8 accuracy.
+
+Prints ONE JSON line with:
+  (a) fp32 latency, batch 1, 224 px: our exported MobileNetV2 (alpha 1) in onnxruntime vs
+      torchvision's mobilenet_v2 exported and run the same way (goal: ratio <= 1.05);
+  (b) our int8 latency / our fp32 latency (goal <= 0.65);
+  (c) int8 file size / fp32 file size (goal <= 0.3);
+  (d) with --checkpoint (a model trained with `mobilenets train`): fp32 and int8 top-1 on the
+      Fashion-MNIST test set (goal: int8 within 1.0 point of fp32).
+Sessions are timed in interleaved blocks (20 runs of each, 15 rounds); ratios are ratios of medians,
+so that load from other processes hits every session alike; ``ratio_p10`` compares the 10th
+percentiles, which a busy shared machine disturbs least.
+--tune also times the int8 variants that were tried.
+
+    python benchmarks/bench_inference.py [--checkpoint RUN/last.ckpt] [--tune]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import torchvision
+
+from mobilenets import ModelConfig, create_model
+from mobilenets.bench import default_threads
+from mobilenets.export import export_onnx, ort_session
+from mobilenets.quantize import quantize
+
+
+def hardware(threads: int) -> dict:
+    cpu, flags = platform.processor(), ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = line
+                break
+    except OSError:
+        pass
+    isa = [
+        f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f" {f}" in flags
+    ]
+    return {
+        "cpu": cpu,
+        "isa": isa,
+        "usable_cores": default_threads(),
+        "threads": threads,
+        "loadavg_1m": os.getloadavg()[0],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+    }
+
+
+def time_interleaved(
+    sessions: dict, x: np.ndarray, rounds: int, block: int
+) -> dict[str, np.ndarray]:
+    """Per-run latency (ms) of each session, timed in interleaved blocks.
+
+    Each round runs every session for one untimed run (its thread pool wakes up while the
+    previous session's pool stops spinning) and ``block`` timed runs. Interleaving spreads the
+    load of other processes over all sessions, so their medians stay comparable.
+    """
+    feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
+    for k, s in sessions.items():
+        for _ in range(10):
+            s.run(None, feeds[k])
+    out: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            s.run(None, feeds[k])
+            for _ in range(block):
+                t = time.perf_counter()
+                s.run(None, feeds[k])
+                out[k].append((time.perf_counter() - t) * 1e3)
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def ratio(a: np.ndarray, b: np.ndarray, q: float = 50) -> float:
+    """Ratio of the ``q``-th percentiles of two latency samples (median by default)."""
+    return float(np.percentile(a, q) / np.percentile(b, q))
+
+
+def session(path: Path, threads: int, level: str = "all") -> ort.InferenceSession:
+    if level == "all":
+        return ort_session(path, threads)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def variants(fp32: Path, tmp: Path, calib: torch.Tensor) -> dict[str, Path]:
+    """The int8 variants tried while tuning (besides the chosen default)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"input": calib[i : i + 8].numpy()} for i in range(0, len(calib), 8)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    out = {}
+    proto = onnx.load(str(fp32))
+    first_conv = next(n.name for n in proto.graph.node if n.op_type == "Conv")
+    gemm = [n.name for n in proto.graph.node if n.op_type == "Gemm"]
+    plain = {"per_channel": True, "weight_type": QuantType.QInt8}
+    for name, kw in {
+        "ort_qdq_u8s8_plain": dict(quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8),
+        "ort_qdq_s8s8_plain": dict(quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8),
+        "ort_qoperator_u8s8_plain": dict(
+            quant_format=QuantFormat.QOperator, activation_type=QuantType.QUInt8
+        ),
+    }.items():
+        out[name] = tmp / f"{name}.onnx"
+        quantize_static(str(fp32), str(out[name]), Reader(), **plain, **kw)
+    for name, kw in {
+        "s8s8": {"activation_type": "int8"},
+        "per_tensor_weights": {"per_channel": False},
+        "keep_first_conv_fp32": {"exclude_nodes": [first_conv]},
+        "keep_classifier_fp32": {"exclude_nodes": gemm},
+        "percentile_calibration": {"calib_method": "percentile"},
+    }.items():
+        out[name] = tmp / f"{name}.onnx"
+        quantize(fp32, out[name], calib, **kw)
+    return out
+
+
+def accuracy(
+    checkpoint: str, data: str, fp32_kw: dict, calib_samples: int, threads: int, tmp: Path
+) -> dict:
+    """Fashion-MNIST (or --data) test top-1 of the checkpoint's fp32 and int8 ONNX files."""
+    from mobilenets.checkpoint import load_checkpoint
+    from mobilenets.quantize import calibration_inputs, evaluate_sessions, test_batches
+
+    ck = load_checkpoint(checkpoint)
+    crop = float(ck.meta.get("preprocess", {}).get("crop_pct", 1.0))
+    fp32, int8 = tmp / "ck.onnx", tmp / "ck.int8.onnx"
+    test = test_batches(data, ck.config, ck.mean, ck.std, crop)
+    first = next(iter(test_batches(data, ck.config, ck.mean, ck.std, crop, 64)))[0]
+    info = export_onnx(
+        ck.model,
+        fp32,
+        class_names=ck.class_names,
+        mean=ck.mean,
+        std=ck.std,
+        crop_pct=crop,
+        verify_inputs=first,
+    )
+    calib = calibration_inputs(data, ck.config, ck.mean, ck.std, crop, calib_samples)
+    q = quantize(fp32, int8, calib, **fp32_kw)
+    acc = evaluate_sessions(
+        {"fp32": ort_session(fp32, threads), "int8": ort_session(int8, threads)}, test
+    )
+    return {
+        "checkpoint": str(ck.path),
+        "model": ck.config.to_dict(),
+        "data": data,
+        "test_images": acc["images"],
+        "calib_samples": q["calib_samples"],
+        "max_abs_diff_fp32": info["max_abs_diff"],
+        "fp32_top1": acc["fp32_top1"],
+        "int8_top1": acc["int8_top1"],
+        "int8_fp32_agreement": acc["int8_agreement"],
+        "top1_drop_points": 100 * (acc["fp32_top1"] - acc["int8_top1"]),
+        "goal_drop_points": 1.0,
+        "meets_goal": 100 * (acc["fp32_top1"] - acc["int8_top1"]) <= 1.0,
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", help="a `mobilenets train` checkpoint for the accuracy part (d)")
+    p.add_argument(
+        "--data", default="fashion-mnist", help="dataset of the checkpoint (default fashion-mnist)"
+    )
+    p.add_argument("--calib-samples", type=int, default=512)
+    p.add_argument(
+        "--threads", type=int, default=None, help="intra-op threads (default: usable cores)"
+    )
+    p.add_argument("--rounds", type=int, default=15, help="interleaved rounds")
+    p.add_argument("--block", type=int, default=20, help="timed runs per session per round")
+    p.add_argument(
+        "--tune", action="store_true", help="also time the int8 variants that were tried"
+    )
+    args = p.parse_args()
+    threads = args.threads or default_threads()
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    result: dict = {"benchmark": "bench_inference", "hardware": hardware(threads)}
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        ours = create_model("mobilenet_v2").eval()
+        tv = torchvision.models.mobilenet_v2(weights=None).eval()
+        tv.config = ModelConfig("mobilenet_v2")  # same architecture, exported through the same code
+        ours_path, tv_path, int8_path = tmp / "ours.onnx", tmp / "tv.onnx", tmp / "ours.int8.onnx"
+        export_onnx(ours, ours_path)
+        export_onnx(tv, tv_path)
+        calib = torch.randn(64, 3, 224, 224)  # random weights: calibration data only sets scales
+        q = quantize(ours_path, int8_path, calib)
+        paths = {"ours_fp32": ours_path, "torchvision_fp32": tv_path, "ours_int8": int8_path}
+        if args.tune:
+            paths.update(variants(ours_path, tmp, calib))
+        sessions = {k: session(v, threads) for k, v in paths.items()}
+        if args.tune:  # the same files with onnxruntime's EXTENDED level instead of ALL
+            sessions["ours_int8_opt_extended"] = session(int8_path, threads, "extended")
+            sessions["ours_fp32_opt_extended"] = session(ours_path, threads, "extended")
+            paths.update(ours_int8_opt_extended=int8_path, ours_fp32_opt_extended=ours_path)
+        x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+        t = time_interleaved(sessions, x, args.rounds, args.block)
+        fp, tvb, i8 = (p.stat().st_size for p in (ours_path, tv_path, int8_path))
+        main_keys = ("ours_fp32", "torchvision_fp32", "ours_int8")
+        result["latency_ms"] = {
+            k: {
+                "median": round(float(np.median(t[k])), 3),
+                "p90": round(float(np.percentile(t[k], 90)), 3),
+            }
+            for k in main_keys
+        }
+        result["a_fp32_ours_vs_torchvision"] = {
+            "ratio": round(ratio(t["ours_fp32"], t["torchvision_fp32"]), 3),
+            "ratio_p10": round(ratio(t["ours_fp32"], t["torchvision_fp32"], 10), 3),
+            "goal": 1.05,
+        }
+        result["b_int8_vs_fp32"] = {
+            "ratio": round(ratio(t["ours_int8"], t["ours_fp32"]), 3),
+            "ratio_p10": round(ratio(t["ours_int8"], t["ours_fp32"], 10), 3),
+            "goal": 0.65,
+            "scheme": q["scheme"],
+            "session": "onnxruntime CPU, ORT_ENABLE_ALL, intra_op_num_threads=threads",
+            "note": "untrained MobileNetV2 calibrated on random data (latency does not depend on the weights)",
+        }
+        result["c_int8_size_ratio"] = {
+            "ratio": round(i8 / fp, 3),
+            "goal": 0.3,
+            "int8_bytes": i8,
+            "fp32_bytes": fp,
+            "torchvision_fp32_bytes": tvb,
+        }
+        if args.tune:
+            result["variants_vs_ours_fp32"] = {
+                k: {
+                    "ratio": round(ratio(t[k], t["ours_fp32"]), 3),
+                    "ratio_p10": round(ratio(t[k], t["ours_fp32"], 10), 3),
+                    "median_ms": round(float(np.median(t[k])), 3),
+                    "bytes": paths[k].stat().st_size,
+                }
+                for k in t
+                if k not in main_keys
+            }
+        result["timing"] = {
+            "rounds": args.rounds,
+            "runs_per_round": args.block,
+            "batch_size": 1,
+            "resolution": 224,
+        }
+        if args.checkpoint:
+            result["d_int8_accuracy"] = accuracy(
+                args.checkpoint, args.data, {}, args.calib_samples, threads, tmp
+            )
+    result["hardware"]["loadavg_1m_end"] = os.getloadavg()[0]
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""Inference latency on this machine: eager PyTorch, torch.compile, onnxruntime fp32 and int8.
+
+Works on any model by name with random weights, so the whole alpha x rho grid and the
+ResNet-50 / VGG16 baselines can be timed without training; int8 of such a model is calibrated
+on random data (its latency is meaningful, its accuracy is not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import UsageError
+
+RUNTIMES = ("torch", "torch-compile", "onnx", "onnx-int8")
+DEFAULT_RUNTIMES = ("torch", "onnx", "onnx-int8")
+
+
+def default_threads() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def time_fn(fn: Callable[[], Any], runs: int = 50, warmup: int = 10) -> np.ndarray:
+    """Wall-clock seconds of ``runs`` calls of ``fn`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = np.empty(runs)
+    for i in range(runs):
+        t = time.perf_counter()
+        fn()
+        times[i] = time.perf_counter() - t
+    return times
+
+
+def summarize(times: np.ndarray, batch_size: int) -> dict[str, float]:
+    """median_ms, p90_ms, mean_ms and images_per_s (from the median) of per-run seconds."""
+    med = float(np.median(times))
+    return {
+        "median_ms": med * 1e3,
+        "p90_ms": float(np.percentile(times, 90)) * 1e3,
+        "mean_ms": float(times.mean()) * 1e3,
+        "images_per_s": batch_size / med,
+    }
+
+
+def state_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters and buffers (what a state_dict stores)."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def bench(
+    model: nn.Module | str | Path,
+    runtimes: Sequence[str] = DEFAULT_RUNTIMES,
+    *,
+    batch_size: int = 1,
+    threads: int | None = None,
+    runs: int = 50,
+    warmup: int = 10,
+    calib_data: torch.Tensor | None = None,
+    export_kwargs: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Time ``model`` (a module with ``.config``, or an exported .onnx file) in each runtime.
+
+    ``calib_data``: float model inputs for ``onnx-int8``; 64 random inputs when None.
+    Returns one dict per runtime: runtime, median_ms, p90_ms, mean_ms, images_per_s, bytes, ...
+    """
+    from .export import export_onnx, ort_session, read_metadata
+    from .quantize import quantize
+
+    unknown = [r for r in runtimes if r not in RUNTIMES]
+    if unknown:
+        raise UsageError(
+            f"unknown runtime(s) {', '.join(unknown)}; choose from {', '.join(RUNTIMES)}"
+        )
+    threads = threads or default_threads()
+    onnx_file = None if isinstance(model, nn.Module) else Path(model)
+    if onnx_file is not None:
+        cfg = read_metadata(onnx_file)["config"]
+        if any(r.startswith("torch") for r in runtimes):
+            raise UsageError("an .onnx file runs only in the onnx and onnx-int8 runtimes")
+    else:
+        cfg = model.config
+        model.eval()
+    x = torch.randn(batch_size, cfg.in_chans, cfg.resolution, cfg.resolution)
+    common = {
+        "model": cfg.name,
+        "width": cfg.width_mult,
+        "resolution": cfg.resolution,
+        "batch_size": batch_size,
+        "threads": threads,
+        "runs": runs,
+    }
+    results = []
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="mobilenets-bench-") as tmp:
+            fp32 = onnx_file
+            for rt in runtimes:
+                extra: dict[str, Any] = {}
+                if rt in ("torch", "torch-compile"):
+                    fn = torch.compile(model) if rt == "torch-compile" else model
+                    with torch.inference_mode():
+                        times = time_fn(lambda f=fn: f(x), runs, warmup)
+                    size = state_bytes(model)
+                else:
+                    if fp32 is None:
+                        fp32 = Path(tmp) / "fp32.onnx"
+                        info = export_onnx(model, fp32, atol=None, **(export_kwargs or {}))
+                        extra["max_abs_diff"] = info["max_abs_diff"]
+                    path = fp32
+                    if rt == "onnx-int8":
+                        path = Path(tmp) / "int8.onnx"
+                        data = calib_data
+                        if data is None:
+                            data = torch.randn(64, cfg.in_chans, cfg.resolution, cfg.resolution)
+                            extra["note"] = "calibrated on random data: latency only, not accuracy"
+                        q = quantize(fp32, path, data)
+                        extra["scheme"] = q["scheme"]
+                    sess = ort_session(path, threads)
+                    feed = {sess.get_inputs()[0].name: x.numpy()}
+                    times = time_fn(lambda s=sess, f=feed: s.run(None, f), runs, warmup)
+                    size = path.stat().st_size
+                results.append(
+                    {
+                        "runtime": rt,
+                        **common,
+                        **summarize(times, batch_size),
+                        "bytes": size,
+                        **extra,
+                    }
+                )
+    finally:
+        torch.set_num_threads(prev_threads)
+    return results
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from .cli import add_model_args, int_at_least
+
+    p = subparsers.add_parser(
+        "bench",
+        help="time inference in PyTorch and onnxruntime (fp32, int8)",
+        description="Median and p90 latency, throughput and model size per runtime. A model "
+        "name times an untrained model (random weights); its int8 version is calibrated on "
+        "random data. torch-compile is opt-in (compiling takes a minute).",
+    )
+    p.add_argument(
+        "model", metavar="MODEL_OR_NAME", help="model name, checkpoint folder or .onnx file"
+    )
+    add_model_args(p)
+    p.add_argument("--batch-size", type=int_at_least(1), default=1)
+    p.add_argument(
+        "--threads", type=int_at_least(1), default=None, help="default: all usable cores"
+    )
+    p.add_argument("--runs", type=int_at_least(1), default=50)
+    p.add_argument("--warmup", type=int_at_least(0), default=10)
+    p.add_argument(
+        "--runtimes",
+        default=",".join(DEFAULT_RUNTIMES),
+        help=f"comma-separated, from {','.join(RUNTIMES)} (default {','.join(DEFAULT_RUNTIMES)})",
+    )
+    p.add_argument(
+        "--calib-data",
+        metavar="SPEC",
+        help="int8 calibration data for a checkpoint (default: random)",
+    )
+    p.add_argument("--calib-samples", type=int_at_least(1), default=256)
+    p.add_argument("--json", action="store_true", help="print a JSON list, one object per runtime")
+    p.set_defaults(func=run_bench)
+
+
+def _load(args: argparse.Namespace) -> tuple[nn.Module | Path, dict[str, Any]]:
+    from .cli import model_from_args
+    from .config import MODEL_NAMES
+
+    if args.model in MODEL_NAMES:
+        return model_from_args(args, args.model), {}
+    path = Path(args.model)
+    if path.suffix == ".onnx":
+        if not path.is_file():
+            raise UsageError(f"{path}: no such ONNX file")
+        return path, {}
+    if not path.exists():
+        raise UsageError(
+            f"{args.model!r} is neither a model name ({', '.join(MODEL_NAMES)}) nor a file"
+        )
+    from .checkpoint import load_checkpoint
+
+    ck = load_checkpoint(path)
+    crop_pct = float(ck.meta.get("preprocess", {}).get("crop_pct", 1.0))
+    kw = {"class_names": ck.class_names, "mean": ck.mean, "std": ck.std, "crop_pct": crop_pct}
+    return ck.model, kw
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+    model, export_kwargs = _load(args)
+    calib = None
+    if args.calib_data and "onnx-int8" in runtimes:
+        from .export import read_metadata
+        from .quantize import calibration_inputs
+
+        if isinstance(model, Path):
+            meta = read_metadata(model)
+            cfg, mean, std, crop = meta["config"], meta["mean"], meta["std"], meta["crop_pct"]
+        else:
+            cfg, c = model.config, model.config.in_chans
+            mean, std = export_kwargs.get("mean", [0.0] * c), export_kwargs.get("std", [1.0] * c)
+            crop = export_kwargs.get("crop_pct", 1.0)
+        calib = calibration_inputs(args.calib_data, cfg, mean, std, crop, args.calib_samples)
+    results = bench(
+        model,
+        runtimes,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        runs=args.runs,
+        warmup=args.warmup,
+        calib_data=calib,
+        export_kwargs=export_kwargs,
+    )
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    r0 = results[0]
+    print(
+        f"{r0['model']} width {r0['width']:g}, {r0['resolution']} px, batch {r0['batch_size']}, "
+        f"{r0['threads']} threads, {r0['runs']} runs"
+    )
+    print(f"{'runtime':<14}{'median ms':>10}{'p90 ms':>10}{'img/s':>10}{'MB':>9}")
+    for r in results:
+        print(
+            f"{r['runtime']:<14}{r['median_ms']:>10.2f}{r['p90_ms']:>10.2f}"
+            f"{r['images_per_s']:>10.1f}{r['bytes'] / 1e6:>9.2f}"
+        )
+    notes = {r["note"] for r in results if "note" in r}
+    for n in notes:
+        print(f"note: onnx-int8 {n}")
+    return 0

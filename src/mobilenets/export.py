@@ -1,0 +1,445 @@
+"""ONNX export: fold BN, export ONE self-contained .onnx file, verify it in onnxruntime.
+
+The file carries everything ``predict`` needs in its ``metadata_props``: the model config
+(:meth:`ModelConfig.to_json`), class names, mean/std, resolution, architecture and crop_pct.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import MobilenetsError, UsageError
+
+DEFAULT_OPSET = 18
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+FP32_ATOL = 1e-4
+
+
+# ---------------------------------------------------------------- BN folding
+
+
+def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """Fold ``bn`` (eval statistics) into ``conv`` in place, computed in float64."""
+    w = conv.weight.detach().double()
+    scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    b = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(scale)
+    new_b = (b - bn.running_mean.double()) * scale + bn.bias.detach().double()
+    conv.weight = nn.Parameter((w * scale.view(-1, 1, 1, 1)).to(conv.weight.dtype))
+    conv.bias = nn.Parameter(new_b.to(conv.weight.dtype))
+
+
+def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(conv, bn) module names where the BN reads only the conv's output (found with torch.fx)."""
+    from torch import fx
+
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception:  # untraceable custom model: fall back to ConvBNAct-style children
+        return [
+            (f"{n}.conv" if n else "conv", f"{n}.bn" if n else "bn")
+            for n, m in model.named_modules()
+            if isinstance(getattr(m, "conv", None), nn.Conv2d)
+            and isinstance(getattr(m, "bn", None), nn.BatchNorm2d)
+            and isinstance(m, nn.Sequential)
+        ]
+    mods = dict(model.named_modules())
+    pairs = []
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(mods.get(node.target), nn.BatchNorm2d):
+            continue
+        src = node.args[0]
+        if (
+            isinstance(src, fx.Node)
+            and src.op == "call_module"
+            and isinstance(mods.get(src.target), nn.Conv2d)
+            and len(src.users) == 1
+        ):
+            pairs.append((src.target, node.target))
+    return pairs
+
+
+def fold_bn(model: nn.Module) -> nn.Module:
+    """Return an eval-mode copy of ``model`` with every Conv2d -> BatchNorm2d pair folded.
+
+    The BN layers become ``nn.Identity``; the copy keeps the class and ``model.config``, and
+    its outputs match the original's (eval mode) within float32 rounding (about 1e-6).
+    """
+    folded = copy.deepcopy(model).eval()
+    for conv_name, bn_name in _conv_bn_pairs(folded):
+        conv, bn = folded.get_submodule(conv_name), folded.get_submodule(bn_name)
+        if bn.running_mean is None or not bn.affine:
+            continue
+        _fold_pair(conv, bn)
+        parent, _, attr = bn_name.rpartition(".")
+        setattr(folded.get_submodule(parent) if parent else folded, attr, nn.Identity())
+    return folded
+
+
+# ---------------------------------------------------------------- metadata
+
+
+def model_metadata(
+    model: nn.Module,
+    class_names: Sequence[str] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    crop_pct: float = 1.0,
+) -> dict[str, str]:
+    """The ``metadata_props`` written into exported files (all values are strings, JSON inside)."""
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        raise UsageError(
+            "export needs a mobilenets model (with a .config); build it with create_model"
+        )
+    n, c = cfg.num_classes, cfg.in_chans
+    names = list(class_names) if class_names else [str(i) for i in range(n)]
+    if len(names) != n:
+        raise UsageError(f"{len(names)} class names for a model with {n} classes")
+    return {
+        "mobilenets.format_version": "1",
+        "config": cfg.to_json(),
+        "architecture": cfg.name,
+        "resolution": str(cfg.resolution),
+        "in_chans": str(c),
+        "class_names": json.dumps(names),
+        "mean": json.dumps([float(v) for v in (mean if mean is not None else [0.0] * c)]),
+        "std": json.dumps([float(v) for v in (std if std is not None else [1.0] * c)]),
+        "crop_pct": repr(float(crop_pct)),
+    }
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """Preprocessing and labels from an exported file: config, class_names, mean, std, crop_pct..."""
+    import onnx
+
+    from .config import ModelConfig
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise MobilenetsError(
+            f"{path}: not a readable ONNX file ({str(e).splitlines()[0]})"
+        ) from None
+    props = {p.key: p.value for p in proto.metadata_props}
+    if "config" not in props:
+        raise MobilenetsError(
+            f"{path}: no mobilenets metadata (export it with `mobilenets export`)"
+        )
+    cfg = ModelConfig.from_json(props["config"])
+    return {
+        "config": cfg,
+        "architecture": props.get("architecture", cfg.name),
+        "resolution": int(props.get("resolution", cfg.resolution)),
+        "in_chans": cfg.in_chans,
+        "class_names": json.loads(props.get("class_names", "null"))
+        or [str(i) for i in range(cfg.num_classes)],
+        "mean": json.loads(props.get("mean", "null")) or [0.0] * cfg.in_chans,
+        "std": json.loads(props.get("std", "null")) or [1.0] * cfg.in_chans,
+        "crop_pct": float(props.get("crop_pct", 1.0)),
+        "quantization": json.loads(props["quantization"]) if "quantization" in props else None,
+    }
+
+
+def write_onnx(proto: Any, path: str | Path) -> Path:
+    """Save ``proto`` as one file (weights inside), atomically via a temporary sibling."""
+    import onnx
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        onnx.save_model(proto, str(tmp), save_as_external_data=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def set_metadata(proto: Any, props: dict[str, str]) -> None:
+    """Replace or add ``props`` in ``proto.metadata_props``."""
+    keep = [p for p in proto.metadata_props if p.key not in props]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    for k, v in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+
+
+# ---------------------------------------------------------------- onnxruntime
+
+
+def ort_session(path: str | Path, threads: int | None = None) -> Any:
+    """A CPU onnxruntime session with all graph optimizations (``threads``: intra-op threads)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise MobilenetsError(
+            f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0]})"
+        ) from None
+
+
+def run_ort(session: Any, x: np.ndarray | torch.Tensor, batch_size: int = 64) -> np.ndarray:
+    """Logits for a float (N, C, H, W) batch, run in chunks of ``batch_size``."""
+    x = x.numpy() if isinstance(x, torch.Tensor) else x
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    name = session.get_inputs()[0].name
+    outs = [
+        session.run(None, {name: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)
+    ]
+    return np.concatenate(outs)
+
+
+# ---------------------------------------------------------------- export
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    class_names: Sequence[str] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    crop_pct: float = 1.0,
+    opset: int = DEFAULT_OPSET,
+    verify_inputs: torch.Tensor | None = None,
+    atol: float | None = FP32_ATOL,
+) -> dict[str, Any]:
+    """Fold BN and export ``model`` to ONE self-contained ONNX file with a dynamic batch dimension.
+
+    Args:
+        path: the ``.onnx`` file to write (no ``.onnx.data`` beside it).
+        class_names, mean, std, crop_pct: preprocessing and labels stored in the metadata.
+        opset: ONNX opset (>= 17).
+        verify_inputs: float model inputs (N, C, H, W) to compare onnxruntime with PyTorch on;
+            4 random inputs when None.
+        atol: raise MobilenetsError when the max abs logit difference exceeds
+            ``atol * max(1, largest |logit|)`` (None: no check). Logits within +-1 thus get an
+            absolute 1e-4; larger ones a relative 1e-4 (float32 accumulation order differs).
+
+    Returns:
+        ``{"path", "bytes", "max_abs_diff", "max_abs_logit", "opset"}``.
+    """
+    if opset < 17:
+        raise UsageError(f"opset must be >= 17, got {opset}")
+    cfg = getattr(model, "config", None)
+    meta = model_metadata(model, class_names, mean, std, crop_pct)
+    res = cfg.resolution
+    folded = fold_bn(model)
+    example = torch.randn(2, cfg.in_chans, res, res)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    try:
+        program = torch.onnx.export(
+            folded,
+            (example,),
+            None,
+            dynamo=True,
+            verbose=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: batch},),
+        )
+    except Exception as e:
+        raise MobilenetsError(f"ONNX export failed: {str(e).strip().splitlines()[0]}") from None
+    proto = program.model_proto
+    set_metadata(proto, meta)
+    path = write_onnx(proto, path)
+    x = verify_inputs if verify_inputs is not None else torch.randn(4, cfg.in_chans, res, res)
+    diff, scale = max_abs_diff(model, path, x, with_scale=True)
+    limit = None if atol is None else atol * max(1.0, scale)
+    if limit is not None and not diff <= limit:
+        raise MobilenetsError(
+            f"{path}: onnxruntime and PyTorch logits differ by {diff:.3g} "
+            f"(> {atol:g} x max(1, largest |logit| {scale:.3g}))"
+        )
+    return {
+        "path": str(path),
+        "bytes": path.stat().st_size,
+        "max_abs_diff": diff,
+        "max_abs_logit": scale,
+        "opset": opset,
+    }
+
+
+@torch.inference_mode()
+def max_abs_diff(
+    model: nn.Module, onnx_path: str | Path, x: torch.Tensor, with_scale: bool = False
+) -> float | tuple[float, float]:
+    """Largest |logit difference| between ``model`` (eval) and the ONNX file on inputs ``x``.
+
+    ``with_scale``: also return the largest |logit| of PyTorch, for relative comparisons.
+    """
+    was_training = model.training
+    try:
+        ref = torch.cat([model.eval()(c) for c in x.float().split(64)]).numpy()
+    finally:
+        model.train(was_training)
+    got = run_ort(ort_session(onnx_path), x)
+    diff = float(np.abs(ref.astype(np.float64) - got).max())
+    return (diff, float(np.abs(ref).max())) if with_scale else diff
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from .quantize import ACTIVATION_TYPES, CALIB_METHODS
+
+    p = subparsers.add_parser(
+        "export",
+        help="export a checkpoint to ONNX (optionally int8)",
+        description="Fold BN, export ONE self-contained .onnx file with a dynamic batch "
+        "dimension, verify it in onnxruntime, and write FILE.json with sizes, differences and "
+        "accuracies. With --int8 also write FILE's int8 sibling (model.int8.onnx).",
+    )
+    p.add_argument(
+        "checkpoint", metavar="CHECKPOINT", help="checkpoint folder (or last.ckpt/best.ckpt)"
+    )
+    p.add_argument("--format", choices=("onnx",), default="onnx")
+    p.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
+    p.add_argument(
+        "--opset",
+        type=int,
+        default=DEFAULT_OPSET,
+        help=f"ONNX opset >= 17 (default {DEFAULT_OPSET})",
+    )
+    p.add_argument("--int8", action="store_true", help="also write a static int8 (QDQ) model")
+    p.add_argument("--int8-out", metavar="FILE", help="int8 file (default: FILE with .int8.onnx)")
+    p.add_argument(
+        "--calib-data",
+        metavar="SPEC",
+        help="fashion-mnist, cifar10:PATH, imagefolder:PATH or random",
+    )
+    p.add_argument("--data-dir", help="where --calib-data looks for its files")
+    p.add_argument(
+        "--calib-samples",
+        type=int,
+        default=512,
+        metavar="N",
+        help="training images to calibrate on (default 512)",
+    )
+    p.add_argument("--calib-method", choices=CALIB_METHODS, default="minmax")
+    p.add_argument(
+        "--activation-type",
+        choices=ACTIVATION_TYPES,
+        default="uint8",
+        help="uint8: fastest on x86 onnxruntime (default); int8: the LiteRT/TFLite-Micro scheme",
+    )
+    p.add_argument(
+        "--eval-samples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="test images for top-1 (default: all)",
+    )
+    p.set_defaults(func=run_export)
+
+
+def _int8_path(out: Path) -> Path:
+    return (
+        out.with_name(out.name[: -len(".onnx")] + ".int8.onnx")
+        if out.name.endswith(".onnx")
+        else out.with_name(out.name + ".int8.onnx")
+    )
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+    from .quantize import calibration_inputs, evaluate_sessions, quantize, test_batches
+
+    out = Path(args.out)
+    if args.int8 and not args.calib_data:
+        raise UsageError(
+            "--int8 needs --calib-data SPEC (fashion-mnist, cifar10:PATH, imagefolder:PATH or random)"
+        )
+    if args.calib_samples < 1:
+        raise UsageError(f"--calib-samples must be >= 1, got {args.calib_samples}")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out: folder {out.parent} does not exist")
+    ck = load_checkpoint(args.checkpoint)
+    crop_pct = float(ck.meta.get("preprocess", {}).get("crop_pct", 1.0))
+    data = args.calib_data if args.calib_data and args.calib_data != "random" else None
+
+    def tests(n: int | None = args.eval_samples):
+        return test_batches(data, ck.config, ck.mean, ck.std, crop_pct, n, args.data_dir)
+
+    verify = next(tests(64))[0] if data else None  # real images when there are some
+    res = export_onnx(
+        ck.model,
+        out,
+        class_names=ck.class_names,
+        mean=ck.mean,
+        std=ck.std,
+        crop_pct=crop_pct,
+        opset=args.opset,
+        verify_inputs=verify,
+    )
+    report: dict[str, Any] = {"checkpoint": str(ck.path), "architecture": ck.config.name, **res}
+    print(
+        f"wrote {out} ({res['bytes']:,} bytes, max |onnxruntime - pytorch| = {res['max_abs_diff']:.2e})"
+    )
+    sessions = {"fp32": ort_session(out)}
+    if args.int8:
+        q_out = Path(args.int8_out) if args.int8_out else _int8_path(out)
+        calib = calibration_inputs(
+            args.calib_data, ck.config, ck.mean, ck.std, crop_pct, args.calib_samples, args.data_dir
+        )
+        qinfo = quantize(
+            out, q_out, calib, activation_type=args.activation_type, calib_method=args.calib_method
+        )
+        sessions["int8"] = ort_session(q_out)
+        report.update(
+            int8_path=str(q_out),
+            int8_bytes=qinfo["bytes"],
+            int8_size_ratio=qinfo["bytes"] / res["bytes"],
+        )
+        report["int8"] = qinfo
+        if verify is None:
+            verify = torch.as_tensor(calib[:64])
+        fp, q = (run_ort(s, verify) for s in sessions.values())
+        report["int8_max_abs_diff"] = float(np.abs(fp - q).max())
+        print(f"wrote {q_out} ({qinfo['bytes']:,} bytes, {qinfo['scheme']})")
+    if data:
+        acc = evaluate_sessions(sessions, tests())
+        report["test_images"] = acc["images"]
+        report.update({k: v for k, v in acc.items() if k.endswith("_top1")})
+        if "int8_agreement" in acc:
+            report["int8_fp32_agreement"] = acc["int8_agreement"]
+        line = f"test top-1 on {acc['images']} images: fp32 {acc['fp32_top1']:.4f}"
+        if "int8_top1" in acc:
+            line += f", int8 {acc['int8_top1']:.4f}"
+        print(line)
+    report_path = out.with_name(out.name + ".json")
+    report_path.write_text(json.dumps(_finite(report), indent=2) + "\n")
+    print(f"wrote {report_path}")
+    return 0
+
+
+def _finite(obj: Any) -> Any:
+    """JSON-safe copy: NaN/inf become None."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj

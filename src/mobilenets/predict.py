@@ -1,0 +1,177 @@
+"""Classify image files with a checkpoint or an exported ``.onnx`` file.
+
+Decoding, resizing and normalization are :func:`transforms.decode_image` and
+:func:`transforms.to_model_input`, the code evaluation uses, with the preprocessing stored in
+the checkpoint or in the ONNX file's metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import MobilenetsError, UsageError
+from .transforms import decode_image, to_model_input
+
+ImageLike = str | Path | torch.Tensor | np.ndarray  # or a PIL image
+
+
+class Predictor:
+    """A model ready to classify images: ``Predictor(path).predict(images_or_paths, top_k)``.
+
+    ``path`` is a checkpoint folder (or ``last.ckpt``/``best.ckpt``) run in PyTorch, or an
+    exported ``.onnx`` file (fp32 or int8) run in onnxruntime.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None, batch_size: int = 32) -> None:
+        self.path = Path(path)
+        self.batch_size = batch_size
+        member = self.path.name in ("config.json", "model.safetensors", "training_state.pt")
+        if self.path.suffix == ".onnx" or (self.path.is_file() and not member):
+            from .export import ort_session, read_metadata
+
+            if not self.path.is_file():
+                raise MobilenetsError(f"{path}: no such ONNX file")
+            meta = read_metadata(self.path)
+            self.session = ort_session(self.path, threads)
+            self.model = None
+            self.config = meta["config"]
+            self.class_names: list[str] = meta["class_names"]
+            self.mean, self.std, self.crop_pct = meta["mean"], meta["std"], meta["crop_pct"]
+            self.resolution = meta["resolution"]
+        else:
+            from .checkpoint import load_checkpoint
+
+            ck = load_checkpoint(self.path)
+            self.session = None
+            self.model = ck.model.eval()
+            self.config = ck.config
+            self.class_names = ck.class_names
+            self.mean, self.std = ck.mean, ck.std
+            self.crop_pct = float(ck.meta.get("preprocess", {}).get("crop_pct", 1.0))
+            self.resolution = ck.config.resolution
+        self.in_chans = self.config.in_chans
+
+    def load(self, image: ImageLike) -> torch.Tensor:
+        """An image file, a PIL image or a uint8 (C, H, W) / (H, W[, C]) array as uint8 (C, H, W)."""
+        if isinstance(image, (str, Path)):
+            return decode_image(image, self.in_chans)
+        t = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.array(image))
+        if t.dtype != torch.uint8:
+            raise UsageError(f"images must be uint8, got {t.dtype}")
+        if t.ndim == 2:
+            t = t[None]
+        elif t.ndim == 3 and t.shape[0] not in (1, 3, 4) and t.shape[-1] in (1, 3, 4):
+            t = t.permute(2, 0, 1)  # H, W, C
+        if t.ndim != 3:
+            raise UsageError(f"an image must have 2 or 3 dimensions, got shape {tuple(t.shape)}")
+        return t
+
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 (C, H, W) -> the model's float input (1, in_chans, R, R)."""
+        return to_model_input(
+            image[None], self.resolution, self.mean, self.std, self.in_chans, self.crop_pct
+        )
+
+    @torch.inference_mode()
+    def logits(self, x: torch.Tensor) -> np.ndarray:
+        """Logits for preprocessed float inputs (N, C, R, R)."""
+        if self.session is not None:
+            from .export import run_ort
+
+            return run_ort(self.session, x, self.batch_size)
+        return torch.cat([self.model(c) for c in x.split(self.batch_size)]).numpy()
+
+    def predict(
+        self, images: ImageLike | Sequence[ImageLike], top_k: int = 5
+    ) -> list[list[dict[str, Any]]]:
+        """The ``top_k`` classes of each image: ``[[{"class", "index", "prob"}, ...], ...]``.
+
+        ``images``: file paths or uint8 arrays (any size; each is resized as in evaluation).
+        A file that cannot be decoded raises :class:`MobilenetsError` naming it.
+        """
+        if (
+            isinstance(images, (str, Path))
+            or hasattr(images, "getpixel")
+            or (isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim <= 3)
+        ):
+            images = [images]
+        if top_k < 1:
+            raise UsageError(f"top_k must be >= 1, got {top_k}")
+        if len(images) == 0:
+            return []
+        x = torch.cat([self.preprocess(self.load(im)) for im in images])
+        return self.rank(self.logits(x), top_k)
+
+    def rank(self, logits: np.ndarray, top_k: int) -> list[list[dict[str, Any]]]:
+        """Softmax probabilities of the ``top_k`` classes per row of ``logits``."""
+        z = logits.astype(np.float64)
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        k = min(top_k, p.shape[1])
+        order = np.argsort(-p, axis=1, kind="stable")[:, :k]
+        return [
+            [{"class": self.class_names[i], "index": int(i), "prob": float(row[i])} for i in idx]
+            for row, idx in zip(p, order, strict=True)
+        ]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "predict",
+        help="classify image files with a checkpoint or an exported .onnx",
+        description="Print the top classes of each image. Preprocessing is evaluation's, read "
+        "from the checkpoint or the ONNX metadata. An unreadable image is reported on stderr, "
+        "the others are still classified, and the exit code is 1.",
+    )
+    p.add_argument(
+        "model", metavar="MODEL", help="checkpoint folder (or last.ckpt/best.ckpt) or .onnx file"
+    )
+    p.add_argument("images", metavar="IMAGE", nargs="+")
+    p.add_argument("--top-k", type=int, default=5, metavar="K")
+    p.add_argument("--json", action="store_true", help="print one JSON list")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    p.set_defaults(func=run_predict)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    if args.top_k < 1:
+        raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
+    pred = Predictor(args.model, threads=args.threads)
+    results: list[dict[str, Any]] = [{"image": path} for path in args.images]
+    batch: list[tuple[int, torch.Tensor]] = []
+
+    def flush() -> None:
+        if batch:
+            top = pred.rank(pred.logits(torch.cat([x for _, x in batch])), args.top_k)
+            for (i, _), t in zip(batch, top, strict=True):
+                results[i]["predictions"] = t
+            batch.clear()
+
+    for i, path in enumerate(args.images):
+        try:
+            batch.append((i, pred.preprocess(pred.load(path))))
+        except MobilenetsError as e:
+            print(f"mobilenets: error: {e}", file=sys.stderr)
+            results[i]["error"] = str(e)
+        if len(batch) >= pred.batch_size:
+            flush()
+    flush()
+    failed = sum("error" in r for r in results)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            if "predictions" not in r:
+                continue
+            print(r["image"])
+            for t in r["predictions"]:
+                print(f"  {t['prob']:.4f}  {t['class']}")
+    return 1 if failed else 0
