@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import math
 import os
@@ -662,35 +663,22 @@ class Trainer:
 
             eval_model = ema.module if ema is not None else model
             eval_model.eval()
-            sel = self._eval(
+
+            evaluate_on = functools.partial(
+                self._eval,
                 eval_model,
-                sel_split,
-                prep,
-                dev,
-                amp,
-                cfg.num_classes,
-                bad,
-                eval_batches,
-                tally,
-                Tally,
+                prep=prep,
+                dev=dev,
+                amp=amp,
+                num_classes=cfg.num_classes,
+                bad=bad,
+                eval_batches=eval_batches,
+                tally=tally,
+                Tally=Tally,
             )
+            sel = evaluate_on(sel_split)
             if epoch == a.epochs:
-                test_metrics = (
-                    sel
-                    if val_split is None
-                    else self._eval(
-                        eval_model,
-                        test_split,
-                        prep,
-                        dev,
-                        amp,
-                        cfg.num_classes,
-                        bad,
-                        eval_batches,
-                        tally,
-                        Tally,
-                    )
-                )
+                test_metrics = sel if val_split is None else evaluate_on(test_split)
             improved = sel["top1"] > best
             if improved:
                 best, best_epoch = sel["top1"], epoch
