@@ -18,6 +18,7 @@ percentiles, which a busy shared machine disturbs least.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -147,45 +148,33 @@ def variants(fp32: Path, tmp: Path, calib: torch.Tensor) -> dict[str, Path]:
     return out
 
 
-def accuracy(
-    checkpoint: str, data: str, fp32_kw: dict, calib_samples: int, threads: int, tmp: Path
-) -> dict:
-    """Fashion-MNIST (or --data) test top-1 of the checkpoint's fp32 and int8 ONNX files."""
-    from mobilenets.checkpoint import load_checkpoint
-    from mobilenets.quantize import calibration_inputs, evaluate_sessions, test_batches
+def accuracy(checkpoint: str, data: str, calib_samples: int, tmp: Path) -> dict:
+    """Test top-1 of the checkpoint's fp32 and int8 ONNX files, measured by the user's own
+    command: ``mobilenets export CKPT --int8 --calib-data DATA`` and its FILE.json report."""
+    from mobilenets.checkpoint import read_info
+    from mobilenets.cli import main as cli
 
-    ck = load_checkpoint(checkpoint)
-    crop = float(ck.meta.get("preprocess", {}).get("crop_pct", 1.0))
-    fp32, int8 = tmp / "ck.onnx", tmp / "ck.int8.onnx"
-    test = test_batches(data, ck.config, ck.mean, ck.std, crop)
-    first = next(iter(test_batches(data, ck.config, ck.mean, ck.std, crop, 64)))[0]
-    info = export_onnx(
-        ck.model,
-        fp32,
-        class_names=ck.class_names,
-        mean=ck.mean,
-        std=ck.std,
-        crop_pct=crop,
-        verify_inputs=first,
-    )
-    calib = calibration_inputs(data, ck.config, ck.mean, ck.std, crop, calib_samples)
-    q = quantize(fp32, int8, calib, **fp32_kw)
-    acc = evaluate_sessions(
-        {"fp32": ort_session(fp32, threads), "int8": ort_session(int8, threads)}, test
-    )
+    out = tmp / "ck.onnx"
+    argv = ["export", checkpoint, "--format", "onnx", "--out", str(out), "--int8"]
+    argv += ["--calib-data", data, "--calib-samples", str(calib_samples)]
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON line
+        if cli(argv) != 0:
+            raise SystemExit(f"mobilenets {' '.join(argv)} failed")
+    r = json.loads(out.with_name(out.name + ".json").read_text())
+    drop = 100 * (r["fp32_top1"] - r["int8_top1"])
     return {
-        "checkpoint": str(ck.path),
-        "model": ck.config.to_dict(),
+        "checkpoint": checkpoint,
+        "model": read_info(checkpoint)["model"],
         "data": data,
-        "test_images": acc["images"],
-        "calib_samples": q["calib_samples"],
-        "max_abs_diff_fp32": info["max_abs_diff"],
-        "fp32_top1": acc["fp32_top1"],
-        "int8_top1": acc["int8_top1"],
-        "int8_fp32_agreement": acc["int8_agreement"],
-        "top1_drop_points": 100 * (acc["fp32_top1"] - acc["int8_top1"]),
+        "test_images": r["test_images"],
+        "calib_samples": r["int8"]["calib_samples"],
+        "max_abs_diff_fp32": r["max_abs_diff"],
+        "fp32_top1": r["fp32_top1"],
+        "int8_top1": r["int8_top1"],
+        "int8_fp32_agreement": r["int8_fp32_agreement"],
+        "top1_drop_points": drop,
         "goal_drop_points": 1.0,
-        "meets_goal": 100 * (acc["fp32_top1"] - acc["int8_top1"]) <= 1.0,
+        "meets_goal": drop <= 1.0,
     }
 
 
@@ -277,7 +266,7 @@ def main() -> int:
         }
         if args.checkpoint:
             result["d_int8_accuracy"] = accuracy(
-                args.checkpoint, args.data, {}, args.calib_samples, threads, tmp
+                args.checkpoint, args.data, args.calib_samples, tmp
             )
     result["hardware"]["loadavg_1m_end"] = os.getloadavg()[0]
     print(json.dumps(result))

@@ -205,7 +205,7 @@ def _load(args: argparse.Namespace) -> tuple[nn.Module | Path, dict[str, Any]]:
     from .checkpoint import load_checkpoint
 
     ck = load_checkpoint(path)
-    crop_pct = float(ck.meta.get("preprocess", {}).get("crop_pct", 1.0))
+    crop_pct = ck.crop_pct
     kw = {"class_names": ck.class_names, "mean": ck.mean, "std": ck.std, "crop_pct": crop_pct}
     return ck.model, kw
 

@@ -42,6 +42,11 @@ class Checkpoint:
     path: Path
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def crop_pct(self) -> float:
+        """Evaluation crop fraction recorded by training (1.0: resize the whole image)."""
+        return float(self.meta.get("preprocess", {}).get("crop_pct", 1.0))
+
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)

@@ -376,7 +376,7 @@ def run_export(args: argparse.Namespace) -> int:
     if not out.parent.is_dir():
         raise UsageError(f"--out: folder {out.parent} does not exist")
     ck = load_checkpoint(args.checkpoint)
-    crop_pct = float(ck.meta.get("preprocess", {}).get("crop_pct", 1.0))
+    crop_pct = ck.crop_pct
     data = args.calib_data if args.calib_data and args.calib_data != "random" else None
 
     def tests(n: int | None = args.eval_samples):

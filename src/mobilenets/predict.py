@@ -55,7 +55,7 @@ class Predictor:
             self.config = ck.config
             self.class_names = ck.class_names
             self.mean, self.std = ck.mean, ck.std
-            self.crop_pct = float(ck.meta.get("preprocess", {}).get("crop_pct", 1.0))
+            self.crop_pct = ck.crop_pct
             self.resolution = ck.config.resolution
         self.in_chans = self.config.in_chans
 
