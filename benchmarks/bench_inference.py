@@ -36,7 +36,7 @@ import torchvision
 from mobilenets import ModelConfig, create_model
 from mobilenets.bench import default_threads
 from mobilenets.export import export_onnx, ort_session
-from mobilenets.quantize import quantize
+from mobilenets.onnx_quant import quantize_onnx
 
 
 def hardware(threads: int) -> dict:
@@ -144,7 +144,7 @@ def variants(fp32: Path, tmp: Path, calib: torch.Tensor) -> dict[str, Path]:
         "percentile_calibration": {"calib_method": "percentile"},
     }.items():
         out[name] = tmp / f"{name}.onnx"
-        quantize(fp32, out[name], calib, **kw)
+        quantize_onnx(fp32, out[name], calib, **kw)
     return out
 
 
@@ -207,7 +207,7 @@ def main() -> int:
         export_onnx(ours, ours_path)
         export_onnx(tv, tv_path)
         calib = torch.randn(64, 3, 224, 224)  # random weights: calibration data only sets scales
-        q = quantize(ours_path, int8_path, calib)
+        q = quantize_onnx(ours_path, int8_path, calib)
         paths = {"ours_fp32": ours_path, "torchvision_fp32": tv_path, "ours_int8": int8_path}
         if args.tune:
             paths.update(variants(ours_path, tmp, calib))

@@ -1,4 +1,4 @@
-"""``mobilenets eval`` and ``mobilenets.evaluate``: metrics, confusion matrix files, splits."""
+"""``mobilenets eval`` and ``mobilenets.evaluation``: metrics, confusion matrix files, splits."""
 
 from __future__ import annotations
 

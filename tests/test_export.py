@@ -17,7 +17,7 @@ from mobilenets import ModelConfig, create_model
 from mobilenets.checkpoint import save_checkpoint
 from mobilenets.cli import main
 from mobilenets.export import export_onnx, fold_bn, ort_session, read_metadata, run_ort
-from mobilenets.quantize import quantize
+from mobilenets.onnx_quant import quantize_onnx
 from mobilenets.transforms import to_model_input
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -169,7 +169,9 @@ def test_int8_agrees_with_fp32(trained, exported, tmp_path):
     _, _, xtr, xte, yte = trained
     path, _ = exported
     out = tmp_path / "int8.onnx"
-    info = quantize(path, out, xtr[:256])  # uint8 images: preprocessed with the file's metadata
+    info = quantize_onnx(
+        path, out, xtr[:256]
+    )  # uint8 images: preprocessed with the file's metadata
     assert info["calib_samples"] == 256 and info["activation_type"] == "uint8"
     proto = onnx.load(str(out))
     ops = {n.op_type for n in proto.graph.node}
@@ -193,7 +195,7 @@ def test_int8_agrees_with_fp32(trained, exported, tmp_path):
 def test_int8_activation_type_int8_runs(exported, trained, tmp_path):
     _, _, xtr, xte, _ = trained
     path, _ = exported
-    info = quantize(
+    info = quantize_onnx(
         path, tmp_path / "s8.onnx", xtr[:64], activation_type="int8", calib_method="percentile"
     )
     assert "int8 asymmetric" in info["scheme"]

@@ -1,16 +1,16 @@
 """mobilenets: MobileNet V1/V2 from the papers to a device."""
 
-# Functions that share their module's name (profile, evaluate, quantize) are bound here after
-# their submodules are imported, so `mobilenets.evaluate` is always the function.
+# No public function shares its module's name: `import mobilenets.profiling` is the module and
+# `mobilenets.profile` the function (modules: profiling, evaluation, onnx_quant).
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import ModelConfig
 from .errors import MobilenetsError, UsageError
-from .evaluate import evaluate
+from .evaluation import evaluate
 from .export import export_onnx, fold_bn
 from .models import create_model
+from .onnx_quant import quantize_onnx
 from .predict import Predictor
-from .profile import Report, profile
-from .quantize import quantize
+from .profiling import Report, profile
 from .train import fit
 from .weights import load_pretrained
 
@@ -31,6 +31,6 @@ __all__ = [
     "load_checkpoint",
     "load_pretrained",
     "profile",
-    "quantize",
+    "quantize_onnx",
     "save_checkpoint",
 ]

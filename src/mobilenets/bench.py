@@ -79,7 +79,7 @@ def bench(
     Returns one dict per runtime: runtime, median_ms, p90_ms, mean_ms, images_per_s, bytes, ...
     """
     from .export import export_onnx, ort_session, read_metadata
-    from .quantize import quantize
+    from .onnx_quant import quantize_onnx
 
     unknown = [r for r in runtimes if r not in RUNTIMES]
     if unknown:
@@ -129,7 +129,7 @@ def bench(
                         if data is None:
                             data = torch.randn(64, cfg.in_chans, cfg.resolution, cfg.resolution)
                             extra["note"] = "calibrated on random data: latency only, not accuracy"
-                        q = quantize(fp32, path, data)
+                        q = quantize_onnx(fp32, path, data)
                         extra["scheme"] = q["scheme"]
                     sess = ort_session(path, threads)
                     feed = {sess.get_inputs()[0].name: x.numpy()}
@@ -216,7 +216,7 @@ def run_bench(args: argparse.Namespace) -> int:
     calib = None
     if args.calib_data and "onnx-int8" in runtimes:
         from .export import read_metadata
-        from .quantize import calibration_inputs
+        from .onnx_quant import calibration_inputs
 
         if isinstance(model, Path):
             meta = read_metadata(model)

@@ -18,7 +18,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("summary", "mobilenets.summary"),
     ("compare", "mobilenets.compare"),
     ("train", "mobilenets.train"),
-    ("eval", "mobilenets.evaluate"),
+    ("eval", "mobilenets.evaluation"),
     ("export", "mobilenets.export"),
     ("predict", "mobilenets.predict"),
     ("bench", "mobilenets.bench"),

@@ -9,7 +9,7 @@ from typing import Any
 
 from . import published as pub
 from .models import create_model
-from .profile import profile
+from .profiling import profile
 
 V1_WIDTHS = (1.0, 0.75, 0.5, 0.25)
 V1_RESOLUTIONS = (224, 192, 160, 128)

@@ -302,7 +302,7 @@ def max_abs_diff(
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from .quantize import ACTIVATION_TYPES, CALIB_METHODS
+    from .onnx_quant import ACTIVATION_TYPES, CALIB_METHODS
 
     p = subparsers.add_parser(
         "export",
@@ -364,7 +364,7 @@ def _int8_path(out: Path) -> Path:
 
 def run_export(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
-    from .quantize import calibration_inputs, evaluate_sessions, quantize, test_batches
+    from .onnx_quant import calibration_inputs, evaluate_sessions, quantize_onnx, test_batches
 
     out = Path(args.out)
     if args.int8 and not args.calib_data:
@@ -403,7 +403,7 @@ def run_export(args: argparse.Namespace) -> int:
         calib = calibration_inputs(
             args.calib_data, ck.config, ck.mean, ck.std, crop_pct, args.calib_samples, args.data_dir
         )
-        qinfo = quantize(
+        qinfo = quantize_onnx(
             out, q_out, calib, activation_type=args.activation_type, calib_method=args.calib_method
         )
         sessions["int8"] = ort_session(q_out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .profile import WEIGHT_KINDS, Report
+from .profiling import WEIGHT_KINDS, Report
 
 _SHOWN = (*WEIGHT_KINDS, "pool", "add")
 
@@ -44,7 +44,7 @@ def format_report(rep: Report) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from .cli import model_from_args
-    from .profile import profile
+    from .profiling import profile
 
     model = model_from_args(args, args.name)
     rep = profile(model)

@@ -467,7 +467,7 @@ class Trainer:
     def _run(self) -> dict[str, Any]:  # noqa: C901 - the training loop reads best in one piece
         from . import checkpoint as ck
         from .data import BadImages, Preprocess, eval_batches, holdout, load_dataset, train_batches
-        from .evaluate import Tally, tally
+        from .evaluation import Tally, tally
 
         a, dev = self.args, self.device
         recipe = self._resolve_recipe()

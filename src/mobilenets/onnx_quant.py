@@ -68,7 +68,7 @@ def _float_batches(data: CalibData, meta: dict[str, Any], batch_size: int) -> It
             yield np.ascontiguousarray(chunk.float().numpy())
 
 
-def quantize(
+def quantize_onnx(
     onnx_path: str | Path,
     out_path: str | Path,
     calib_data: CalibData,

@@ -1,0 +1,101 @@
+"""The one quantized graph: integer-only int8 ops in NHWC, following the LiteRT int8 spec.
+
+Shared by the NumPy reference (``reference``), the ``.tflite`` writer/reader (``tflite``) and the
+C code generator. Conventions (those of TFLite, so the writer is a plain translation):
+
+- Activation tensors are int8, per tensor, asymmetric: ``real = scale * (q - zero_point)``.
+  ``scale`` is always a float32-representable value, exactly what the ``.tflite`` file stores,
+  because TFLite Micro derives every multiplier from those float32 values at Prepare.
+- Shapes are NHWC with batch 1: ``(1, H, W, C)``; the logits are ``(1, num_classes)``.
+- Weights are int8, symmetric (zero point 0), per output channel:
+  ``conv2d`` (O, KH, KW, I); ``depthwise_conv2d`` (1, KH, KW, C * depth_multiplier);
+  ``fully_connected`` (O, I), its input flattened in NHWC order.
+- Bias is int32 with scale ``s_in * s_w[c]``.
+- ``padding`` is (top, bottom, left, right) of implicit zero-point padding inside a conv or pool.
+  It must be TensorFlow SAME or VALID for the op's geometry (TFLite knows no other); other
+  padding (PyTorch's symmetric padding of stride-2 convs, max pools) is an explicit ``pad`` op.
+- ``act_min``/``act_max`` is the fused activation as an output clamp (ReLU6 -> [q(0), q(6)]).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+OP_KINDS = (
+    "conv2d",
+    "depthwise_conv2d",
+    "fully_connected",
+    "add",
+    "avg_pool2d",
+    "mean",
+    "max_pool2d",
+    "pad",
+    "reshape",
+)
+
+
+@dataclass
+class Tensor:
+    """An int8 activation tensor (weights live on their op)."""
+
+    name: str
+    shape: tuple[int, ...]
+    scale: float
+    zero_point: int
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape))
+
+
+@dataclass
+class Op:
+    """One int8 op. ``inputs``/``output`` index ``QuantizedModel.tensors``."""
+
+    kind: str
+    inputs: tuple[int, ...]
+    output: int
+    name: str = ""
+    weights: np.ndarray | None = None  # int8, layout above
+    weight_scales: np.ndarray | None = None  # float32, one per output channel
+    bias: np.ndarray | None = None  # int32, one per output channel
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, bottom, left, right
+    kernel: tuple[int, int] = (1, 1)  # pools; convs take theirs from ``weights``
+    depth_multiplier: int = 1
+    act_min: int = -128
+    act_max: int = 127
+
+    def __post_init__(self) -> None:
+        if self.kind not in OP_KINDS:
+            raise ValueError(f"unknown op kind {self.kind!r}; one of {', '.join(OP_KINDS)}")
+
+
+@dataclass
+class QuantizedModel:
+    """A whole int8 network: tensors, ops in execution order, and what a deployment needs."""
+
+    tensors: list[Tensor]
+    ops: list[Op]
+    input: int
+    output: int
+    config: dict[str, Any] = field(default_factory=dict)  # ModelConfig.to_dict()
+    preprocess: dict[str, Any] = field(default_factory=dict)  # Preprocess.to_dict()
+    class_names: list[str] | None = None
+
+    @property
+    def input_tensor(self) -> Tensor:
+        return self.tensors[self.input]
+
+    @property
+    def output_tensor(self) -> Tensor:
+        return self.tensors[self.output]
+
+    def op_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for op in self.ops:
+            counts[op.kind] = counts.get(op.kind, 0) + 1
+        return counts
