@@ -8,6 +8,7 @@ weights come from safetensors, metadata from JSON, training state via ``weights_
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from .config import ModelConfig
@@ -56,8 +57,11 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
+def _write_file(path: Path, data: bytes | memoryview) -> None:
+    """Write and fsync a new file; its mode follows the umask (0644 under the usual 022)."""
+    with open(path, "xb") as f:
+        f.write(data)
+        f.flush()
         os.fsync(f.fileno())
 
 
@@ -91,15 +95,21 @@ def save_checkpoint(
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     sd = state_dict if state_dict is not None else model.state_dict()
-    save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, tmp / WEIGHTS)
-    (tmp / CONFIG).write_text(json.dumps(info, indent=2))
-    if training_state is not None:
-        torch.save(training_state, tmp / TRAINING_STATE)
-    for f in tmp.iterdir():
-        _fsync_file(f)
-    _fsync_dir(tmp)
+    try:
+        tmp.mkdir(parents=True)
+        _write_file(tmp / WEIGHTS, save({k: v.detach().contiguous().cpu() for k, v in sd.items()}))
+        _write_file(tmp / CONFIG, json.dumps(info, indent=2).encode())
+        if training_state is not None:
+            buf = io.BytesIO()
+            torch.save(training_state, buf)
+            _write_file(tmp / TRAINING_STATE, buf.getbuffer())
+        _fsync_dir(tmp)
+    except (
+        BaseException
+    ):  # a full disk, a kill signal turned into an exception: leave no partial folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old = None
     if path.exists() or path.is_symlink():
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -195,3 +205,33 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     if not f.is_file():
         raise MobilenetsError(f"{p}: has no {TRAINING_STATE}, so it cannot be resumed")
     return safe_torch_load(f)
+
+
+def verify_checkpoint(path: str | Path, state_keys: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """Check every file of a checkpoint folder; return its training state when ``state_keys`` is given.
+
+    Raises MobilenetsError naming the file and what is wrong with it: a missing file, a
+    config that does not parse, weights that are truncated, do not match the config or are not
+    finite, or a training state that lacks one of ``state_keys``.
+    """
+    p = resolve(path)
+    try:
+        ck = load_checkpoint(p)
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        raise MobilenetsError(f"{p}: damaged checkpoint ({str(e).splitlines()[0]})") from None
+    bad = [
+        k
+        for k, v in ck.model.state_dict().items()
+        if v.is_floating_point() and not v.isfinite().all()
+    ]
+    if bad:
+        raise MobilenetsError(f"{p / WEIGHTS}: non-finite weights (e.g. {bad[0]})")
+    if not state_keys:
+        return None
+    state = load_training_state(p)
+    missing = [k for k in state_keys if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise MobilenetsError(
+            f"{p / TRAINING_STATE}: incomplete training state (missing {', '.join(missing)})"
+        )
+    return state

@@ -367,6 +367,21 @@ def _set_rng_state(s: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------- the trainer
 
+# What a checkpoint's training_state.pt must hold to be resumed.
+STATE_KEYS = (
+    "epoch",
+    "model",
+    "optimizer",
+    "scheduler",
+    "ema",
+    "rng",
+    "best_val_top1",
+    "best_epoch",
+    "config",
+    "global_batch",
+    "train_images",
+)
+
 
 class Trainer:
     """One training run; see the module docstring for the outputs."""
@@ -380,6 +395,7 @@ class Trainer:
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.main = self.rank == 0
         self.elapsed_before = 0.0  # wall time of the earlier processes of a resumed run
+        self.lock = None  # rank 0's flock on --out/.lock
 
     # ---- setup
 
@@ -446,6 +462,72 @@ class Trainer:
             **opts,
         )
 
+    def _record(self, cfg, recipe: Recipe, lr: float, ds) -> dict[str, Any]:
+        """The values that define this run (see :mod:`mobilenets.runfolder`)."""
+        from .data import parse_spec
+
+        a = self.args
+        kind, path = parse_spec(ds.spec)
+        return {
+            "model": cfg.to_dict(),
+            "data": f"{kind}:{Path(path).resolve()}" if path else kind,
+            "data_dir": str(Path(a.data_dir).resolve()) if a.data_dir else None,
+            "recipe": asdict(recipe),
+            "lr": lr,
+            "seed": a.seed,
+            "batch_size": a.batch_size,
+            "val_split": a.val_split,
+            "max_train_samples": a.max_train_samples,
+            "max_eval_samples": a.max_eval_samples,
+        }
+
+    def _runtime(self) -> dict[str, Any]:
+        """This process's options that may change between resumes (recorded in run.json)."""
+        a = self.args
+        return {
+            "time": time.time(),
+            "command": a.command,
+            "device": self.device.type,
+            "world_size": self.world,
+            "workers": a.workers,
+            "compile": a.compile,
+            "sync_bn": a.sync_bn,
+            "versions": versions(),
+        }
+
+    def _open_run(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        """Lock ``--out`` (rank 0); return the verified training state to resume, or None."""
+        from . import runfolder
+
+        a = self.args
+        if self.main:
+            self.lock = runfolder.RunLock(self.out)
+        found = runfolder.markers(self.out) if self.out.is_dir() else []
+        if found and not a.resume:
+            raise UsageError(
+                f"{self.out} already holds a run ({', '.join(found[:3])}); pass --resume to "
+                f"continue it or choose another --out"
+            )
+        if not found:
+            if a.resume:
+                self._log(f"--resume: no checkpoint in {self.out} yet, starting from scratch")
+            return None
+        _, state, note = runfolder.resume_point(self.out, STATE_KEYS)
+        runfolder.check_record(self.out, record, a.epochs, started=True)
+        if note:
+            self._log(f"--resume: {note}")
+        return state
+
+    def _check_state(self, state: dict[str, Any], cfg, batch: int, n_train: int) -> None:
+        """Checks for runs recorded before run.json existed."""
+        where = self.out / "last.ckpt"
+        if state["config"] != cfg.to_dict():
+            raise UsageError(f"--resume: {where} was trained with another model configuration")
+        if state["global_batch"] != batch or state["train_images"] != n_train:
+            raise UsageError(
+                f"--resume: {where} was trained with another --batch-size or training set"
+            )
+
     def _log(self, text: str) -> None:
         if self.main and not self.args.quiet:
             print(text, flush=True)
@@ -461,11 +543,12 @@ class Trainer:
         try:
             return self._run()
         finally:
+            if self.lock is not None:
+                self.lock.release()
             if distributed and dist.is_initialized():
                 dist.destroy_process_group()
 
     def _run(self) -> dict[str, Any]:  # noqa: C901 - the training loop reads best in one piece
-        from . import checkpoint as ck
         from .data import BadImages, Preprocess, eval_batches, holdout, load_dataset, train_batches
         from .evaluation import Tally, tally
 
@@ -528,21 +611,15 @@ class Trainer:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
         ema = ModelEma(model, recipe.ema_decay) if recipe.ema_decay else None
 
-        # ---- resume
-        last = self.out / "last.ckpt"
+        # ---- the run folder: lock (rank 0), resume point, record
+        record = self._record(cfg, recipe, lr, ds)
         start_epoch, best, best_epoch, elapsed_before = 0, -1.0, 0, 0.0
-        if last.exists() and not a.resume:
-            raise UsageError(
-                f"{self.out} already holds a run; pass --resume to continue it or choose another --out"
-            )
-        if a.resume and last.exists():
-            state = ck.load_training_state(last)
-            if state.get("config") != cfg.to_dict():
-                raise UsageError(f"--resume: {last} was trained with another model configuration")
-            if state.get("global_batch") != B or state.get("train_images") != n_train:
-                raise UsageError(
-                    f"--resume: {last} was trained with another --batch-size or training set"
-                )
+        state = self._open_run(record)
+        if state is not None:
+            if int(state["epoch"]) >= a.epochs and (self.out / "summary.json").is_file():
+                self._log(f"{self.out} is complete ({a.epochs} epochs); nothing to do")
+                return json.loads((self.out / "summary.json").read_text())
+            self._check_state(state, cfg, B, n_train)
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
@@ -557,17 +634,16 @@ class Trainer:
             elapsed_before = float(state.get("elapsed_s", 0.0))
             self.elapsed_before = elapsed_before
             self._log(f"resuming {self.out} after epoch {start_epoch}")
-        elif a.resume:
-            self._log(f"--resume: no checkpoint in {self.out} yet, starting from scratch")
 
         history: list[dict[str, Any]] = []
         if self.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            for stale in self.out.glob(".*.tmp-*"):  # left by a run killed while writing
-                shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(
-                    missing_ok=True
-                )
-            history = self._read_history(start_epoch)
+            from . import runfolder
+
+            runfolder.clean_leftovers(self.out)
+            runfolder.write_record(self.out, record, a.epochs, self._runtime())
+            if state is not None:
+                history = runfolder.read_metrics(self.out, start_epoch)
+                runfolder.write_metrics(self.out, history)
 
         net: nn.Module = model
         if a.sync_bn:
@@ -679,6 +755,7 @@ class Trainer:
             sel = evaluate_on(sel_split)
             if epoch == a.epochs:
                 test_metrics = sel if val_split is None else evaluate_on(test_split)
+            self._check_finite_epoch(epoch, sel, test_metrics, model, ema)
             improved = sel["top1"] > best
             if improved:
                 best, best_epoch = sel["top1"], epoch
@@ -702,8 +779,6 @@ class Trainer:
             last_row = row
             if self.main:
                 history.append(row)
-                with open(self.out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
                 state = {
                     "epoch": epoch,
                     "model": model.state_dict(),
@@ -735,29 +810,37 @@ class Trainer:
                         k: row[k] for k in ("val_top1", "val_top5", "val_loss", "eval_set")
                     },
                 }
-                folder = self.out / f"epoch-{epoch:04d}.ckpt"
-                ck.save_checkpoint(
-                    folder,
+                self._write_epoch(
+                    epoch,
                     model,
                     ds.class_names,
                     mean,
                     std,
                     meta,
                     state,
-                    state_dict=ema.module.state_dict() if ema is not None else None,
+                    ema.module.state_dict() if ema is not None else None,
+                    history,
+                    improved,
                 )
-                ck.point_link(last, folder)
-                self._debug_event(f"checkpoint {folder.name}")
-                if improved:
-                    ck.point_link(self.out / "best.ckpt", folder)
-                self._prune()
-                from .plots import plot_curves
-
-                plot_curves(history, self.out / "curves.png")
             self._log(
                 f"epoch {epoch}/{a.epochs}  train loss {row['train_loss']:.4f} top-1 {100 * row['train_top1']:.2f}%  "
                 f"{sel_name} loss {row['val_loss']:.4f} top-1 {100 * row['val_top1']:.2f}% top-5 {100 * row['val_top5']:.2f}%  "
                 f"lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  {row['elapsed_s']:.0f}s"
+            )
+        if start_epoch >= a.epochs:  # killed after the last checkpoint, before summary.json
+            eval_model = ema.module if ema is not None else model
+            last_row = history[-1] if history else {}
+            test_metrics = self._eval(
+                eval_model.eval(),
+                test_split,
+                prep,
+                dev,
+                amp,
+                cfg.num_classes,
+                bad,
+                eval_batches,
+                tally,
+                Tally,
             )
         if len(bad):
             self._log(f"skipped {len(bad)} unreadable image(s), e.g. {sorted(bad.paths)[0]}")
@@ -802,15 +885,58 @@ class Trainer:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank stops together
         step = int(flag)
         if step >= 0:
-            last = self.out / "last.ckpt"
-            kept = (
-                f"last good checkpoint: {last} -> {os.readlink(last)}"
-                if last.is_symlink()
-                else "no checkpoint was written yet"
-            )
             raise MobilenetsError(
-                f"non-finite loss at epoch {epoch} step {step}/{steps}; stopped ({kept})"
+                f"non-finite loss at epoch {epoch} step {step}/{steps}; stopped ({self._last_good()})"
             )
+
+    def _last_good(self) -> str:
+        last = self.out / "last.ckpt"
+        if last.is_symlink() and last.exists():
+            return f"last good checkpoint: {last} -> {os.readlink(last)}"
+        return "no checkpoint was written yet"
+
+    def _check_finite_epoch(self, epoch, sel, test, model, ema) -> None:
+        """Stop before saving when the evaluation loss or any weight is NaN or infinite."""
+        what = [f"{sel['loss']} validation loss"] if not math.isfinite(sel["loss"]) else []
+        if test is not None and not math.isfinite(test["loss"]):
+            what.append(f"{test['loss']} test loss")
+        for name, m in (("weights", model), ("EMA weights", ema.module if ema else None)):
+            if m is not None:
+                ts = [t for t in m.state_dict().values() if t.is_floating_point()]
+                if not bool(torch.stack([t.isfinite().all() for t in ts]).all()):
+                    what.append(f"non-finite {name}")
+        if what:
+            raise MobilenetsError(
+                f"{', '.join(what)} at epoch {epoch}; stopped before saving it "
+                f"({self._last_good()})"
+            )
+
+    def _write_epoch(
+        self, epoch, model, class_names, mean, std, meta, state, weights, history, improved
+    ) -> None:
+        """Checkpoint folder, then metrics.jsonl, best.ckpt, last.ckpt: each step atomic."""
+        from . import checkpoint as ck
+        from . import runfolder
+        from .plots import plot_curves
+
+        folder = self.out / f"epoch-{epoch:04d}.ckpt"
+        try:
+            ck.save_checkpoint(
+                folder, model, class_names, mean, std, meta, state, state_dict=weights
+            )
+            runfolder.write_metrics(self.out, history)
+            if improved:
+                ck.point_link(self.out / "best.ckpt", folder)
+            ck.point_link(self.out / "last.ckpt", folder)
+            self._debug_event(f"checkpoint {folder.name}")
+            self._prune()
+            plot_curves(history, self.out / "curves.png")
+        except OSError as e:
+            cause = e.strerror or str(e)
+            raise MobilenetsError(
+                f"could not write {folder.name} at epoch {epoch}: {cause}"
+                f"{f' ({e.filename})' if e.filename else ''}; stopped ({self._last_good()})"
+            ) from None
 
     def _eval(
         self, model, split, prep, dev, amp, num_classes, bad, eval_batches, tally, Tally
@@ -843,21 +969,6 @@ class Trainer:
         if folder:
             with open(Path(folder) / f"rank{self.rank}.log", "a") as f:
                 f.write(text + "\n")
-
-    def _read_history(self, upto: int) -> list[dict[str, Any]]:
-        """Rows of ``metrics.jsonl`` up to epoch ``upto`` (rows of an unfinished epoch are dropped)."""
-        path = self.out / "metrics.jsonl"
-        rows = []
-        if path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a kill
-                if row.get("epoch", 0) <= upto:
-                    rows.append(row)
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        return rows
 
     def _prune(self) -> None:
         keep = {

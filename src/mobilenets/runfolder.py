@@ -1,0 +1,224 @@
+"""A training run's folder (``train --out RUN``): its lock, its record, its resume point, its log.
+
+- ``RUN/.lock`` is held with ``fcntl.flock`` by rank 0 for the run's life; the kernel drops it
+  when the process dies (even by SIGKILL), so a killed run can always be resumed, while a
+  second writer is refused naming the holder's PID.
+- ``RUN/run.json`` records the values that define the run (model, data, recipe, seed, ...),
+  written atomically at the start; ``--resume`` refuses values that differ. Runtime options
+  (device, workers, ...) may change and are appended to its ``processes`` list.
+- Any of ``last.ckpt``, ``best.ckpt``, an ``epoch-*.ckpt`` folder or ``metrics.jsonl`` means a
+  run exists; it is resumed from a verified checkpoint, never overwritten.
+- ``metrics.jsonl`` is rewritten atomically; leftovers of a killed writer (``.*.tmp-*``,
+  ``.*.old-*``) are removed by the next run.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .errors import MobilenetsError, UsageError
+
+RECORD = "run.json"
+METRICS = "metrics.jsonl"
+LOCK = ".lock"
+
+# Run-defining values: the flag(s) that set each, for the refusal message.
+DEFINING = {
+    "model": "the model (--model, --width, --resolution, --small-input, --in-chans, --activation)",
+    "data": "--data",
+    "data_dir": "--data-dir",
+    "recipe": "the recipe (--recipe, --weight-decay, --label-smoothing, --ema, --ema-decay)",
+    "lr": "--lr",
+    "seed": "--seed",
+    "batch_size": "--batch-size",
+    "val_split": "--val-split",
+    "max_train_samples": "--max-train-samples",
+    "max_eval_samples": "--max-eval-samples",
+}
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a fsync'ed temporary file and ``os.replace``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``RUN/.lock`` holding the owner's PID."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / LOCK
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            pid = self.path.read_text().strip() or "unknown"
+            raise MobilenetsError(
+                f"{out} is in use by another training run (PID {pid} holds {self.path})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the last descriptor drops the flock
+            self.fd = None
+
+
+def markers(out: Path) -> list[str]:
+    """The files that show ``out`` holds a run (a broken link counts)."""
+    names = [
+        n
+        for n in ("last.ckpt", "best.ckpt", METRICS)
+        if (out / n).is_symlink() or (out / n).exists()
+    ]
+    return names + sorted(p.name for p in out.glob("epoch-*.ckpt"))
+
+
+def clean_leftovers(out: Path) -> None:
+    """Remove temporary files, links and folders that a killed writer left behind."""
+    for stale in [*out.glob(".*.tmp-*"), *out.glob(".*.old-*")]:
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+def _describe_link(link: Path) -> str:
+    if not link.is_symlink():
+        return f"{link.name} is missing"
+    return f"{link.name} is a broken link (-> {os.readlink(link)})"
+
+
+def resume_point(out: Path, state_keys: tuple[str, ...]) -> tuple[Path, dict[str, Any], str]:
+    """The verified checkpoint to resume ``out`` from, its training state, and a note for the log.
+
+    ``last.ckpt`` when it points to a folder; else the newest epoch folder whose files verify.
+    A damaged checkpoint, or a run with no complete checkpoint left, stops with one line.
+    """
+    from .checkpoint import verify_checkpoint
+
+    last = out / "last.ckpt"
+    if last.exists():
+        state = verify_checkpoint(last, state_keys)
+        _verify_best(out, last)
+        return last, state, ""
+    for folder in sorted(out.glob("epoch-*.ckpt"), reverse=True):
+        try:
+            state = verify_checkpoint(folder, state_keys)
+        except MobilenetsError:
+            continue
+        _verify_best(out, folder)
+        return (
+            folder,
+            state,
+            f"{_describe_link(last)}; resuming from {folder.name}, the newest complete epoch",
+        )
+    raise MobilenetsError(
+        f"{out} holds a run ({', '.join(markers(out))}) but {_describe_link(last)} and no "
+        f"complete epoch-*.ckpt folder remains, so it cannot be resumed; restore the checkpoint "
+        f"or move {out} aside to start over"
+    )
+
+
+def _verify_best(out: Path, chosen: Path) -> None:
+    from .checkpoint import verify_checkpoint
+
+    best = out / "best.ckpt"
+    if best.is_symlink() and not best.exists():
+        raise MobilenetsError(
+            f"{best} is a broken link (-> {os.readlink(best)}); restore that folder, "
+            f"or remove the link and the run will point it again"
+        )
+    if best.exists() and best.resolve() != chosen.resolve():
+        verify_checkpoint(best)
+
+
+def check_record(out: Path, record: dict[str, Any], epochs: int, started: bool) -> None:
+    """Refuse, in one line, run-defining values that differ from ``RUN/run.json``.
+
+    ``started``: a checkpoint exists (otherwise nothing was trained and the run may be redefined).
+    """
+    path = out / RECORD
+    if not started or not path.exists():
+        return
+    try:
+        stored = json.loads(path.read_text())
+        old = stored["defining"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise MobilenetsError(f"{path}: unreadable run record ({e})") from None
+    for key, flag in DEFINING.items():
+        if old.get(key) != record.get(key):
+            raise UsageError(
+                f"--resume: {flag} differs from the run in {out} "
+                f"({_difference(old.get(key), record.get(key))}); run-defining values cannot "
+                f"change on resume, start a new --out"
+            )
+    if stored.get("epochs") != epochs:
+        raise UsageError(
+            f"--resume: {out} was started for {stored.get('epochs')} epochs, not {epochs}; the "
+            f"learning-rate schedule depends on the total, so a run cannot be extended or "
+            f"shortened (start a new run with --pretrained {out / 'last.ckpt'})"
+        )
+
+
+def _difference(old: Any, new: Any) -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new)):
+            if old.get(k) != new.get(k):
+                return f"{k}: stored {old.get(k)!r}, given {new.get(k)!r}"
+    return f"stored {old!r}, given {new!r}"
+
+
+def write_record(out: Path, record: dict[str, Any], epochs: int, runtime: dict[str, Any]) -> None:
+    """Write ``run.json`` (fresh run), or append this process's runtime options (resumed run)."""
+    path = out / RECORD
+    stored: dict[str, Any] = {"defining": record, "epochs": epochs, "processes": []}
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+            if old.get("defining") == record and old.get("epochs") == epochs:
+                stored = old
+        except (OSError, ValueError):
+            pass
+    stored["processes"].append(runtime)
+    write_atomic(path, json.dumps(stored, indent=2) + "\n")
+
+
+def read_metrics(out: Path, upto: int) -> list[dict[str, Any]]:
+    """Rows of ``metrics.jsonl`` up to epoch ``upto`` (rows of unfinished epochs are dropped)."""
+    path = out / METRICS
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill (older versions appended in place)
+            if isinstance(row, dict) and row.get("epoch", 0) <= upto:
+                rows.append(row)
+    return rows
+
+
+def write_metrics(out: Path, rows: list[dict[str, Any]]) -> None:
+    """Rewrite ``metrics.jsonl`` atomically (a kill leaves the old or the new file, whole)."""
+    write_atomic(out / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
