@@ -166,10 +166,21 @@ def _fashion_from(folder: Path) -> dict[str, Split] | None:
         images, labels = read_idx(img_path), read_idx(lbl_path)
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise MobilenetsError(f"{img_path}: images and labels do not match")
+        check_labels(labels, len(FASHION_MNIST_CLASSES), lbl_path)
         splits[s] = Split(
             torch.from_numpy(labels.astype(np.int64)), torch.from_numpy(images.copy()).unsqueeze(1)
         )
     return splits
+
+
+def check_labels(labels: np.ndarray, num_classes: int, path: Path) -> None:
+    """Refuse labels outside ``0..num_classes-1``, naming the file and the first bad one."""
+    bad = np.flatnonzero(labels.astype(np.int64) >= num_classes)
+    if len(bad):
+        raise MobilenetsError(
+            f"{path}: label {int(labels[bad[0]])} at index {int(bad[0])} is outside "
+            f"0..{num_classes - 1} ({len(bad)} such labels)"
+        )
 
 
 def _download_fashion_mnist(root: Path) -> Path:
@@ -187,11 +198,14 @@ def load_fashion_mnist(data_dir: str | Path | None = None) -> Dataset:
     """
     env = os.environ.get("MOBILENETS_DATA")
     candidates: list[tuple[str, Path]] = []
-    if data_dir:
+    if data_dir:  # a folder the user names is the only place looked at
         candidates.append(("--data-dir", Path(data_dir)))
-    if env:
-        candidates.append(("$MOBILENETS_DATA", Path(env)))
-    candidates += [("dataset-fashion-mnist", p) for p in SYSTEM_FASHION_MNIST]
+        if not Path(data_dir).is_dir():
+            raise MobilenetsError(f"--data-dir {data_dir}: no such folder")
+    else:
+        if env:
+            candidates.append(("$MOBILENETS_DATA", Path(env)))
+        candidates += [("dataset-fashion-mnist", p) for p in SYSTEM_FASHION_MNIST]
     splits = None
     for _, folder in candidates:
         splits = _fashion_from(folder)
@@ -280,10 +294,18 @@ def load_imagefolder(path: Path) -> Dataset:
             )
         files, labels = [], []
         for i, c in enumerate(classes):
-            for f in sorted((root / c).rglob("*")) if (root / c).is_dir() else []:
-                if f.is_file() and not f.name.startswith("."):
-                    files.append(f)
-                    labels.append(i)
+            found = [
+                f
+                for f in (sorted((root / c).rglob("*")) if (root / c).is_dir() else [])
+                if f.is_file() and not f.name.startswith(".")
+            ]
+            if split == "train" and not found:
+                raise MobilenetsError(
+                    f"imagefolder: class folder {root / c} has no images (a class with no "
+                    f"training images cannot be learned; add images or remove the folder)"
+                )
+            files += found
+            labels += [i] * len(found)
         if not files:
             raise MobilenetsError(f"imagefolder: no images in {root}")
         splits[split] = Split(torch.tensor(labels, dtype=torch.int64), files=files)
@@ -359,6 +381,26 @@ class BadImages:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+
+def check_images(split: Split, bad: BadImages, workers: int = 0) -> None:
+    """Open every file of ``split`` (headers only) so an unreadable one stops before training.
+
+    With ``--skip-bad-images`` (``bad.skip``) such files are recorded in ``bad`` instead.
+    """
+    if split.files is None:
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .transforms import probe_image
+
+    with ThreadPoolExecutor(max(1, min(workers, 8))) as pool:
+        failed = [
+            str(p)
+            for p, ok in zip(split.files, pool.map(probe_image, split.files), strict=True)
+            if not ok
+        ]
+    bad.add(failed)
 
 
 # ---------------------------------------------------------------- batches
@@ -467,7 +509,7 @@ def eval_batches(
         for chunk in idx.split(batch_size):
             yield prep(split.images[chunk].to(device)), split.labels[chunk].to(device)
         return
-    bad = bad or BadImages(False)
+    bad = bad if bad is not None else BadImages(False)
     fds = _FileDataset(
         split, prep.in_chans, prep.resolution, False, prep.mean, prep.std, prep.crop_pct
     )

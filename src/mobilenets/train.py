@@ -247,6 +247,44 @@ class TrainArgs:
     command: list[str] = field(default_factory=list)
 
 
+MAX_WIDTH = 10.0  # alpha beyond this gives layers of tens of thousands of channels
+
+
+def option_error(name: str, value: float | None) -> str | None:
+    """Why ``value`` is out of range for the training option ``name`` (``None``: it is fine).
+
+    One rule for the CLI flags and for :func:`fit`'s keyword arguments.
+    """
+    if value is None:
+        return None
+    if name in ("label_smoothing", "ema_decay"):
+        ok, rule = 0 <= value < 1, "in [0, 1)"
+    elif name == "weight_decay":
+        ok, rule = 0 <= value < math.inf, "a finite number >= 0"
+    elif name == "width":
+        ok, rule = 0 < value <= MAX_WIDTH, f"in (0, {MAX_WIDTH:g}]"
+    else:
+        return None
+    return None if ok else f"must be {rule}, got {value}"
+
+
+def _option_type(name: str):
+    """An argparse ``type`` checking ``option_error`` (one line through the CLI's parser)."""
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        err = option_error(name, v)
+        if err:
+            raise argparse.ArgumentTypeError(err)
+        return v
+
+    parse.__name__ = name
+    return parse
+
+
 def fit(
     model: str, data: str, out: str | Path, epochs: int, batch_size: int = 256, **options: Any
 ) -> dict[str, Any]:
@@ -419,8 +457,12 @@ class Trainer:
             raise UsageError(
                 f"--batch-size {a.batch_size} (global) is not divisible by {self.world} ranks"
             )
-        if a.lr is not None and not a.lr > 0:
-            raise UsageError(f"--lr must be > 0, got {a.lr}")
+        if a.lr is not None and not 0 < a.lr < math.inf:
+            raise UsageError(f"--lr must be a finite number > 0, got {a.lr}")
+        for name in ("width", "weight_decay", "label_smoothing", "ema_decay"):
+            err = option_error(name, getattr(a, name))
+            if err:
+                raise UsageError(f"--{name.replace('_', '-')} {err}")
 
     def _resolve_recipe(self) -> Recipe:
         a, r = self.args, RECIPES[self.args.recipe]
@@ -432,7 +474,9 @@ class Trainer:
         if a.ema is False:
             changes["ema_decay"] = None
         elif a.ema or a.ema_decay is not None:
-            changes["ema_decay"] = a.ema_decay or r.ema_decay or 0.9999
+            changes["ema_decay"] = (
+                a.ema_decay if a.ema_decay is not None else (r.ema_decay or 0.9999)
+            )
         return replace(r, **changes)
 
     def _build_model(self, ds) -> nn.Module:
@@ -549,7 +593,15 @@ class Trainer:
                 dist.destroy_process_group()
 
     def _run(self) -> dict[str, Any]:  # noqa: C901 - the training loop reads best in one piece
-        from .data import BadImages, Preprocess, eval_batches, holdout, load_dataset, train_batches
+        from .data import (
+            BadImages,
+            Preprocess,
+            check_images,
+            eval_batches,
+            holdout,
+            load_dataset,
+            train_batches,
+        )
         from .evaluation import Tally, tally
 
         a, dev = self.args, self.device
@@ -609,7 +661,7 @@ class Trainer:
             return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-        ema = ModelEma(model, recipe.ema_decay) if recipe.ema_decay else None
+        ema = ModelEma(model, recipe.ema_decay) if recipe.ema_decay is not None else None
 
         # ---- the run folder: lock (rank 0), resume point, record
         record = self._record(cfg, recipe, lr, ds)
@@ -661,6 +713,8 @@ class Trainer:
         amp = dev.type == "cuda"
         images_dev = train_split.images.to(dev) if train_split.images is not None else None
         bad = BadImages(a.skip_bad_images)
+        for split in {id(s): s for s in (sel_split, test_split)}.values():
+            check_images(split, bad, a.workers)  # before an epoch is spent training
         self._log(
             f"{cfg.name} alpha={cfg.width_mult} {cfg.resolution}px in_chans={cfg.in_chans} small_input={cfg.small_input} | "
             f"{ds.name}: {n_train} train, {len(sel_split)} {sel_name} | recipe {recipe.name}, lr {lr:.4g}, "
@@ -1073,15 +1127,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=positive_float,
         help="learning rate for the global batch (default: the recipe's, scaled)",
     )
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--weight-decay", type=_option_type("weight_decay"), help=">= 0")
+    p.add_argument("--label-smoothing", type=_option_type("label_smoothing"), help="in [0, 1)")
     p.add_argument(
         "--ema",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="EMA of the weights (default: per recipe)",
     )
-    p.add_argument("--ema-decay", type=float)
+    p.add_argument("--ema-decay", type=_option_type("ema_decay"), help="in [0, 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("cpu", "cuda"))
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.ckpt")

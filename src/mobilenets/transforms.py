@@ -19,21 +19,66 @@ from .errors import MobilenetsError
 
 
 def decode_image(path: str | Path, in_chans: int) -> torch.Tensor:
-    """Read an image file as a uint8 (C, H, W) tensor with ``in_chans`` channels.
+    """Read an image file as a uint8 (C, H, W) tensor with ``in_chans`` channels, upright.
 
-    Raises MobilenetsError naming the file when it is missing, corrupt or not an image.
+    The EXIF orientation is applied, and every mode Pillow opens becomes 8-bit gray or RGB
+    (see :func:`pil_to_tensor`). Raises MobilenetsError naming the file when it is missing,
+    corrupt, not an image, a decompression bomb, or holds values that 8 bits cannot represent.
     """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             im.load()
-            im = im.convert("L" if in_chans == 1 else "RGB")
-            arr = np.asarray(im, dtype=np.uint8).copy()
+            return pil_to_tensor(im, in_chans, str(path))
     except FileNotFoundError:
         raise MobilenetsError(f"{path}: no such image file") from None
+    except Image.DecompressionBombError as e:
+        raise MobilenetsError(f"{path}: not a readable image ({e})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise MobilenetsError(f"{path}: not a readable image ({e.__class__.__name__})") from None
+
+
+def probe_image(path: str | Path) -> bool:
+    """Whether Pillow recognizes ``path`` as an image of a sane size (reads the header only)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path):
+            return True
+    except Exception:  # UnidentifiedImageError, OSError, DecompressionBombError...
+        return False
+
+
+def pil_to_tensor(im, in_chans: int, name: str = "image") -> torch.Tensor:
+    """A PIL image as an upright uint8 (C, H, W) tensor with ``in_chans`` channels.
+
+    - EXIF orientation is applied (``ImageOps.exif_transpose``);
+    - 16-bit gray (``I;16*``) keeps its top 8 bits (``>> 8``): scaled, not clipped;
+    - 32-bit ``I`` and float ``F`` images must hold values in 0..255 (else MobilenetsError);
+    - transparency (``RGBA``, ``LA``, ``PA``, ``P`` or ``L``/``RGB`` with a transparent color)
+      is composited onto white, as viewers show such images on a page;
+    - other modes (``1``, ``P``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``...) use Pillow's conversion.
+    """
+    from PIL import Image, ImageOps
+
+    im = ImageOps.exif_transpose(im)
+    if im.mode.startswith("I;16"):
+        im = Image.fromarray((np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8), "L")
+    elif im.mode in ("I", "F"):
+        arr = np.asarray(im)
+        if arr.size and not (np.isfinite(arr).all() and arr.min() >= 0 and arr.max() <= 255):
+            kind = "32-bit integer" if im.mode == "I" else "floating-point"
+            raise MobilenetsError(
+                f"{name}: {kind} image with values {arr.min()}..{arr.max()} outside 0..255; "
+                f"convert it to 8 bits"
+            )
+        im = Image.fromarray(np.rint(arr).astype(np.uint8), "L")
+    elif im.mode in ("RGBA", "LA", "PA", "RGBa") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        im = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im.alpha_composite(rgba)
+    arr = np.asarray(im.convert("L" if in_chans == 1 else "RGB"), dtype=np.uint8).copy()
     t = torch.from_numpy(arr)
     t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
     return adapt_channels(t.unsqueeze(0), in_chans)[0]
