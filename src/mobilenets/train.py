@@ -23,7 +23,8 @@ and writes checkpoints, so ``--out`` must be on a file system that rank 0 can wr
 every rank can read for ``--resume``).
 
 Outputs in ``--out``: ``metrics.jsonl`` (one line per epoch), ``curves.png``, checkpoint folders
-``epoch-NNNN.ckpt`` with the links ``last.ckpt`` and ``best.ckpt``, and ``summary.json``.
+``epoch-NNNN.ckpt`` (the last and the best epoch's) with the links ``last.ckpt`` and ``best.ckpt``,
+``run.json`` (the values that define the run, checked by ``--resume``) and ``summary.json``.
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ def pil_to_tensor(im, in_chans: int, name: str = "image") -> torch.Tensor:
 
     im = ImageOps.exif_transpose(im)
     if im.mode.startswith("I;16"):
-        im = Image.fromarray((np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8), "L")
+        im = Image.fromarray((np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8))
     elif im.mode in ("I", "F"):
         arr = np.asarray(im)
         if arr.size and not (np.isfinite(arr).all() and arr.min() >= 0 and arr.max() <= 255):
@@ -73,12 +73,18 @@ def pil_to_tensor(im, in_chans: int, name: str = "image") -> torch.Tensor:
                 f"{name}: {kind} image with values {arr.min()}..{arr.max()} outside 0..255; "
                 f"convert it to 8 bits"
             )
-        im = Image.fromarray(np.rint(arr).astype(np.uint8), "L")
+        im = Image.fromarray(np.rint(arr).astype(np.uint8))
     elif im.mode in ("RGBA", "LA", "PA", "RGBa") or "transparency" in im.info:
         rgba = im.convert("RGBA")
         im = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         im.alpha_composite(rgba)
-    arr = np.asarray(im.convert("L" if in_chans == 1 else "RGB"), dtype=np.uint8).copy()
+    target = "L" if in_chans == 1 else "RGB"
+    if im.mode != target:
+        try:
+            im = im.convert(target)
+        except ValueError:  # e.g. LAB has no direct conversion to L
+            im = im.convert("RGB").convert(target)
+    arr = np.asarray(im, dtype=np.uint8).copy()
     t = torch.from_numpy(arr)
     t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
     return adapt_channels(t.unsqueeze(0), in_chans)[0]
