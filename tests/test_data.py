@@ -57,8 +57,9 @@ def test_data_dir_comes_before_env(tmp_path, no_system, monkeypatch):
         data.load_fashion_mnist(fake_fashion(tmp_path / "dir", label=1)).split("test").labels[0]
         == 1
     )
-    # a --data-dir without the files falls through to $MOBILENETS_DATA
-    assert data.load_fashion_mnist(tmp_path / "empty").split("test").labels[0] == 7
+    # a --data-dir without the files stops the run (issue 7): it never falls through
+    with pytest.raises(MobilenetsError, match="no such folder"):
+        data.load_fashion_mnist(tmp_path / "empty")
 
 
 def test_truncated_idx_is_named(tmp_path, no_system):

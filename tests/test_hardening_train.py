@@ -371,7 +371,7 @@ def test_resume_accepts_and_records_changed_runtime_options(partial_run, tmp_pat
 def test_16_bit_and_every_pillow_mode_decode_to_8_bits(tmp_path):
     from PIL import Image
 
-    from mobilenets.transforms import decode_image, pil_to_tensor
+    from mobilenets.transforms import decode_image
 
     ramp = (np.arange(32 * 24).reshape(24, 32) * 85).astype(np.uint16)  # 0..65195
     Image.fromarray(ramp).save(tmp_path / "g16.png")
@@ -407,6 +407,8 @@ def test_16_bit_and_every_pillow_mode_decode_to_8_bits(tmp_path):
         with pytest.raises(MobilenetsError, match=rf"{name}: .* outside 0\.\.255") as e:
             decode_image(tmp_path / name, 3)
         assert "\n" not in str(e.value)
+
+    from mobilenets.transforms import pil_to_tensor
 
     for mode in ("1", "L", "P", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "LA", "PA", "RGBX"):
         for mode_chans in (1, 3):

@@ -563,6 +563,16 @@ class Trainer:
             self._log(f"--resume: {note}")
         return state
 
+    def _finished_summary(self, epoch: int) -> dict[str, Any] | None:
+        """The run's summary when it has trained all its epochs and written one, else None."""
+        if epoch < self.args.epochs:
+            return None
+        try:
+            summary = json.loads((self.out / "summary.json").read_text())
+        except (OSError, ValueError):
+            return None  # killed before the summary was (fully) written: finish the run
+        return summary if isinstance(summary, dict) else None
+
     def _check_state(self, state: dict[str, Any], cfg, batch: int, n_train: int) -> None:
         """Checks for runs recorded before run.json existed."""
         where = self.out / "last.ckpt"
@@ -669,9 +679,10 @@ class Trainer:
         start_epoch, best, best_epoch, elapsed_before = 0, -1.0, 0, 0.0
         state = self._open_run(record)
         if state is not None:
-            if int(state["epoch"]) >= a.epochs and (self.out / "summary.json").is_file():
+            done = self._finished_summary(int(state["epoch"]))
+            if done is not None:
                 self._log(f"{self.out} is complete ({a.epochs} epochs); nothing to do")
-                return json.loads((self.out / "summary.json").read_text())
+                return done
             self._check_state(state, cfg, B, n_train)
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
@@ -1076,7 +1087,9 @@ class Trainer:
             "command": a.command,
         }
         if self.main:
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+            from .runfolder import write_atomic
+
+            write_atomic(self.out / "summary.json", json.dumps(summary, indent=2))
             t = test or {}
             if t:
                 self._log(
