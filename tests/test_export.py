@@ -245,3 +245,30 @@ def test_cli_export_errors(trained, tmp_path, capsys):
     assert "--calib-data" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "missing"), "--out", str(tmp_path / "x.onnx")]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_int8_file_is_exact_in_onnxruntimes_fused_x86_kernels(exported, trained, tmp_path):
+    """The fused int8 kernels (graph optimizations on) give the unfused reference's logits.
+
+    With full 8-bit weights, onnxruntime's uint8 x int8 kernels saturate on x86 CPUs without
+    VNNI (AVX2); 7-bit weights (the default) cannot.
+    """
+    import onnxruntime as ort
+
+    _, _, xtr, xte, _ = trained
+    path, _ = exported
+    out = tmp_path / "q.onnx"
+    info = quantize_onnx(path, out, xtr[:64])
+    assert info["weight_bits"] == 7
+    x = to_model_input(xte[:64], RES, MEAN, STD).numpy()
+    logits = []
+    for level in (
+        ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    ):
+        so = ort.SessionOptions()
+        so.graph_optimization_level = level
+        sess = ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
+        logits.append(sess.run(None, {"input": x})[0])
+    scale = float(np.abs(logits[0]).max())
+    assert np.abs(logits[0] - logits[1]).max() <= 0.05 * scale

@@ -345,6 +345,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="uint8: fastest on x86 onnxruntime (default); int8: the LiteRT/TFLite-Micro scheme",
     )
     p.add_argument(
+        "--weight-bits",
+        type=int,
+        choices=(7, 8),
+        default=7,
+        help="int8 weight range: 7 bits (default) is exact in onnxruntime on every x86 CPU; "
+        "8 bits saturates on x86 CPUs without VNNI (use it for ARM/VNNI targets)",
+    )
+    p.add_argument(
         "--eval-samples",
         type=int,
         default=None,
@@ -404,7 +412,12 @@ def run_export(args: argparse.Namespace) -> int:
             args.calib_data, ck.config, ck.mean, ck.std, crop_pct, args.calib_samples, args.data_dir
         )
         qinfo = quantize_onnx(
-            out, q_out, calib, activation_type=args.activation_type, calib_method=args.calib_method
+            out,
+            q_out,
+            calib,
+            activation_type=args.activation_type,
+            calib_method=args.calib_method,
+            reduce_range=args.weight_bits == 7,
         )
         sessions["int8"] = ort_session(q_out)
         report.update(
