@@ -320,10 +320,13 @@ def _quiet_broken_pipe() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line ``argv``; returns the exit code (never raises, but SystemExit)."""
+    """Run the command line ``argv``; returns the exit code."""
     warnings.showwarning = _one_line_warning
     try:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as e:  # argparse: a usage error (2), --help or --version (0)
+            return e.code if isinstance(e.code, int) else 2
         rc = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
     except UsageError as e:
