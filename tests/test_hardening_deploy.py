@@ -426,3 +426,31 @@ def test_spin_option_reaches_the_onnxruntime_session(tiny, capsys):
         == 0
     )
     assert json.loads(capsys.readouterr().out)[0]["spin"] is False
+
+
+# ------------------------------------------------------------------ item 19
+
+
+def test_pretrained_errors_are_precise(tmp_path, capsys):
+    import torchvision
+
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    noise = tmp_path / "noise.pth"
+    noise.write_bytes(b"\x13" + np.random.default_rng(0).bytes(999))
+    r18 = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), r18)
+    ints = tmp_path / "ints.pth"
+    v1 = create_model("mobilenet_v1", 0.25, 32)
+    torch.save({k: v.round().long() for k, v in v1.state_dict().items()}, ints)
+    cases = [
+        (empty, "mobilenet_v1", "empty"),
+        (noise, "mobilenet_v1", "not a PyTorch file"),
+        (r18, "resnet50", "resnet18"),
+        (ints, "mobilenet_v1", "int64"),
+    ]
+    for path, name, needle in cases:
+        kw = {"width_mult": 0.25} if name == "mobilenet_v1" else {}
+        with pytest.raises(MobilenetsError, match=needle) as e:
+            create_model(name, resolution=32, pretrained=path, **kw)
+        assert "pickled" not in str(e.value)

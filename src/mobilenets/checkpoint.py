@@ -258,18 +258,40 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     return Checkpoint(model, cfg, names, prep, p, info.get("meta", {}))
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def safe_torch_load(path: str | Path) -> Any:
-    """``torch.load(weights_only=True)``, turning a pickled object into a clear refusal."""
+    """``torch.load(weights_only=True)``, turning a pickled object into a clear refusal.
+
+    An empty file, or bytes that are neither a torch zip archive nor a pickle, get their own
+    one-line message (they are not "pickled objects").
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise MobilenetsError(f"{path}: unreadable file ({e.strerror or e})") from None
+    if not head:
+        raise MobilenetsError(f"{path}: the file is empty")
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise MobilenetsError(
+            f"{path}: not a PyTorch file (neither a torch.save zip archive nor a pickle; "
+            "a .safetensors file needs that suffix)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        if "Weights only load failed" not in str(e):
+            raise MobilenetsError(f"{path}: damaged PyTorch file ({_first_line(e)})") from None
         raise MobilenetsError(
             f"{path}: refusing to load, it carries a pickled Python object "
-            f"(only tensors and plain containers are allowed). {first}"
+            f"(only tensors and plain containers are allowed). {_first_line(e)}"
         ) from None
-    except (OSError, RuntimeError, EOFError) as e:
-        raise MobilenetsError(f"{path}: unreadable file ({str(e).splitlines()[0]})") from None
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
+        raise MobilenetsError(f"{path}: unreadable file ({_first_line(e)})") from None
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:
