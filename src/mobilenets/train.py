@@ -262,7 +262,7 @@ def option_error(name: str, value: float | None) -> str | None:
         ok, rule = 0 <= value < 1, "in [0, 1)"
     elif name == "weight_decay":
         ok, rule = 0 <= value < math.inf, "a finite number >= 0"
-    elif name == "width":
+    elif name == "width_mult":
         ok, rule = 0 < value <= MAX_WIDTH, f"in (0, {MAX_WIDTH:g}]"
     else:
         return None
@@ -460,10 +460,11 @@ class Trainer:
             )
         if a.lr is not None and not 0 < a.lr < math.inf:
             raise UsageError(f"--lr must be a finite number > 0, got {a.lr}")
-        for name in ("width", "weight_decay", "label_smoothing", "ema_decay"):
+        for name in ("width_mult", "weight_decay", "label_smoothing", "ema_decay"):
             err = option_error(name, getattr(a, name))
             if err:
-                raise UsageError(f"--{name.replace('_', '-')} {err}")
+                flag = "--width" if name == "width_mult" else f"--{name.replace('_', '-')}"
+                raise UsageError(f"{flag} {err}")
 
     def _resolve_recipe(self) -> Recipe:
         a, r = self.args, RECIPES[self.args.recipe]
@@ -1016,6 +1017,7 @@ class Trainer:
             num_classes,
             dev,
             amp,
+            check_finite=False,
         )
         if self.world > 1:
             v = t.as_tensor().to(dev)
