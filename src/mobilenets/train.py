@@ -225,6 +225,10 @@ class TrainArgs:
     in_chans: int | None = None
     num_classes: int | None = None
     activation: str = "relu6"
+    # The papers' ablations (ModelConfig fields; V1: conv_type, V2: the other two).
+    conv_type: str = "separable"
+    bottleneck_activation: str = "linear"
+    shortcut: str = "bottleneck"
     data_dir: str | None = None
     recipe: str = "modern"
     lr: float | None = None  # for the global batch; default: the recipe's, scaled
@@ -436,6 +440,9 @@ class Trainer:
             opts["width_mult"] = a.width
         elif a.width != 1.0:
             raise UsageError(f"--width does not apply to {a.model}")
+        for k in ("conv_type", "bottleneck_activation", "shortcut"):
+            if getattr(a, k) != TrainArgs.__dataclass_fields__[k].default:
+                opts[k] = getattr(a, k)  # ModelConfig says which model each applies to
         return create_model(
             a.model,
             resolution=res,
@@ -945,6 +952,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fashion-mnist | cifar10:PATH | cifar100:PATH | imagefolder:PATH",
     )
     p.add_argument("--data-dir", metavar="DIR", help="where to look for Fashion-MNIST first")
+    p.add_argument("--conv-type", choices=("separable", "full"), default="separable", help="V1")
+    p.add_argument(
+        "--bottleneck-activation", choices=("linear", "relu6"), default="linear", help="V2"
+    )
+    p.add_argument(
+        "--shortcut", choices=("bottleneck", "expansion", "none"), default="bottleneck", help="V2"
+    )
     p.add_argument("--epochs", type=int_at_least(1), required=True)
     p.add_argument(
         "--batch-size", type=int_at_least(1), default=256, help="global batch (split across ranks)"
