@@ -167,16 +167,16 @@ class Evidence:
         return a.values if isinstance(a, Num) else []
 
     def cost(self, v: Variant, what: str) -> Num:
-        scale, unit = (1e-6, "M") if what in ("macs", "params") else (1 / 1024, " KB")
-        return Num([self.costs[v.key][what]], [f"profile({v.key}):{what}"], scale, unit, 3)
+        scale = 1e-6 if what in ("macs", "params") else 1 / 1024  # columns say M or KB
+        return Num([self.costs[v.key][what]], [f"profile({v.key}):{what}"], scale, "", 3)
 
     def latency(self, v: Variant, runtime: str, what: str = "median_ms") -> Num | str:
         rows = self.latencies.get(v.key)
         if not rows:
             return "not measured"
         i = next(i for i, r in enumerate(rows) if r["runtime"] == runtime)
-        scale, unit, digits = (1e-6, " MB", 2) if what == "bytes" else (1.0, " ms", 2)
-        return Num([rows[i][what]], [f"latency/{v.key}.json:{i}.{what}"], scale, unit, digits)
+        scale, unit = (1e-6, " MB") if what == "bytes" else (1.0, "")  # columns say ms
+        return Num([rows[i][what]], [f"latency/{v.key}.json:{i}.{what}"], scale, unit, 2)
 
 
 def _latency_cols(ev: Evidence, v: Variant) -> list[Cell_]:
