@@ -23,7 +23,7 @@ from mobilenets.study.cells import Cell, build_grid
 sys.path.insert(0, str(Path(__file__).parent))
 from study_tiny import tiny_grid  # noqa: E402
 
-S, C, I = claims.SUPPORTED, claims.CONTRADICTED, claims.INCONCLUSIVE
+S, C, UNDECIDED = claims.SUPPORTED, claims.CONTRADICTED, claims.INCONCLUSIVE
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
@@ -44,10 +44,10 @@ def test_ordering_rule():
     a, b = [0.90, 0.91, 0.92], [0.80, 0.81, 0.82]  # std 0.01 each, gap 0.10
     assert claims.ordering_verdict([("a", a), ("b", b)])[0] == S
     assert claims.ordering_verdict([("b", b), ("a", a)])[0] == C
-    assert claims.ordering_verdict([("a", a[:2]), ("b", b[:2])])[0] == I  # < 3 seeds
+    assert claims.ordering_verdict([("a", a[:2]), ("b", b[:2])])[0] == UNDECIDED  # < 3 seeds
     noisy = [0.80, 0.95, 0.875]  # std 0.075: the gap to b must exceed 0.15
     verdict, why = claims.ordering_verdict([("noisy", noisy), ("b", b)])
-    assert verdict == I and "2 x std" in why
+    assert verdict == UNDECIDED and "2 x std" in why
     assert claims.ordering_verdict([("a", a), ("b", b), ("c", [0.4, 0.41, 0.42])])[0] == S
 
 
@@ -55,7 +55,7 @@ def test_small_drop_rule():
     ref = [0.90, 0.91, 0.92]
     assert claims.small_drop_verdict([0.89, 0.90, 0.91], ref, 0.02)[0] == S
     assert claims.small_drop_verdict([0.80, 0.81, 0.82], ref, 0.02)[0] == C
-    assert claims.small_drop_verdict([0.89], ref, 0.02)[0] == I
+    assert claims.small_drop_verdict([0.89], ref, 0.02)[0] == UNDECIDED
 
 
 # ---------------------------------------------------------------- the plan
@@ -143,7 +143,7 @@ def test_every_report_number_equals_its_source(tiny_study):
     sourced = [c for c in page.cells if c[1]]
     kinds = {s.split("/")[0].split("(")[0] for _, srcs, _ in sourced for s in srcs}
     assert {"profile", "cells", "latency", "degradation", "collapse"} <= kinds
-    for values, sources, text in sourced:
+    for values, sources, _text in sourced:
         found = [_source_value(out, study, s) for s in sources]
         flat = [x for f in found for x in (f if isinstance(f, list) else [f])]
         assert flat == values, sources
