@@ -143,6 +143,7 @@ class Evidence:
     degradation: dict[str, dict[str, Any]]
     collapse: dict[str, Any]
     blocks: dict[str, Any]
+    timing: dict[str, Any] = field(default_factory=dict)  # this call's stages, each cell's
 
     def cells_of(self, v: Variant) -> list[Cell]:
         n = self.grid.seeds if v in self.grid.seeded else 1

@@ -65,6 +65,7 @@ def write_report(ev: Evidence, out: Path) -> dict[str, Any]:
         "degradation": ev.degradation,
         "collapse": {k: v for k, v in ev.collapse.items() if k in ("seeds", "points", "rows")},
         "blocks": ev.blocks,
+        "timing": ev.timing,
         "sections": [section_dict(s) for s in sections],
         "summary": [
             {"claim": s.title, "verdict": s.verdict, "aspects": len(s.aspects)} for s in sections
@@ -244,6 +245,20 @@ def _section_html(s: Section, images: dict[str, str]) -> str:
     return "\n".join(parts) + "</section>"
 
 
+def _timing_note(t: dict[str, Any]) -> str:
+    """Where the time went (cells: as recorded when each was trained)."""
+    cells = t.get("cells", {})
+    if not cells:
+        return ""
+    wall = sum(c["wall_s"] for c in cells.values())
+    cpu = sum(c["cpu_s"] for c in cells.values())
+    return (
+        f". Time: {len(cells)} cells {wall:.0f} s wall / {cpu:.0f} s CPU in all; latency "
+        f"{t.get('latency_wall_s', 0):.0f} s wall and dead channels "
+        f"{t.get('degradation_wall_s', 0):.0f} s in the last call"
+    )
+
+
 def render_html(study: dict[str, Any], sections: list[Section], images: dict[str, str]) -> str:
     """The report: summary table on top, then one section per claim."""
     env = study["versions"]
@@ -264,6 +279,7 @@ def render_html(study: dict[str, Any], sections: list[Section], images: dict[str
         f"{len(study['cells'])} trained cells; {html.escape(study['hardware'])}; "
         + ", ".join(f"{k} {html.escape(str(v))}" for k, v in env.items())
     )
+    meta += _timing_note(study.get("timing", {}))
     body = "\n".join(_section_html(s, images) for s in sections)
     return (
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"

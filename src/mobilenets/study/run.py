@@ -103,13 +103,22 @@ def gather(grid: Grid, out: Path, dataset: Any):
         s = read_json(c.folder(out) / "summary.json")
         if s is not None:
             summaries[c.id] = s
-    t = time.time()
+    t, cpu = time.time(), time.process_time()
     latencies = {v.key: _latency(v, n_cls, chans, out) for v in grid.latency}
     _log(f"latency of {len(latencies)} models ({time.time() - t:.0f} s)")
+    timing = {"latency_wall_s": time.time() - t, "latency_cpu_s": time.process_time() - cpu}
+    t, cpu = time.time(), time.process_time()
     degradation = _degradation(grid, out, dataset)
+    timing |= {
+        "degradation_wall_s": time.time() - t,
+        "degradation_cpu_s": time.process_time() - cpu,
+    }
+    _log(f"dead channels of {len(degradation)} cells ({time.time() - t:.0f} s)")
+    cells = {c.id: read_json(c.folder(out) / "study_timing.json") for c in grid.cells}
+    timing["cells"] = {k: v for k, v in cells.items() if v is not None}
     return Evidence(
         grid, out, n_cls, chans, costs, summaries, latencies, degradation,
-        relu_collapse(), compare_blocks(),
+        relu_collapse(), compare_blocks(), timing,
     )  # fmt: skip
 
 

@@ -52,10 +52,28 @@ def _init_worker(
     _WORKER["dataset"] = load_dataset(spec)
 
 
+def _timed(cell: Cell, training: Training, out: str | Path, dataset: Any) -> float:
+    """Train one cell; record its wall and CPU seconds in ``study_timing.json`` beside it."""
+    from .measure import write_json
+
+    t, cpu = time.time(), time.process_time()
+    run_cell(cell, training, out, dataset)
+    wall = time.time() - t
+    write_json(
+        cell.folder(out) / "study_timing.json",
+        {"wall_s": wall, "cpu_s": time.process_time() - cpu, "threads": _threads_now()},
+    )
+    return wall
+
+
+def _threads_now() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _work(cell: Cell, training: Training, out: str) -> tuple[str, float]:
-    t = time.time()
-    run_cell(cell, training, out, _WORKER["dataset"])
-    return cell.id, time.time() - t
+    return cell.id, _timed(cell, training, out, _WORKER["dataset"])
 
 
 def _bar(total: int):
@@ -96,9 +114,7 @@ def _run_here(pending, training, out, bar, times) -> None:
         dataset = load_dataset(training.data)
         for cell in pending:
             bar.set_postfix_str(cell.id)
-            t = time.time()
-            run_cell(cell, training, out, dataset)
-            times[cell.id] = time.time() - t
+            times[cell.id] = _timed(cell, training, out, dataset)
             bar.update(1)
     finally:
         torch.set_num_threads(previous)
