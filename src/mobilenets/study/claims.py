@@ -173,6 +173,8 @@ class Evidence:
 
     def latency(self, v: Variant, runtime: str, what: str = "median_ms") -> Num | str:
         rows = self.latencies.get(v.key)
+        if v not in self.grid.latency:
+            return f"not timed in {self.grid.preset}"
         if not rows:
             return "not measured"
         i = next(i for i, r in enumerate(rows) if r["runtime"] == runtime)
