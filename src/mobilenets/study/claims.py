@@ -274,9 +274,9 @@ def claim_alpha(ev: Evidence) -> Section:
         ],
         aspects,
         [
-            "V2's parameters fall slower than α²: its last 1×1 conv keeps 1280 channels for α < 1 "
-            "(V2 paper §5.1), and that conv plus the 1280-input classifier hold a share of the "
-            "parameters that does not shrink with α.",
+            "V2's parameters (and, at small inputs, its MACs) fall slower than α²: its last 1×1 "
+            "conv keeps 1280 channels for α < 1 (V2 paper §5.1), so that conv (linear in α) and "
+            "the 1280-input classifier (constant) hold a share that does not shrink as α².",
             "Latency: onnxruntime, batch 1, all cores, after every training cell (median of the runs).",
         ],
         [_loglog("alpha_cost", "Cost against α (log-log)", "width multiplier α", series)],

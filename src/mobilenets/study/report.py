@@ -263,7 +263,11 @@ def render_html(study: dict[str, Any], sections: list[Section], images: dict[str
     """The report: summary table on top, then one section per claim."""
     env = study["versions"]
     summary = _table(
-        ["claim", "verdict", "aspects (supported / contradicted / inconclusive)"],
+        [
+            "claim",
+            "verdict (contradicted if any aspect is)",
+            "aspects: supported / contradicted / inconclusive",
+        ],
         [
             [
                 s.title,
