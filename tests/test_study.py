@@ -3,8 +3,10 @@ sources, resume after a kill, and the report rendered in headless Chromium."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -118,15 +120,21 @@ class _Cells(HTMLParser):
             self._open = None
 
 
-def _source_value(out: Path, study: dict, source: str):
+@functools.cache
+def _profile(config_json: str):
     from mobilenets import ModelConfig, profile
     from mobilenets.models import build_from_config
+
+    return profile(build_from_config(ModelConfig.from_json(config_json)))
+
+
+def _source_value(out: Path, study: dict, source: str):
     from mobilenets.study.collapse import relu_collapse
 
     where, key = source.rsplit(":", 1)
     if where.startswith("profile("):
-        cfg = ModelConfig.from_dict(study["variants"][where[8:-1]]["config"])
-        return getattr(profile(build_from_config(cfg)), key)
+        config = study["variants"][where[8:-1]]["config"]
+        return getattr(_profile(json.dumps(config, sort_keys=True)), key)
     if where == "collapse":
         n, field = key.split(".")
         return next(r for r in relu_collapse()["rows"] if r["n"] == int(n))[field]
@@ -141,7 +149,7 @@ def test_every_report_number_equals_its_source(tiny_study):
     page = _Cells()
     page.feed((out / "report.html").read_text())
     sourced = [c for c in page.cells if c[1]]
-    kinds = {s.split("/")[0].split("(")[0] for _, srcs, _ in sourced for s in srcs}
+    kinds = {re.split(r"[/(:]", s)[0] for _, srcs, _ in sourced for s in srcs}
     assert {"profile", "cells", "latency", "degradation", "collapse"} <= kinds
     for values, sources, _text in sourced:
         found = [_source_value(out, study, s) for s in sources]
