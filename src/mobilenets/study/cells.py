@@ -203,6 +203,21 @@ def data_shape(spec: str) -> tuple[int, bool, tuple[int, ...]]:
     return res, True, (res, res - 4, res - 8, res - 12)
 
 
+def preset_training(preset: str, data: str, epochs: int | None, device: str | None) -> Training:
+    """The training settings of ``preset`` (quick: see QUICK_* below)."""
+    quick = preset == "quick"
+    return Training(
+        data=data,
+        epochs=epochs or (1 if quick else 10),
+        batch_size=QUICK_BATCH if quick else 256,
+        max_train_samples=QUICK_TRAIN_SAMPLES if quick else None,
+        max_eval_samples=QUICK_EVAL_SAMPLES if quick else None,
+        lr=QUICK_LR if quick else None,
+        ema=False if quick else None,
+        device=device,
+    )
+
+
 def build_grid(
     preset: str,
     data: str,
@@ -215,17 +230,7 @@ def build_grid(
         raise UsageError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     quick = preset == "quick"
     res, small, rhos = data_shape(data)
-    training = Training(
-        data=data,
-        epochs=epochs or (1 if quick else 10),
-        batch_size=QUICK_BATCH if quick else 256,
-        max_train_samples=QUICK_TRAIN_SAMPLES if quick else None,
-        max_eval_samples=QUICK_EVAL_SAMPLES if quick else None,
-        lr=QUICK_LR if quick else None,
-        ema=False if quick else None,
-        device=device,
-    )
-    g = Grid(preset, training, seeds or (1 if quick else 3))
+    g = Grid(preset, preset_training(preset, data, epochs, device), seeds or (1 if quick else 3))
     v = variant_factory(res, small)
     a_small = 0.25 if quick else 1.0  # α of the ρ grid and the V1 degradation model
     a_v2 = 0.35 if quick else 1.0  # α of the V2 ablations
