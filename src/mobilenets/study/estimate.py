@@ -2,7 +2,7 @@
 
 Each distinct variant is built and trained for a few steps on random inputs of the cell's
 resolution (batch: the cell's on CUDA, 8 images on the CPU so that VGG16 stays affordable),
-after one untimed step. A cell's time is then its training images x epochs x the measured
+after one untimed step; the fastest timed step counts. A cell's time is then its training images x epochs x the measured
 seconds per image, plus evaluation at a third of that per image (forward only). These are
 step-time measurements on this machine, not a run of the study.
 """
@@ -15,7 +15,7 @@ from typing import Any
 from .cells import Grid, Variant
 
 CPU_BATCH = 8
-TIMED_STEPS = 2
+TIMED_STEPS = 3
 TRAIN_IMAGES = {"fashion-mnist": 60000, "cifar10": 50000, "cifar100": 50000}
 EVAL_IMAGES = {"fashion-mnist": 10000, "cifar10": 10000, "cifar100": 10000}
 
@@ -42,14 +42,16 @@ def seconds_per_image(
         opt.step()
 
     step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(TIMED_STEPS):
+    times = []
+    for _ in range(TIMED_STEPS):  # the fastest step: other jobs on the machine only add time
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
         step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t) / (TIMED_STEPS * batch)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return min(times) / batch
 
 
 def estimate_grid(grid: Grid, jobs: int) -> dict[str, Any]:
@@ -76,7 +78,10 @@ def estimate_grid(grid: Grid, jobs: int) -> dict[str, Any]:
         cells[c.id] = n_train * tr.epochs * s + n_eval * tr.epochs * s / 3
     total = sum(cells.values())
     hw = torch.cuda.get_device_name() if device == "cuda" else "this CPU"
-    lines = [f"# estimate on {hw} (measured {TIMED_STEPS} steps of batch {batch} per variant):"]
+    lines = [
+        f"# estimate on {hw} (fastest of {TIMED_STEPS} steps of batch {batch} per variant; "
+        "other jobs on the machine inflate it):"
+    ]
     lines += [f"#   {k}: {v:.0f} s" for k, v in cells.items()]
     lines.append(
         f"# total {total:.0f} s of training; with --jobs {jobs}: about {total / jobs:.0f} s "
