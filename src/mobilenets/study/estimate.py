@@ -69,6 +69,10 @@ def estimate_grid(grid: Grid, jobs: int) -> dict[str, Any]:
         return {"lines": ["# --estimate knows the sizes of Fashion-MNIST and CIFAR only"]}
     n_cls, chans = (10, 1) if kind == "fashion-mnist" else (100 if kind == "cifar100" else 10, 3)
     batch = tr.batch_size if device == "cuda" else min(CPU_BATCH, tr.batch_size)
+    if device == "cpu":  # each of the --jobs processes trains with its share of the cores
+        from .runner import threads_per_job
+
+        torch.set_num_threads(threads_per_job(jobs))
     per_variant: dict[str, float] = {}
     cells = {}
     for c in grid.cells:

@@ -20,7 +20,7 @@ from .cells import Cell, Training, run_cell
 _WORKER: dict[str, Any] = {}  # per worker process: the loaded dataset
 
 
-def _threads_per_job(jobs: int) -> int:
+def threads_per_job(jobs: int) -> int:
     from ..bench import default_threads
 
     return max(1, default_threads() // jobs)
@@ -109,7 +109,7 @@ def _run_here(pending, training, out, bar, times) -> None:
     from ..data import load_dataset
 
     previous = torch.get_num_threads()
-    torch.set_num_threads(_threads_per_job(1))
+    torch.set_num_threads(threads_per_job(1))
     try:
         dataset = load_dataset(training.data)
         for cell in pending:
@@ -123,7 +123,7 @@ def _run_here(pending, training, out, bar, times) -> None:
 def _run_pool(pending, training, out, jobs, bar, times) -> None:
     ctx = mp.get_context("spawn")  # no forked torch state; every worker starts clean
     counter, lock = ctx.Value("i", 0), ctx.Lock()
-    init = (training.data, _threads_per_job(jobs), _devices(training), counter, lock)
+    init = (training.data, threads_per_job(jobs), _devices(training), counter, lock)
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=init) as ex:
         futures = [ex.submit(_work, c, training, str(out)) for c in pending]
         for f in as_completed(futures):
