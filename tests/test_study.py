@@ -168,6 +168,10 @@ def test_every_report_number_equals_its_source(tiny_study):
     csv_text = (out / "study.csv").read_text()
     assert f"{row[1]['values'][0]}" in csv_text or f"{float(row[1]['values'][0])}" in csv_text
     assert "not trained in tiny" in (out / "report.html").read_text()
+    # the cells were trained with the model options and the pinned small_input they name
+    cfg = study["summaries"]["v2-a0.2-r16-shortcut-none-s0"]["config"]
+    assert cfg["shortcut"] == "none" and cfg["width_mult"] == 0.2 and cfg["resolution"] == 16
+    assert all(s["config"]["small_input"] for s in study["summaries"].values())
 
 
 def test_report_opens_in_headless_chromium(tiny_study):
