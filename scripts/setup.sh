@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything mobilenets needs, idempotently: system packages (as root), .venv, the package.
-# Usage: bash scripts/setup.sh [extra]   (extra: "test" adds pytest, timm and ruff)
+# Usage: bash scripts/setup.sh [extra]   (extra: "test" adds pytest, timm, ruff, playwright and,
+# as root, Debian's chromium)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-}"
@@ -9,11 +10,14 @@ PY="${PYTHON:-python3}"
 need_apt=()
 "$PY" -c "import ensurepip, venv" 2>/dev/null || need_apt+=(python3-venv python3-pip)
 [ -d /usr/share/datasets/fashion-mnist ] || need_apt+=(dataset-fashion-mnist)
+# The study test renders report.html in headless Chromium (never `playwright install`).
+if [ "$extra" = test ] && ! command -v chromium >/dev/null; then need_apt+=(chromium); fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "setup: apt-get install ${need_apt[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -qq \
+      --no-install-recommends "${need_apt[@]}" >/dev/null
   else
     echo "setup: not root, skipping system packages: ${need_apt[*]}" \
          "(Fashion-MNIST then downloads through torchvision when online)" >&2

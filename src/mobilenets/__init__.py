@@ -11,6 +11,7 @@ from .models import create_model
 from .onnx_quant import quantize_onnx
 from .predict import Predictor
 from .profiling import Report, profile
+from .study import run_study
 from .train import fit
 from .weights import load_pretrained
 
@@ -32,5 +33,6 @@ __all__ = [
     "load_pretrained",
     "profile",
     "quantize_onnx",
+    "run_study",
     "save_checkpoint",
 ]

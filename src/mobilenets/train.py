@@ -226,6 +226,10 @@ class TrainArgs:
     in_chans: int | None = None
     num_classes: int | None = None
     activation: str | None = None  # MobileNets only; default relu6
+    # The papers' ablations (ModelConfig fields; V1: conv_type, V2: the other two).
+    conv_type: str = "separable"
+    bottleneck_activation: str = "linear"
+    shortcut: str = "bottleneck"
     data_dir: str | None = None
     recipe: str = "modern"
     lr: float | None = None  # for the global batch; default: the recipe's, scaled
@@ -500,6 +504,9 @@ class Trainer:
         elif a.width_mult is not None or a.activation is not None:
             flags = [f for f, v in (("--width", a.width_mult), ("--activation", a.activation)) if v]
             raise UsageError(f"{', '.join(flags)} apply only to MobileNets, not to {a.model}")
+        for k in ("conv_type", "bottleneck_activation", "shortcut"):
+            if getattr(a, k) != TrainArgs.__dataclass_fields__[k].default:
+                opts[k] = getattr(a, k)  # ModelConfig says which model each applies to
         return create_model(
             a.model,
             resolution=res,
@@ -1123,6 +1130,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_data_args(p, required=True, workers_default=min(8, os.cpu_count() or 1))
     add_device_args(p)
+    p.add_argument("--conv-type", choices=("separable", "full"), default="separable", help="V1")
+    p.add_argument(
+        "--bottleneck-activation", choices=("linear", "relu6"), default="linear", help="V2"
+    )
+    p.add_argument(
+        "--shortcut", choices=("bottleneck", "expansion", "none"), default="bottleneck", help="V2"
+    )
     p.add_argument("--epochs", type=int_at_least(1), required=True)
     p.add_argument(
         "--batch-size", type=int_at_least(1), default=256, help="global batch (split across ranks)"

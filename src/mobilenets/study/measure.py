@@ -1,0 +1,135 @@
+"""Measurements the study stores beside its cells: cost (``profile``), latency (``bench``).
+
+Latency runs after all training cells, one model at a time, with every core: onnxruntime,
+batch 1, fp32 and int8. Each result is written to ``DIR/latency/KEY.json`` (atomically), so a
+resumed study does not time a model twice and the report reads exactly what ``bench`` returned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .cells import Variant
+
+LATENCY_RUNTIMES = ("onnx", "onnx-int8")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomic JSON write: temp file + os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def cost(variant: Variant, num_classes: int, in_chans: int) -> dict[str, Any]:
+    """Params, MACs and peak activation memory from :func:`mobilenets.profile`."""
+    from ..models import build_from_config
+    from ..profiling import profile
+
+    r = profile(build_from_config(variant.config(num_classes, in_chans)))
+    return {"params": r.params, "macs": r.macs, "peak_activation_bytes": r.peak_activation_bytes}
+
+
+def latency_path(out: str | Path, variant: Variant) -> Path:
+    return Path(out) / "latency" / f"{variant.key}.json"
+
+
+def _runs_for(macs: int) -> tuple[int, int]:
+    """Timed runs and warm-up runs: ~20 G multiply-adds per runtime, 3 to 50 runs."""
+    runs = max(3, min(50, int(2e10 // max(macs, 1))))
+    return runs, max(1, runs // 5)
+
+
+def measure_latency(
+    variant: Variant, num_classes: int, in_chans: int, out: str | Path
+) -> list[dict[str, Any]]:
+    """``bench`` the variant (random weights: latency does not depend on them) unless stored."""
+    import torch
+
+    from ..bench import bench
+    from ..models import build_from_config
+
+    path = latency_path(out, variant)
+    stored = read_json(path)
+    if stored is not None:
+        return stored
+    model = build_from_config(variant.config(num_classes, in_chans))
+    runs, warmup = _runs_for(cost(variant, num_classes, in_chans)["macs"])
+    cfg = model.config
+    calib = torch.randn(8, cfg.in_chans, cfg.resolution, cfg.resolution)
+    torch.manual_seed(0)
+    rows = bench(model, LATENCY_RUNTIMES, batch_size=1, runs=runs, warmup=warmup, calib_data=calib)
+    write_json(path, rows)
+    return rows
+
+
+# ---------------------------------------------------------------- feature degradation
+
+
+def degradation_path(out: str | Path, name: str) -> Path:
+    return Path(out) / "degradation" / f"{name.replace(' ', '_').replace(',', '')}.json"
+
+
+def dead_channels(checkpoint: str | Path, dataset: Any, max_images: int = 1000) -> dict[str, Any]:
+    """Per ReLU/ReLU6 layer, the fraction of channels never positive on the test images.
+
+    Runs the first ``max_images`` test images (a seeded subset is not needed: every image
+    counts for "never"), recording each channel's maximum over images and positions.
+    """
+    import torch
+    from torch import nn
+
+    from ..checkpoint import load_checkpoint
+    from ..data import Preprocess, eval_batches
+
+    ck = load_checkpoint(checkpoint)
+    cfg = ck.config
+    prep = Preprocess(cfg.resolution, cfg.in_chans, ck.mean, ck.std, ck.crop_pct)
+    maxima: dict[str, torch.Tensor] = {}
+
+    def hook(name: str):
+        def record(_module, _inputs, output):
+            m = output.detach().amax(dim=(0, 2, 3))
+            maxima[name] = torch.maximum(maxima[name], m) if name in maxima else m
+
+        return record
+
+    handles = [
+        m.register_forward_hook(hook(n))
+        for n, m in ck.model.named_modules()
+        if isinstance(m, (nn.ReLU, nn.ReLU6))
+    ]
+    split = dataset.split("test")
+    n = min(max_images, len(split))
+    with torch.inference_mode():
+        for x, _ in eval_batches(split, prep, 256, torch.device("cpu"), torch.arange(n)):
+            ck.model(x)
+    for h in handles:
+        h.remove()
+    layers = [
+        {
+            "layer": k,
+            "channels": len(v),
+            "dead": int((v <= 0).sum()),
+            "dead_fraction": float((v <= 0).float().mean()),
+        }
+        for k, v in maxima.items()
+    ]
+    total = sum(r["channels"] for r in layers)
+    return {
+        "checkpoint": str(ck.path),
+        "images": n,
+        "layers": layers,
+        "dead_fraction": sum(r["dead"] for r in layers) / max(total, 1),
+    }

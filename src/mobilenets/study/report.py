@@ -1,0 +1,295 @@
+"""The study's outputs: ``study.json``, ``study.csv``, plots (PNG and SVG) and ``report.html``.
+
+``report.html`` is one self-contained file: plots are embedded as data URIs and nothing is
+fetched from the network. Every figure cell of a table carries ``data-values`` (the raw numbers)
+and ``data-sources`` (the files, or ``profile(KEY)``, they were copied from).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .claims import Evidence, Num, Section, all_sections
+from .measure import write_json
+
+VERDICT_COLORS = {"supported": "#1a7f37", "contradicted": "#cf222e", "inconclusive": "#9a6700"}
+
+
+def _cell_json(x: Any) -> Any:
+    return x.to_dict() if isinstance(x, Num) else x
+
+
+def section_dict(s: Section) -> dict[str, Any]:
+    return {
+        "key": s.key,
+        "title": s.title,
+        "claim": s.claim,
+        "verdict": s.verdict,
+        "aspects": [{"aspect": a, "verdict": v, "why": w} for a, v, w in s.aspects],
+        "paper": [{"what": a, "figure": b} for a, b in s.paper],
+        "columns": s.columns,
+        "rows": [[_cell_json(x) for x in row] for row in s.rows],
+        "notes": s.notes,
+    }
+
+
+def _environment(ev: Evidence) -> dict[str, Any]:
+    import onnxruntime
+
+    from ..train import hardware, versions
+
+    return {
+        "hardware": hardware(),
+        "versions": {**versions(), "onnxruntime": onnxruntime.__version__},
+    }
+
+
+def write_report(ev: Evidence, out: Path) -> dict[str, Any]:
+    """Write every output of the study into ``out``; returns what study.json holds."""
+    sections = all_sections(ev)
+    study = {
+        "preset": ev.grid.preset,
+        "data": ev.grid.training.data,
+        **ev.grid.to_dict(out),
+        **_environment(ev),
+        "variants": {k: {"config": _config(ev, k), **c} for k, c in ev.costs.items()},
+        "summaries": ev.summaries,
+        "latency": ev.latencies,
+        "degradation": ev.degradation,
+        "collapse": {k: v for k, v in ev.collapse.items() if k in ("seeds", "points", "rows")},
+        "blocks": ev.blocks,
+        "timing": ev.timing,
+        "sections": [section_dict(s) for s in sections],
+        "summary": [
+            {"claim": s.title, "verdict": s.verdict, "aspects": len(s.aspects)} for s in sections
+        ],
+    }
+    write_json(out / "study.json", study)
+    _write_csv(out / "study.csv", sections)
+    images = _plots(ev, sections, out / "plots")
+    _write_atomic(out / "report.html", render_html(study, sections, images))
+    return study
+
+
+def _config(ev: Evidence, key: str) -> dict[str, Any]:
+    for vs in [*ev.grid.sections.values(), list(ev.grid.degradation.values())]:
+        for v in vs:
+            if v.key == key:
+                return v.config(ev.num_classes, ev.in_chans).to_dict()
+    raise KeyError(key)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _write_csv(path: Path, sections: list[Section]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["section", "row", "column", "value", "text", "sources"])
+    for s in sections:
+        for row in s.rows:
+            for col, x in zip(s.columns[1:], row[1:], strict=False):
+                if isinstance(x, Num):
+                    w.writerow([s.key, row[0], col, x.mean, x.text(), " ".join(x.sources)])
+                else:
+                    w.writerow([s.key, row[0], col, x, x, ""])
+    _write_atomic(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _plots(ev: Evidence, sections: list[Section], folder: Path) -> dict[str, str]:
+    """Draw every section's plots as PNG and SVG; returns name -> PNG data URI."""
+    from ..plots import _pyplot
+
+    plt = _pyplot()
+    folder.mkdir(parents=True, exist_ok=True)
+    uris = {}
+    for s in sections:
+        for spec in s.plots:
+            fig = DRAW[spec["kind"]](plt, spec, ev)
+            for ext in ("png", "svg"):
+                tmp = folder / f".{spec['name']}.tmp.{ext}"
+                fig.savefig(tmp, dpi=110, bbox_inches="tight")
+                os.replace(tmp, folder / f"{spec['name']}.{ext}")
+            plt.close(fig)
+            data = (folder / f"{spec['name']}.png").read_bytes()
+            uris[spec["name"]] = "data:image/png;base64," + base64.b64encode(data).decode()
+    return uris
+
+
+def _draw_loglog(plt, spec, ev):
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for s in spec["series"]:
+        ax.loglog(s["x"], s["y"], "o-", label=f"{s['label']} (slope {s['slope']:.2f})")
+    x = np.array(
+        [min(min(s["x"]) for s in spec["series"]), max(max(s["x"]) for s in spec["series"])]
+    )
+    ax.loglog(x, (x / x.max()) ** 2, "k--", lw=1, label="slope 2")
+    ax.set(title=spec["title"], xlabel=spec["xlabel"], ylabel=spec["ylabel"])
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _draw_bars(plt, spec, ev):
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for i, b in enumerate(spec["bars"]):
+        vals = b["values"]
+        if vals:
+            ax.bar(i, np.mean(vals), yerr=np.std(vals, ddof=1) if len(vals) > 1 else 0, capsize=4)
+            ax.plot([i] * len(vals), vals, "k.", ms=4)
+    ax.set_xticks(range(len(spec["bars"])), [b["label"] for b in spec["bars"]], fontsize=7)
+    ax.set(title=spec["title"], ylabel=spec["ylabel"])
+    return fig
+
+
+def _draw_layers(plt, spec, ev):
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for s in spec["series"]:
+        ax.plot(range(1, len(s["y"]) + 1), s["y"], "o-", ms=3, label=s["label"])
+    ax.set(title=spec["title"], xlabel="ReLU layer", ylabel=spec["ylabel"])
+    if spec["series"]:
+        ax.legend(fontsize=7)
+    return fig
+
+
+def _draw_collapse(plt, spec, ev):
+    c = ev.collapse
+    outs = c["outputs"]
+    fig, axes = plt.subplots(1, len(outs) + 1, figsize=(2.2 * (len(outs) + 1), 2.4))
+    panels = [("input", c["input"])] + [(f"n = {n}", y) for n, y in outs.items()]
+    for ax, (name, xy) in zip(axes, panels, strict=True):
+        ax.scatter(xy[0], xy[1], c=range(xy.shape[1]), s=2, cmap="viridis")
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_aspect("equal", "datalim")
+    fig.suptitle(spec["title"], fontsize=9)
+    return fig
+
+
+DRAW = {
+    "loglog": _draw_loglog,
+    "bars": _draw_bars,
+    "layers": _draw_layers,
+    "collapse": _draw_collapse,
+}
+
+
+# ---------------------------------------------------------------- HTML
+
+CSS = """
+body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#1f2328}
+table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #d0d7de;padding:3px 8px;text-align:left}
+th{background:#f6f8fa}.v{font-weight:600;color:#fff;padding:1px 6px;border-radius:4px}
+img{max-width:100%;border:1px solid #d0d7de;margin:.4em 0}.note{color:#59636e;font-size:13px}
+"""
+
+
+def _verdict(v: str) -> str:
+    return f'<span class="v" style="background:{VERDICT_COLORS[v]}">{v}</span>'
+
+
+def _colour(table: str) -> str:
+    """Verdict cells as coloured labels."""
+    for v in VERDICT_COLORS:
+        table = table.replace(f"<td>{v}</td>", f"<td>{_verdict(v)}</td>")
+    return table
+
+
+def _td(x: Any) -> str:
+    if isinstance(x, Num):
+        vals, srcs = html.escape(json.dumps(x.values)), html.escape(json.dumps(x.sources))
+        return f"<td data-values='{vals}' data-sources='{srcs}'>{html.escape(x.text())}</td>"
+    if isinstance(x, float):
+        return f"<td data-values='[{x!r}]'>{x:.4g}</td>"
+    if isinstance(x, int) and not isinstance(x, bool):
+        return f"<td data-values='[{x}]'>{x:,}</td>"
+    return f"<td>{html.escape(str(x))}</td>"
+
+
+def _table(columns: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(_td(x) for x in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _section_html(s: Section, images: dict[str, str]) -> str:
+    parts = [
+        f'<section id="{s.key}"><h2>{html.escape(s.title)} {_verdict(s.verdict)}</h2>',
+        f"<p><b>Claim.</b> {html.escape(s.claim)}</p>",
+        "<h3>The paper's figures</h3>",
+        _table(["what", "figure"], [list(p) for p in s.paper]),
+        "<h3>Our measurement</h3>",
+        _table(s.columns, s.rows),
+    ]
+    parts += [f'<img alt="{p["name"]}" src="{images[p["name"]]}">' for p in s.plots]
+    parts.append("<h3>Verdict</h3>")
+    parts.append(_colour(_table(["aspect", "verdict", "why"], [list(a) for a in s.aspects])))
+    parts += [f'<p class="note">{html.escape(n)}</p>' for n in s.notes]
+    return "\n".join(parts) + "</section>"
+
+
+def _timing_note(t: dict[str, Any]) -> str:
+    """Where the time went (cells: as recorded when each was trained)."""
+    cells = t.get("cells", {})
+    if not cells:
+        return ""
+    wall = sum(c["wall_s"] for c in cells.values())
+    cpu = sum(c["cpu_s"] for c in cells.values())
+    return (
+        f". Time: {len(cells)} cells {wall:.0f} s wall / {cpu:.0f} s CPU in all; latency "
+        f"{t.get('latency_wall_s', 0):.0f} s wall and dead channels "
+        f"{t.get('degradation_wall_s', 0):.0f} s in the last call"
+    )
+
+
+def render_html(study: dict[str, Any], sections: list[Section], images: dict[str, str]) -> str:
+    """The report: summary table on top, then one section per claim."""
+    env = study["versions"]
+    summary = _table(
+        [
+            "claim",
+            "verdict (contradicted if any aspect is)",
+            "aspects: supported / contradicted / inconclusive",
+        ],
+        [
+            [
+                s.title,
+                s.verdict,
+                " / ".join(str(sum(v == k for _, v, _ in s.aspects)) for k in VERDICT_COLORS),
+            ]
+            for s in sections
+        ],
+    )
+    summary = _colour(summary)
+    meta = (
+        f"preset <b>{study['preset']}</b>, data <b>{html.escape(study['data'])}</b>, "
+        f"{len(study['cells'])} trained cells; {html.escape(study['hardware'])}; "
+        + ", ".join(f"{k} {html.escape(str(v))}" for k, v in env.items())
+    )
+    meta += _timing_note(study.get("timing", {}))
+    body = "\n".join(_section_html(s, images) for s in sections)
+    return (
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+        "<title>MobileNets: the claims, measured</title>"
+        f"<style>{CSS}</style></head><body>"
+        "<h1>MobileNets: the claims, measured</h1>"
+        f'<section id="summary"><h2>Summary</h2><p class="note">{meta}</p>{summary}</section>'
+        f"{body}</body></html>"
+    )

@@ -1,0 +1,206 @@
+"""``mobilenets study``: train the grid's cells, measure, and write the report.
+
+    mobilenets study --data fashion-mnist --out runs/study --preset quick
+
+Order: training cells (``--jobs J`` in parallel), then latency (one model at a time, all
+cores, nothing else running), then dead-channel counts, then the report. ``--plan`` prints the
+cells as ``mobilenets train`` commands (and writes ``DIR/plan.json``) for any scheduler;
+``--report`` trains nothing and builds the report from the finished folders (measuring the
+latencies and dead channels that are missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from .cells import Grid, Variant, build_grid
+from .measure import (
+    cost,
+    dead_channels,
+    degradation_path,
+    latency_path,
+    measure_latency,
+    read_json,
+    write_json,
+)
+
+
+def _log(text: str) -> None:
+    print(f"study: {text}", file=sys.stderr, flush=True)
+
+
+def run_study(
+    data: str = "fashion-mnist",
+    out: str | Path = "runs/study",
+    preset: str = "quick",
+    epochs: int | None = None,
+    seeds: int | None = None,
+    jobs: int = 1,
+    device: str | None = None,
+    plan: bool = False,
+    estimate: bool = False,
+    report_only: bool = False,
+    grid: Grid | None = None,
+) -> dict[str, Any]:
+    """Run the study of the MobileNet claims and write ``out/report.html``.
+
+    Args:
+        data: a ``--data`` spec (Fashion-MNIST by default; CIFAR and ImageFolder work).
+        preset: ``quick`` (CPU, ≤ 15 minutes on 2 cores) or ``paper`` (every cell, ≥ 3 seeds
+            for the ablations).
+        epochs, seeds: override the preset's.
+        jobs: cells trained in parallel processes (spread over the visible GPUs or CPU cores).
+        plan: only print the cells as ``mobilenets train`` commands; with ``estimate``, also
+            time a few training steps per cell on ``device`` and extrapolate.
+        report_only: train nothing; build the report from the finished cells.
+        grid: a custom :class:`~mobilenets.study.cells.Grid` instead of the preset's
+            (smaller studies, tests); ``preset``, ``epochs``, ``seeds`` and ``device`` are then
+            ignored.
+
+    Returns:
+        The plan (``plan``) or the study (what ``out/study.json`` holds).
+    """
+    if jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {jobs}")
+    grid = grid or build_grid(preset, data, epochs, seeds, device)
+    out = Path(out)
+    if plan:
+        return print_plan(grid, out, estimate, jobs)
+    if not report_only:
+        from .runner import run_cells
+
+        t = time.time()
+        times = run_cells(grid.cells, grid.training, out, jobs, log=_log)
+        if times:
+            _log(f"trained {len(times)} cell(s) in {time.time() - t:.0f} s")
+    from ..data import load_dataset
+
+    dataset = load_dataset(data)
+    ev = gather(grid, out, dataset)
+    from .report import write_report
+
+    return write_report(ev, out)
+
+
+def gather(grid: Grid, out: Path, dataset: Any):
+    """Measure what is missing (latency, dead channels) and collect every figure."""
+    from .blocks import compare_blocks
+    from .claims import Evidence
+    from .collapse import relu_collapse
+
+    n_cls, chans = len(dataset.class_names), dataset.channels
+    variants = [v for vs in grid.sections.values() for v in vs] + list(grid.degradation.values())
+    costs = {v.key: cost(v, n_cls, chans) for v in dict.fromkeys(variants)}
+    summaries = {}
+    for c in grid.cells:
+        s = read_json(c.folder(out) / "summary.json")
+        if s is not None:
+            summaries[c.id] = s
+    t, cpu = time.time(), time.process_time()
+    latencies = {v.key: _latency(v, n_cls, chans, out) for v in grid.latency}
+    _log(f"latency of {len(latencies)} models ({time.time() - t:.0f} s)")
+    timing = {"latency_wall_s": time.time() - t, "latency_cpu_s": time.process_time() - cpu}
+    t, cpu = time.time(), time.process_time()
+    degradation = _degradation(grid, out, dataset)
+    timing |= {
+        "degradation_wall_s": time.time() - t,
+        "degradation_cpu_s": time.process_time() - cpu,
+    }
+    _log(f"dead channels of {len(degradation)} cells ({time.time() - t:.0f} s)")
+    cells = {c.id: read_json(c.folder(out) / "study_timing.json") for c in grid.cells}
+    timing["cells"] = {k: v for k, v in cells.items() if v is not None}
+    return Evidence(
+        grid, out, n_cls, chans, costs, summaries, latencies, degradation,
+        relu_collapse(), compare_blocks(), timing,
+    )  # fmt: skip
+
+
+def _latency(v: Variant, n_cls: int, chans: int, out: Path) -> list[dict[str, Any]]:
+    if not latency_path(out, v).exists():
+        _log(f"latency {v.key}")
+    return measure_latency(v, n_cls, chans, out)
+
+
+def _degradation(grid: Grid, out: Path, dataset: Any) -> dict[str, dict[str, Any]]:
+    from .cells import Cell
+
+    found = {}
+    for v in dict.fromkeys(grid.degradation.values()):
+        seeds = grid.seeds if v in grid.seeded else 1
+        for c in (Cell(v, s) for s in range(seeds)):
+            path = degradation_path(out, c.id)
+            if not path.exists() and (c.folder(out) / "summary.json").exists():
+                n = grid.training.max_eval_samples or 10000
+                write_json(path, dead_channels(c.folder(out) / "last.ckpt", dataset, n))
+            stored = read_json(path)
+            if stored is not None:
+                found[c.id] = stored
+    return found
+
+
+# ---------------------------------------------------------------- plan and estimate
+
+
+def print_plan(grid: Grid, out: Path, estimate: bool, jobs: int) -> dict[str, Any]:
+    """Print every cell as a ``mobilenets train`` command; write ``out/plan.json``."""
+    plan = grid.to_dict(out)
+    for cell in plan["cells"]:
+        print(cell["command"])
+    if estimate:
+        from .estimate import estimate_grid
+
+        plan["estimate"] = estimate_grid(grid, jobs)
+        for line in plan["estimate"]["lines"]:
+            print(line)
+    write_json(out / "plan.json", plan)
+    print(f"# {len(plan['cells'])} cells; JSON: {out / 'plan.json'}")
+    return plan
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``study`` subcommand."""
+    from ..cli import int_at_least
+    from .cells import PRESETS
+
+    p = subparsers.add_parser(
+        "study",
+        help="measure the MobileNet claims; write report.html",
+        description="Train the study's cells, measure cost and latency, and write a report "
+        "with a verdict per claim (study.json, study.csv, plots, report.html).",
+    )
+    p.add_argument("--data", default="fashion-mnist", metavar="SPEC")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--preset", choices=PRESETS, default="quick")
+    p.add_argument("--epochs", type=int_at_least(1))
+    p.add_argument("--seeds", type=int_at_least(1), help="seeds of the ablation cells")
+    p.add_argument("--jobs", type=int_at_least(1), default=1, help="cells trained in parallel")
+    p.add_argument("--device", choices=("cpu", "cuda"))
+    p.add_argument("--plan", action="store_true", help="print the cells as train commands")
+    p.add_argument("--estimate", action="store_true", help="with --plan: time per cell")
+    p.add_argument("--report", action="store_true", help="train nothing; build the report")
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    if args.estimate and not args.plan:
+        raise UsageError("--estimate goes with --plan")
+    if args.plan and args.report:
+        raise UsageError("--plan and --report exclude each other")
+    result = run_study(
+        args.data, args.out, args.preset, args.epochs, args.seeds, args.jobs, args.device,
+        args.plan, args.estimate, args.report,
+    )  # fmt: skip
+    if not args.plan:
+        print(json.dumps(result["summary"], indent=1))
+        print(f"report: {shlex.quote(str(Path(args.out) / 'report.html'))}")
+    return 0

@@ -1,0 +1,256 @@
+"""``mobilenets study``: verdict rules, the plan, a tiny study whose report numbers equal their
+sources, resume after a kill, and the report rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mobilenets.study import claims
+from mobilenets.study.cells import Cell, build_grid
+
+sys.path.insert(0, str(Path(__file__).parent))
+from study_tiny import tiny_grid  # noqa: E402
+
+S, C, UNDECIDED = claims.SUPPORTED, claims.CONTRADICTED, claims.INCONCLUSIVE
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+# ---------------------------------------------------------------- verdict rules
+
+
+def test_exponent_rule():
+    xs = [1.0, 0.75, 0.5, 0.25]
+    assert claims.fit_exponent(xs, [x**2 for x in xs]) == pytest.approx(2.0)
+    assert claims.exponent_verdict(2.24) == S
+    assert claims.exponent_verdict(1.76) == S
+    assert claims.exponent_verdict(1.74) == C
+    assert claims.exponent_verdict(2.3) == C
+    assert claims.exponent_verdict(claims.fit_exponent(xs, [x**1.5 for x in xs])) == C
+
+
+def test_ordering_rule():
+    a, b = [0.90, 0.91, 0.92], [0.80, 0.81, 0.82]  # std 0.01 each, gap 0.10
+    assert claims.ordering_verdict([("a", a), ("b", b)])[0] == S
+    assert claims.ordering_verdict([("b", b), ("a", a)])[0] == C
+    assert claims.ordering_verdict([("a", a[:2]), ("b", b[:2])])[0] == UNDECIDED  # < 3 seeds
+    noisy = [0.80, 0.95, 0.875]  # std 0.075: the gap to b must exceed 0.15
+    verdict, why = claims.ordering_verdict([("noisy", noisy), ("b", b)])
+    assert verdict == UNDECIDED and "2 x std" in why
+    assert claims.ordering_verdict([("a", a), ("b", b), ("c", [0.4, 0.41, 0.42])])[0] == S
+
+
+def test_small_drop_rule():
+    ref = [0.90, 0.91, 0.92]
+    assert claims.small_drop_verdict([0.89, 0.90, 0.91], ref, 0.02)[0] == S
+    assert claims.small_drop_verdict([0.80, 0.81, 0.82], ref, 0.02)[0] == C
+    assert claims.small_drop_verdict([0.89], ref, 0.02)[0] == UNDECIDED
+
+
+# ---------------------------------------------------------------- the plan
+
+
+def test_plan_prints_runnable_train_commands(tmp_path, capsys):
+    from mobilenets.cli import build_parser, main
+
+    assert (
+        main(["study", "--preset", "paper", "--seeds", "3", "--out", str(tmp_path), "--plan"]) == 0
+    )
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("mobilenets train")]
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert [c["command"] for c in plan["cells"]] == lines
+    grid = build_grid("paper", "fashion-mnist", seeds=3)
+    assert len(lines) == len(grid.cells) == len({c["id"] for c in plan["cells"]})
+    ablation = [c for c in plan["cells"] if c["variant"].startswith("v2-a1-r28")]
+    assert len(ablation) == 4 * 3  # 4 Fig. 6 variants x 3 seeds
+    parser = build_parser()
+    for line in lines:  # each is a valid `mobilenets train` command with the cell's options
+        args = parser.parse_args(shlex.split(line)[1:])
+        assert args.small_input and args.resume and args.out.startswith(str(tmp_path))
+    full = [parser.parse_args(shlex.split(x)[1:]) for x in lines if "--conv-type full" in x]
+    assert full and all(a.conv_type == "full" and a.model == "mobilenet_v1" for a in full)
+
+
+# ---------------------------------------------------------------- a tiny study
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    from mobilenets import run_study
+
+    out = tmp_path_factory.mktemp("study")
+    study = run_study(out=out, grid=tiny_grid(), jobs=1)
+    return out, study
+
+
+class _Cells(HTMLParser):
+    """Every <td> with data-values, its sources and text; ids of sections; img sources."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells, self.sections, self._open = [], [], None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "section":
+            self.sections.append(a["id"])
+        if tag == "td" and "data-values" in a:
+            self._open = [json.loads(a["data-values"]), json.loads(a.get("data-sources", "[]")), ""]
+
+    def handle_data(self, data):
+        if self._open is not None:
+            self._open[2] += data
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._open is not None:
+            self.cells.append(tuple(self._open))
+            self._open = None
+
+
+@functools.cache
+def _profile(config_json: str):
+    from mobilenets import ModelConfig, profile
+    from mobilenets.models import build_from_config
+
+    return profile(build_from_config(ModelConfig.from_json(config_json)))
+
+
+def _source_value(out: Path, study: dict, source: str):
+    from mobilenets.study.collapse import relu_collapse
+
+    where, key = source.rsplit(":", 1)
+    if where.startswith("profile("):
+        config = study["variants"][where[8:-1]]["config"]
+        return getattr(_profile(json.dumps(config, sort_keys=True)), key)
+    if where == "collapse":
+        n, field = key.split(".")
+        return next(r for r in relu_collapse()["rows"] if r["n"] == int(n))[field]
+    obj = json.loads((out / where).read_text())
+    for part in key.split("."):
+        obj = obj[int(part)] if isinstance(obj, list) else obj[part]
+    return obj
+
+
+def test_every_report_number_equals_its_source(tiny_study):
+    out, study = tiny_study
+    page = _Cells()
+    page.feed((out / "report.html").read_text())
+    sourced = [c for c in page.cells if c[1]]
+    kinds = {re.split(r"[/(:]", s)[0] for _, srcs, _ in sourced for s in srcs}
+    assert {"profile", "cells", "latency", "degradation", "collapse"} <= kinds
+    for values, sources, _text in sourced:
+        found = [_source_value(out, study, s) for s in sources]
+        flat = [x for f in found for x in (f if isinstance(f, list) else [f])]
+        assert flat == values, sources
+    # the displayed text is those values, formatted (mean ± std for several seeds)
+    acc = next(c for c in sourced if c[1][0].endswith("final_test_top1"))
+    assert acc[2] == f"{100 * acc[0][0]:.1f}%"
+    mac = next(c for c in sourced if c[1][0].endswith(":macs"))
+    assert mac[2] == f"{mac[0][0] / 1e6:.3f}"
+    # study.json and study.csv hold the same numbers
+    sec = {s["key"]: s for s in study["sections"]}
+    assert json.loads((out / "study.json").read_text())["sections"] == study["sections"]
+    row = sec["alpha"]["rows"][0]
+    assert row[1]["values"] == [study["variants"][tiny_grid().sections["alpha"][0].key]["macs"]]
+    csv_text = (out / "study.csv").read_text()
+    assert f"{row[1]['values'][0]}" in csv_text or f"{float(row[1]['values'][0])}" in csv_text
+    assert "not trained in tiny" in (out / "report.html").read_text()
+    # the cells were trained with the model options and the pinned small_input they name
+    cfg = study["summaries"]["v2-a0.2-r16-shortcut-none-s0"]["config"]
+    assert cfg["shortcut"] == "none" and cfg["width_mult"] == 0.2 and cfg["resolution"] == 16
+    assert all(s["config"]["small_input"] for s in study["summaries"].values())
+
+
+def test_report_opens_in_headless_chromium(tiny_study):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (scripts/setup.sh installs it as root)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="the playwright package is not installed (test extra)"
+    )
+    out, study = tiny_study
+    errors = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],
+        )
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto((out / "report.html").resolve().as_uri())
+            ids = page.eval_on_selector_all("section", "els => els.map(e => e.id)")
+            widths = page.eval_on_selector_all(
+                "img", "els => els.map(e => e.complete ? e.naturalWidth : 0)"
+            )
+        finally:
+            browser.close()
+    keys = ["summary"] + [s["key"] for s in study["sections"]]
+    assert ids == keys and len(keys) == 9
+    assert len(widths) == 5 and all(w > 0 for w in widths), widths
+    assert errors == []
+
+
+# ---------------------------------------------------------------- resume after a kill
+
+_RUN = """
+import sys
+sys.path.insert(0, {tests!r})
+from study_tiny import tiny_grid
+from mobilenets.study.runner import run_cells
+g = tiny_grid()
+cells = [c for c in g.cells][:3]
+times = run_cells(cells, g.training, {out!r}, jobs=1, log=lambda s: None)
+print(sorted(times))
+"""
+
+
+def test_killed_study_finishes_only_the_missing_cells(tmp_path):
+    g = tiny_grid()
+    cells: list[Cell] = g.cells[:3]
+    code = _RUN.format(tests=str(Path(__file__).parent), out=str(tmp_path))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE)
+    first = cells[0].folder(tmp_path) / "summary.json"
+    deadline = time.time() + 90
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.exists()
+    done_before = {c.id for c in cells if c.done(tmp_path)}
+    assert done_before and len(done_before) < 3
+    stamp = first.stat().st_mtime_ns
+    rerun = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    trained = set(eval(rerun.stdout.strip().splitlines()[-1]))  # a list of cell ids
+    assert trained == {c.id for c in cells} - done_before
+    assert all(c.done(tmp_path) for c in cells) and first.stat().st_mtime_ns == stamp
+
+
+def test_collapse_loses_the_spiral_in_low_dimensions():
+    from mobilenets.study.collapse import relu_collapse
+
+    rows = {r["n"]: r for r in relu_collapse()["rows"]}
+    assert np.mean(rows[30]["shape_errors"]) < np.mean(rows[2]["shape_errors"]) / 2
+    assert rows[2]["error"] > rows[30]["error"]
