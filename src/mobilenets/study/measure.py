@@ -91,11 +91,10 @@ def dead_channels(checkpoint: str | Path, dataset: Any, max_images: int = 1000) 
     from torch import nn
 
     from ..checkpoint import load_checkpoint
-    from ..data import Preprocess, eval_batches
+    from ..data import eval_batches
 
     ck = load_checkpoint(checkpoint)
-    cfg = ck.config
-    prep = Preprocess(cfg.resolution, cfg.in_chans, ck.mean, ck.std, ck.crop_pct)
+    prep = ck.preprocess
     maxima: dict[str, torch.Tensor] = {}
 
     def hook(name: str):
