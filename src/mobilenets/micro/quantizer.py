@@ -142,7 +142,7 @@ def calibrate(
 
 
 def quantize_weights(w: np.ndarray, axis: int, bias: np.ndarray | None, s_in: float):
-    """Symmetric per-channel int8 weights along ``axis``; (q, float32 scales)."""
+    """Symmetric per-channel int8 weights along ``axis``; returns (q, float32 scales)."""
     moved = np.moveaxis(w.astype(np.float64), axis, 0)
     amax = np.abs(moved.reshape(moved.shape[0], -1)).max(1)
     if bias is not None:  # an all-zero channel still needs a scale under which its bias fits
