@@ -427,7 +427,9 @@ def read_tflite(path: str | Path) -> tuple[QuantizedModel, dict[str, Any]]:
         meta = _metadata(model, path)
         sub = model.Subgraphs(0)
         codes = [
-            max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode())
+            max(
+                model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode()
+            )
             for i in range(model.OperatorCodesLength())
         ]
         tensors = []
