@@ -123,6 +123,7 @@ def export_tflite(
     verify_inputs: torch.Tensor | None = None,
     eval_data: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
     arena: bool = True,
+    metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fold BN and write ``model`` as ONE ``.tflite`` file (fp32, or full-integer int8).
 
@@ -136,6 +137,7 @@ def export_tflite(
             MobilenetsError); int8: our reference against TFLite Micro and LiteRT (in LSB).
         eval_data: (inputs, labels) batches for fp32/int8 top-1 and agreement.
         arena: measure TFLite Micro's arena (int8 only).
+        metadata: extra JSON entries for the file's metadata (e.g. ``data``: the dataset spec).
 
     Returns:
         The report: path, bytes, ops, padding, tflm_* figures, max_abs_diff_lsb, accuracies...
@@ -157,7 +159,7 @@ def export_tflite(
         graph = lower(fold_bn(model)).graph
     graph.class_names, graph.preprocess = names, prep.to_dict()
     quant = {"scheme": SCHEME, "calib_method": method} if int8 else None
-    path = write_tflite(graph, path, {"quantization": quant})
+    path = write_tflite(graph, path, {**(metadata or {}), "quantization": quant})
     report: dict[str, Any] = {
         "path": str(path),
         "format": "tflite-int8" if int8 else "tflite-fp32",
@@ -321,6 +323,7 @@ def run_export_tflite(args: Any) -> int:
         calib_method=args.calib_method,
         verify_inputs=verify,
         eval_data=eval_data,
+        metadata={"data": ck.meta.get("data")},
     )
     report = {"checkpoint": str(ck.path), "architecture": cfg.name, **report}
     if calib is not None:

@@ -133,8 +133,9 @@ def litert_interpreter(path: str | Path, fast: bool = False):
 
     kind = OpResolverType.AUTO if fast else OpResolverType.BUILTIN_REF
     try:
-        it = Interpreter(str(path), experimental_op_resolver_type=kind)
-        it.allocate_tensors()
+        with silenced_fd2():  # LiteRT logs "Created TensorFlow Lite XNNPACK delegate" there
+            it = Interpreter(str(path), experimental_op_resolver_type=kind)
+            it.allocate_tensors()
     except Exception as e:
         raise MobilenetsError(f"{path}: LiteRT cannot load it ({str(e).splitlines()[0]})") from None
     return it
