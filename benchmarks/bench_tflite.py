@@ -127,12 +127,15 @@ def section_arena(tmp: Path) -> None:
         )
 
 
+TEST_IMAGES: int | None = None  # --test-images (default: all 10,000)
+
+
 def _fashion(ck, n_calib: int = 512):
     from mobilenets.onnx_quant import calibration_inputs, test_batches
 
     cfg = ck.config
     calib = calibration_inputs("fashion-mnist", cfg, ck.mean, ck.std, ck.crop_pct, n_calib)
-    test = list(test_batches("fashion-mnist", cfg, ck.mean, ck.std, ck.crop_pct, None))
+    test = list(test_batches("fashion-mnist", cfg, ck.mean, ck.std, ck.crop_pct, TEST_IMAGES))
     return calib, test
 
 
@@ -205,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", action="append", default=[], metavar="CKPT")
     p.add_argument("--sections", default="random,arena,checkpoints")
     p.add_argument("--calib-compare", action="store_true")
+    p.add_argument("--test-images", type=int, default=None, help="default: all 10,000")
     args = p.parse_args(argv)
+    global TEST_IMAGES
+    TEST_IMAGES = args.test_images
     torch.set_num_threads(2)
     emit({"section": "env", **versions()})
     sections = set(args.sections.split(","))
