@@ -7,6 +7,9 @@ from .config import ModelConfig
 from .errors import MobilenetsError, UsageError
 from .evaluation import evaluate
 from .export import export_onnx, fold_bn
+from .micro.export import export_tflite
+from .micro.quantizer import quantize_int8
+from .micro.reference import run_int8
 from .models import create_model
 from .onnx_quant import quantize_onnx
 from .predict import Predictor
@@ -27,12 +30,15 @@ __all__ = [
     "create_model",
     "evaluate",
     "export_onnx",
+    "export_tflite",
     "fit",
     "fold_bn",
     "load_checkpoint",
     "load_pretrained",
     "profile",
+    "quantize_int8",
     "quantize_onnx",
+    "run_int8",
     "run_study",
     "save_checkpoint",
 ]

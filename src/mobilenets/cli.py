@@ -121,8 +121,9 @@ MODEL_OPTIONS = {
     "in_chans": None,
     "num_classes": None,
     "activation": None,
+    "padding": None,
 }
-MOBILENET_ONLY = ("width_mult", "activation")
+MOBILENET_ONLY = ("width_mult", "activation", "padding")
 
 
 def int_range(lo: int, hi: int):
@@ -160,6 +161,13 @@ def add_model_args(p: argparse.ArgumentParser, name_positional: bool = False) ->
     p.add_argument("--num-classes", type=int_at_least(1), default=None)
     p.add_argument(
         "--activation", choices=("relu", "relu6"), default=None, help="MobileNets (default relu6)"
+    )
+    p.add_argument(
+        "--padding",
+        choices=("symmetric", "same"),
+        default=None,
+        help="MobileNets: symmetric (PyTorch, default) or same (TensorFlow SAME: exports to "
+        ".tflite without PAD ops, less TFLite Micro arena)",
     )
 
 
@@ -266,6 +274,7 @@ def model_from_args(args: argparse.Namespace, name: str, **defaults):
     if name in ("mobilenet_v1", "mobilenet_v2"):
         opts["width_mult"] = args.width_mult if args.width_mult is not None else 1.0
         opts["activation"] = args.activation or "relu6"
+        opts["padding"] = getattr(args, "padding", None) or "symmetric"
     else:
         given = [_flag(k) for k in MOBILENET_ONLY if getattr(args, k, None) is not None]
         if given:

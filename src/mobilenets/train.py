@@ -226,6 +226,7 @@ class TrainArgs:
     in_chans: int | None = None
     num_classes: int | None = None
     activation: str | None = None  # MobileNets only; default relu6
+    padding: str = "symmetric"
     # The papers' ablations (ModelConfig fields; V1: conv_type, V2: the other two).
     conv_type: str = "separable"
     bottleneck_activation: str = "linear"
@@ -504,8 +505,8 @@ class Trainer:
         elif a.width_mult is not None or a.activation is not None:
             flags = [f for f, v in (("--width", a.width_mult), ("--activation", a.activation)) if v]
             raise UsageError(f"{', '.join(flags)} apply only to MobileNets, not to {a.model}")
-        for k in ("conv_type", "bottleneck_activation", "shortcut"):
-            if getattr(a, k) != TrainArgs.__dataclass_fields__[k].default:
+        for k in ("conv_type", "bottleneck_activation", "shortcut", "padding"):
+            if getattr(a, k) not in (None, TrainArgs.__dataclass_fields__[k].default):
                 opts[k] = getattr(a, k)  # ModelConfig says which model each applies to
         return create_model(
             a.model,
