@@ -7,6 +7,8 @@ from .config import ModelConfig
 from .errors import MobilenetsError, UsageError
 from .evaluation import evaluate
 from .export import export_onnx, fold_bn
+from .micro.quantizer import quantize_int8
+from .micro.reference import run_int8
 from .models import create_model
 from .onnx_quant import quantize_onnx
 from .predict import Predictor
@@ -31,6 +33,8 @@ __all__ = [
     "load_checkpoint",
     "load_pretrained",
     "profile",
+    "quantize_int8",
     "quantize_onnx",
+    "run_int8",
     "save_checkpoint",
 ]

@@ -9,7 +9,8 @@ from typing import Any
 
 from .errors import UsageError
 
-SCHEMA_VERSION = 1
+# 2: ``padding`` ("symmetric" or "same"); version-1 configs load as symmetric.
+SCHEMA_VERSION = 2
 
 MOBILENETS = ("mobilenet_v1", "mobilenet_v2")
 BASELINES = ("resnet50", "vgg16")
@@ -20,6 +21,7 @@ _CHOICES = {
     "conv_type": ("separable", "full"),
     "bottleneck_activation": ("linear", "relu6"),
     "shortcut": ("bottleneck", "expansion", "none"),
+    "padding": ("symmetric", "same"),
 }
 
 
@@ -31,6 +33,9 @@ class ModelConfig:
     (the V1 paper's text says ReLU; ReLU6 bounds activations, which helps int8).
     ``bn_eps`` defaults to PyTorch's 1e-5 so that torchvision/timm weights reproduce their logits.
     ``conv_type`` applies to V1 only; ``bottleneck_activation`` and ``shortcut`` to V2 only.
+    ``padding``: ``symmetric`` (PyTorch's k//2 on every side; torchvision/timm weights) or
+    ``same`` (TensorFlow SAME: stride-2 convs pad less on the top/left, as timm's ``tf_``
+    models), which exports to ``.tflite`` without PAD ops. MobileNets only.
     """
 
     name: str
@@ -46,6 +51,7 @@ class ModelConfig:
     conv_type: str = "separable"
     bottleneck_activation: str = "linear"
     shortcut: str = "bottleneck"
+    padding: str = "symmetric"
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -77,7 +83,7 @@ class ModelConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise UsageError(f"unknown model config field(s): {', '.join(unknown)}")
-        return cls(**d)
+        return cls(**{**d, "schema_version": SCHEMA_VERSION})  # older versions upgrade
 
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
@@ -118,6 +124,8 @@ def validate(cfg: ModelConfig) -> None:
                 f"{field} must be one of {', '.join(choices)}, got {getattr(cfg, field)!r}"
             )
     defaults = ModelConfig.__dataclass_fields__
+    if cfg.name not in MOBILENETS and cfg.padding != "symmetric":
+        raise UsageError(f"option padding does not apply to {cfg.name} (MobileNets only)")
     v1_only, v2_only = ("conv_type",), ("bottleneck_activation", "shortcut")
     for field in v1_only + v2_only:
         applies = cfg.name == ("mobilenet_v1" if field in v1_only else "mobilenet_v2")

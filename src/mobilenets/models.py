@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import fx, nn
 
 from .config import BASELINES, ModelConfig
 
@@ -84,8 +85,36 @@ def _act(name: str | None) -> nn.Module:
     return {"relu": nn.ReLU, "relu6": nn.ReLU6}[name](inplace=True)
 
 
+def pad_same(x: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
+    """TensorFlow SAME padding for a conv that follows: ``ceil(size / stride)`` outputs, the odd
+    padding row/column at the bottom/right. Computed from the input's size, so any resolution
+    works. Wrapped for torch.fx: a trace shows one ``pad_same`` call, then the conv module."""
+    h, w = x.shape[-2:]
+    pad_h = max((-(-h // stride) - 1) * stride + kernel_size - h, 0)
+    pad_w = max((-(-w // stride) - 1) * stride + kernel_size - w, 0)
+    return F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+
+
+fx.wrap("pad_same")
+
+
+class SamePad2d(nn.Module):
+    """TensorFlow SAME padding before a stride-2 conv (a separate, parameter-free module)."""
+
+    def __init__(self, kernel_size: int, stride: int) -> None:
+        super().__init__()
+        self.kernel_size, self.stride = kernel_size, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pad_same(x, self.kernel_size, self.stride)
+
+
 class ConvBNAct(nn.Sequential):
-    """Conv2d (no bias) -> BatchNorm2d -> activation, kept as three named submodules."""
+    """Conv2d (no bias) -> BatchNorm2d -> activation, kept as three named submodules.
+
+    ``padding="same"`` puts a :class:`SamePad2d` before a stride-2 conv (whose own padding is
+    then 0); stride-1 convs pad k//2 on every side, which already is TensorFlow SAME.
+    """
 
     def __init__(
         self,
@@ -97,11 +126,14 @@ class ConvBNAct(nn.Sequential):
         act: str | None = "relu6",
         bn_eps: float = 1e-5,
         bn_momentum: float = 0.1,
+        padding: str = "symmetric",
     ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(
-            in_chs, out_chs, kernel_size, stride, kernel_size // 2, groups=groups, bias=False
-        )
+        pad = kernel_size // 2
+        if padding == "same" and stride > 1:
+            self.pad = SamePad2d(kernel_size, stride)
+            pad = 0
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, pad, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(out_chs, eps=bn_eps, momentum=bn_momentum)
         self.act = _act(act)
 
@@ -241,7 +273,7 @@ def block_specs(cfg: ModelConfig) -> tuple[int, list[BlockSpec], int | None]:
 
 def build_mobilenet(cfg: ModelConfig) -> MobileNet:
     """The one builder: turn a config (and its paper table) into a :class:`MobileNet`."""
-    bn = {"bn_eps": cfg.bn_eps, "bn_momentum": cfg.bn_momentum}
+    bn = {"bn_eps": cfg.bn_eps, "bn_momentum": cfg.bn_momentum, "padding": cfg.padding}
     act = cfg.activation
     stem_chs, specs, head_chs = block_specs(cfg)
     stem = ConvBNAct(cfg.in_chans, stem_chs, 3, 1 if cfg.small_input else 2, 1, act, **bn)

@@ -14,7 +14,14 @@ C code generator. Conventions (those of TFLite, so the writer is a plain transla
 - ``padding`` is (top, bottom, left, right) of implicit zero-point padding inside a conv or pool.
   It must be TensorFlow SAME or VALID for the op's geometry (TFLite knows no other); other
   padding (PyTorch's symmetric padding of stride-2 convs, max pools) is an explicit ``pad`` op.
-- ``act_min``/``act_max`` is the fused activation as an output clamp (ReLU6 -> [q(0), q(6)]).
+- ``act_min``/``act_max`` is the fused activation as an output clamp (ReLU6 -> [q(0), q(6)]),
+  computed as TFLite does (``CalculateActivationRangeQuantized``); ``activation`` names it
+  (``none``, ``relu``, ``relu6``) so the ``.tflite`` writer can store the fused activation.
+- ``avg_pool2d``, ``max_pool2d``, ``pad`` and ``reshape`` keep their input's scale and zero point
+  (TFLite's int8 kernels for them do not rescale).
+
+The fp32 graph (for the fp32 ``.tflite``) uses the same classes: float32 ``weights`` and ``bias``,
+tensors with ``scale == 0.0`` (not quantized), ``act_min``/``act_max`` unused.
 """
 
 from __future__ import annotations
@@ -68,6 +75,7 @@ class Op:
     depth_multiplier: int = 1
     act_min: int = -128
     act_max: int = 127
+    activation: str = "none"  # fused: none, relu, relu6
 
     def __post_init__(self) -> None:
         if self.kind not in OP_KINDS:
@@ -93,6 +101,11 @@ class QuantizedModel:
     @property
     def output_tensor(self) -> Tensor:
         return self.tensors[self.output]
+
+    @property
+    def is_float(self) -> bool:
+        """True for the fp32 graph (float32 weights, unquantized tensors)."""
+        return self.input_tensor.scale == 0.0
 
     def op_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
