@@ -19,20 +19,24 @@ extern volatile uint32_t mn_systick_wraps;
 
 static int8_t output[MN_OUTPUT_BYTES];
 
+static volatile uint32_t *painted_bottom;
+
+/* Fills 16 KB below this function's frame with a pattern. */
 __attribute__((noinline)) static void paint(void)
 {
     volatile uint32_t marker = 0;
-    volatile uint32_t *p = (volatile uint32_t *)((uintptr_t)&marker & ~(uintptr_t)3u) - 64;
+    volatile uint32_t *p = &marker - 16;
     int i;
     for (i = 0; i < MN_PAINT_WORDS; ++i) *(p - i) = MN_PAINT;
+    painted_bottom = p - (MN_PAINT_WORDS - 1);
 }
 
-__attribute__((noinline)) static uint32_t unpainted(uintptr_t top)
+/* Bytes from ``top`` down to the lowest word no longer holding the pattern. */
+static uint32_t stack_used(uintptr_t top)
 {
-    volatile uint32_t *p = (volatile uint32_t *)(top & ~(uintptr_t)3u) - 64 - (MN_PAINT_WORDS - 1);
     int i = 0;
-    while (i < MN_PAINT_WORDS && p[i] == MN_PAINT) ++i;
-    return (uint32_t)(MN_PAINT_WORDS - i) * 4u;
+    while (i < MN_PAINT_WORDS && painted_bottom[i] == MN_PAINT) ++i;
+    return (uint32_t)(top - (uintptr_t)(painted_bottom + i));
 }
 
 __attribute__((noinline)) static uint32_t measured_run(const int8_t *in, uint64_t *ticks)
@@ -43,6 +47,8 @@ __attribute__((noinline)) static uint32_t measured_run(const int8_t *in, uint64_
     SYST_RVR = 0xFFFFFFu;
     SYST_CVR = 0;
     SYST_CSR = 7; /* enable, interrupt on wrap, processor clock */
+    while (SYST_CVR == 0) {
+    } /* the first tick loads RVR */
     w0 = mn_systick_wraps;
     c0 = SYST_CVR;
     mn_infer(in, output);
@@ -50,8 +56,8 @@ __attribute__((noinline)) static uint32_t measured_run(const int8_t *in, uint64_
     w1 = mn_systick_wraps;
     SYST_CSR = 0;
     *ticks = (uint64_t)(w1 - w0) * 0x1000000u + c0 - c1;
-    /* the stack used below this frame, minus the 64 words paint() left untouched */
-    return unpainted((uintptr_t)&marker);
+    /* the stack used below this frame's marker (includes a few words of this frame) */
+    return stack_used((uintptr_t)&marker);
 }
 
 int main(void)
@@ -70,7 +76,7 @@ int main(void)
         for (i = 0; i < MN_OUTPUT_BYTES; ++i) printf(" %d", output[i]);
         printf("\n");
     }
-    printf("ticks %lu\n", (unsigned long)ticks);
+    printf("ticks %llu\n", (unsigned long long)ticks);
     printf("stack %lu\n", (unsigned long)stack);
     return 0;
 }
