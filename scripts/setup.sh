@@ -9,11 +9,16 @@ PY="${PYTHON:-python3}"
 need_apt=()
 "$PY" -c "import ensurepip, venv" 2>/dev/null || need_apt+=(python3-venv python3-pip)
 [ -d /usr/share/datasets/fashion-mnist ] || need_apt+=(dataset-fashion-mnist)
+# C code generation: host gcc, and Cortex-M builds run under QEMU (tests skip without them)
+command -v gcc >/dev/null || need_apt+=(gcc libc6-dev)
+command -v make >/dev/null || need_apt+=(make)
+command -v arm-none-eabi-gcc >/dev/null || need_apt+=(gcc-arm-none-eabi libnewlib-arm-none-eabi)
+command -v qemu-system-arm >/dev/null || need_apt+=(qemu-system-arm)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "setup: apt-get install ${need_apt[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   else
     echo "setup: not root, skipping system packages: ${need_apt[*]}" \
          "(Fashion-MNIST then downloads through torchvision when online)" >&2

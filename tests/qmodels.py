@@ -43,8 +43,9 @@ class _Builder:
         h, w, cin = self.tensors[x].shape[1:]
         if self.symmetric and s == 2 and k > 1:  # PyTorch-style padding: an explicit pad op
             p = k // 2
-            xp = self.tensor((1, h + 2 * p, w + 2 * p, cin), self.tensors[x].scale,
-                             self.tensors[x].zero_point)
+            xp = self.tensor(
+                (1, h + 2 * p, w + 2 * p, cin), self.tensors[x].scale, self.tensors[x].zero_point
+            )
             self.ops.append(Op("pad", (x,), xp, name=name + ".pad", padding=(p, p, p, p)))
             x, h, w, pad = xp, h + 2 * p, w + 2 * p, (0, 0, 0, 0)
             oh, ow = (h - k) // s + 1, (w - k) // s + 1
@@ -102,9 +103,7 @@ def random_qmodel(
     pool: str = "mean",
 ) -> QuantizedModel:
     """A MobileNet int8 graph with random weights (``symmetric``: PyTorch pads as PAD ops)."""
-    cfg = ModelConfig(
-        name, width, resolution, num_classes, in_chans, small_input=small_input
-    )
+    cfg = ModelConfig(name, width, resolution, num_classes, in_chans, small_input=small_input)
     b = _Builder(seed, symmetric)
     x = b.tensor((1, resolution, resolution, in_chans), float(np.float32(0.0178)), -14)
     stem, specs, head = block_specs(cfg)

@@ -22,6 +22,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("export", "mobilenets.export"),
     ("predict", "mobilenets.predict"),
     ("bench", "mobilenets.bench"),
+    ("codegen", "mobilenets.micro.codegen"),
 ]
 
 

@@ -351,9 +351,7 @@ def _ring_rows(tp: TensorPlan, trace: _Trace) -> int:
     return min(need, tp.h)
 
 
-def plan_memory(
-    qm: QuantizedModel, *, streaming: bool = True, max_sram: int | None = None
-) -> Plan:
+def plan_memory(qm: QuantizedModel, *, streaming: bool = True, max_sram: int | None = None) -> Plan:
     """Plan the arena of ``qm``: ring sizes, lifetimes, overlaps and offsets.
 
     Args:
@@ -422,7 +420,9 @@ def choose_cuts(qm, stages, tensors, ringable, output) -> list[int]:
             last_use[t] = s.index
     cands = [qm.input]
     for s in stages:
-        live = {t for t, last in last_use.items() if last > s.index and tensors[t].producer <= s.index}
+        live = {
+            t for t, last in last_use.items() if last > s.index and tensors[t].producer <= s.index
+        }
         if live == {s.output} and s.output in ringable:
             cands.append(s.output)
     cands.append(output)
@@ -532,8 +532,9 @@ def _try_place(buffers, order, deltas, arena: int):
                     ok = False
                     break
             if ok:
-                uses_overlap = any(not (c + b.size <= offs[j] or c >= offs[j] + buffers[j].size)
-                                   for j in over)
+                uses_overlap = any(
+                    not (c + b.size <= offs[j] or c >= offs[j] + buffers[j].size) for j in over
+                )
                 if best is None or (uses_overlap and not best[1]):
                     best = (c, uses_overlap)
                 if uses_overlap:
@@ -553,9 +554,7 @@ def _peak(plan: Plan) -> None:
         lo, hi = max(b.first, 0), min(b.last, ticks)
         for tk in range(lo, hi + 1):
             live[tk] += b.size
-    plan.stage_live_bytes = [
-        max(live[a : b + 1]) if a >= 0 else 0 for a, b in plan.stage_ticks
-    ]
+    plan.stage_live_bytes = [max(live[a : b + 1]) if a >= 0 else 0 for a, b in plan.stage_ticks]
     peak_tick = max(range(ticks), key=lambda tk: live[tk]) if ticks else 0
     plan.peak_live_bytes = live[peak_tick]
     plan.peak_stage = next(
