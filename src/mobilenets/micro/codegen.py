@@ -67,10 +67,7 @@ def _conv_params(qm: QuantizedModel, s: Stage, tag: str) -> tuple[str, str]:
     m0, shift = conv_multipliers(t_in.scale, op.weight_scales, t_out.scale)
     if m0.size == 1 and cout > 1:
         m0, shift = np.repeat(m0, cout), np.repeat(shift, cout)
-    pointwise = s.kind == "fc" or (
-        s.kind == "conv" and s.kernel == (1, 1) and s.stride == (1, 1) and not any(s.padding)
-    )
-    has_eff = pointwise or s.kind == "dw"
+    has_eff = True  # every kernel's fast path folds the input zero point into the bias
     code = _c_array("int8_t", f"{tag}_w", w)
     code += _c_array("int32_t", f"{tag}_b", bias)
     if has_eff:

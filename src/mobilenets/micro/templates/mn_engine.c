@@ -34,97 +34,211 @@ int32_t mn_requantize(int32_t acc, int32_t m0, int32_t shift)
     }
 }
 
-static int8_t mn_out(const mn_conv_params *p, int32_t acc, int c)
+/* mn_requantize for shift <= 0 (multipliers below 1, the usual case), inlined. TFLite's
+ * nudged, truncating high multiply equals floor((acc * m0 + 2^30) / 2^31) for m0 > 0, and
+ * the rounding divide is gemmlowp's (remainder against a threshold). */
+static inline int32_t mn_rq(int32_t acc, int32_t m0, int32_t shift)
 {
-    int32_t v = mn_requantize(acc, p->m0[c], p->shift[c]) + p->out_zp;
-    if (v < p->act_min) v = p->act_min;
-    if (v > p->act_max) v = p->act_max;
+    if (shift > 0) return mn_requantize(acc, m0, shift);
+    {
+        const int32_t x = (int32_t)(((int64_t)acc * m0 + ((int64_t)1 << 30)) >> 31);
+        const int32_t e = -shift;
+        const int32_t mask = (int32_t)(((uint32_t)1 << e) - 1u);
+        return (x >> e) + ((x & mask) > ((mask >> 1) + (x < 0)) ? 1 : 0);
+    }
+}
+
+/* The requantized, clamped int8 output; callers keep the parameters in locals, since every
+ * int8 store may alias the parameter block as far as the compiler knows. */
+static inline int8_t mn_clamp8(int32_t acc, int32_t m0, int32_t shift, int32_t zp, int32_t lo,
+                               int32_t hi)
+{
+    int32_t v = mn_rq(acc, m0, shift) + zp;
+    v = v < lo ? lo : v;
+    v = v > hi ? hi : v;
     return (int8_t)v;
 }
 
+#define MN_OUT(acc, c) mn_clamp8((acc), m0[c], sh[c], zp, lo, hi)
+#define MN_PARAMS(p)                                                                              \
+    const int32_t *const m0 = (p)->m0, *const sh = (p)->shift;                                   \
+    const int32_t zp = (p)->out_zp, lo = (p)->act_min, hi = (p)->act_max
+
+static inline int8_t mn_out(const mn_conv_params *p, int32_t acc, int c)
+{
+    return mn_clamp8(acc, p->m0[c], p->shift[c], p->out_zp, p->act_min, p->act_max);
+}
+
 #if MN_SIMD32
-static int32_t mn_rd32(const int8_t *p)
+static inline int32_t mn_rd32(const int8_t *p)
 {
     int32_t v;
     memcpy(&v, p, 4);
     return v;
 }
-static int32_t mn_ror8(int32_t v)
+/* bytes 1 and 3 sign-extended to two halfwords: SXTB16 with its ROR #8 operand */
+static inline int16x2_t mn_sxtb16_odd(int32_t v)
 {
-    uint32_t u = (uint32_t)v;
-    return (int32_t)((u >> 8) | (u << 24));
+    int16x2_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+    return r;
 }
 #endif
 
-/* Pointwise (1x1, stride 1) and fully connected: out[p][o] = sum_i in[p][i] * w[o][i], with the
- * input zero point folded into bias_eff. Two pixels by two output channels per step. */
-static void mn_pw_block(const mn_conv_params *p, const int8_t *x0, const int8_t *x1,
-                        int8_t *y0, int8_t *y1)
+/* out[o] = requant(bias_eff[o] + sum_i x[i] * w[o][i]) for two inputs x0, x1 of length k, two
+ * output channels per step: the core of pointwise and im2col convolution. */
+static void mn_dot_block(const mn_conv_params *p, int k, const int8_t *x0, const int8_t *x1,
+                         int8_t *y0, int8_t *y1)
 {
-    const int cin = p->cin, cout = p->cout;
+    const int cout = p->cout;
+    const int8_t *const wt = p->w;
+    const int32_t *const be = p->bias_eff;
+    MN_PARAMS(p);
     int o;
     for (o = 0; o < cout; o += 2) {
         const int two = o + 1 < cout;
-        const int8_t *w0 = p->w + (size_t)o * cin;
-        const int8_t *w1 = two ? w0 + cin : w0;
-        int32_t a00 = p->bias_eff[o], a01 = p->bias_eff[two ? o + 1 : o];
+        const int8_t *const wr = wt + (size_t)o * k;
+        const ptrdiff_t ws = two ? k : 0;
+        int32_t a00 = be[o], a01 = be[o + two];
         int32_t a10 = a00, a11 = a01;
-        int i = 0;
+        int i;
 #if MN_SIMD32
-        for (; i + 4 <= cin; i += 4) {
-            int32_t xa = mn_rd32(x0 + i), xb = mn_rd32(x1 + i);
-            int32_t wa = mn_rd32(w0 + i), wb = mn_rd32(w1 + i);
-            int16x2_t xa0 = __sxtb16(xa), xa1 = __sxtb16(mn_ror8(xa));
-            int16x2_t xb0 = __sxtb16(xb), xb1 = __sxtb16(mn_ror8(xb));
-            int16x2_t wa0 = __sxtb16(wa), wa1 = __sxtb16(mn_ror8(wa));
-            int16x2_t wb0 = __sxtb16(wb), wb1 = __sxtb16(mn_ror8(wb));
-            a00 = __smlad(xa0, wa0, a00);
-            a00 = __smlad(xa1, wa1, a00);
-            a01 = __smlad(xa0, wb0, a01);
-            a01 = __smlad(xa1, wb1, a01);
-            a10 = __smlad(xb0, wa0, a10);
-            a10 = __smlad(xb1, wa1, a10);
-            a11 = __smlad(xb0, wb0, a11);
-            a11 = __smlad(xb1, wb1, a11);
+        const ptrdiff_t xs = x1 - x0;
+        const int8_t *w = wr, *x = x0;
+        int n = k >> 2;
+        while (n-- > 0) {
+            const int32_t wa = mn_rd32(w), wb = mn_rd32(w + ws);
+            const int32_t xa = mn_rd32(x), xb = mn_rd32(x + xs);
+            const int16x2_t wa0 = __sxtb16(wa), wa1 = mn_sxtb16_odd(wa);
+            const int16x2_t wb0 = __sxtb16(wb), wb1 = mn_sxtb16_odd(wb);
+            int16x2_t v0 = __sxtb16(xa), v1 = mn_sxtb16_odd(xa);
+            a00 = __smlad(v0, wa0, a00);
+            a00 = __smlad(v1, wa1, a00);
+            a01 = __smlad(v0, wb0, a01);
+            a01 = __smlad(v1, wb1, a01);
+            v0 = __sxtb16(xb);
+            v1 = mn_sxtb16_odd(xb);
+            a10 = __smlad(v0, wa0, a10);
+            a10 = __smlad(v1, wa1, a10);
+            a11 = __smlad(v0, wb0, a11);
+            a11 = __smlad(v1, wb1, a11);
+            w += 4;
+            x += 4;
         }
+        i = k & ~3;
+#else
+        i = 0;
 #endif
-        for (; i < cin; ++i) {
-            const int32_t wa = w0[i], wb = w1[i];
+        for (; i < k; ++i) {
+            const int32_t wa = wr[i], wb = wr[ws + i];
             a00 += x0[i] * wa;
             a01 += x0[i] * wb;
             a10 += x1[i] * wa;
             a11 += x1[i] * wb;
         }
-        y0[o] = mn_out(p, a00, o);
-        if (y1) y1[o] = mn_out(p, a10, o);
+        y0[o] = MN_OUT(a00, o);
+        y1[o] = MN_OUT(a10, o);
         if (two) {
-            y0[o + 1] = mn_out(p, a01, o + 1);
-            if (y1) y1[o + 1] = mn_out(p, a11, o + 1);
+            y0[o + 1] = MN_OUT(a01, o + 1);
+            y1[o + 1] = MN_OUT(a11, o + 1);
         }
+    }
+}
+
+/* One input of length k (the fully connected layer, an odd last pixel): two channels per step. */
+static void mn_dot_one(const mn_conv_params *p, int k, const int8_t *x0, int8_t *y0)
+{
+    const int cout = p->cout;
+    const int8_t *const wt = p->w;
+    const int32_t *const be = p->bias_eff;
+    MN_PARAMS(p);
+    int o;
+    for (o = 0; o < cout; o += 2) {
+        const int two = o + 1 < cout;
+        const int8_t *const wr = wt + (size_t)o * k;
+        const ptrdiff_t ws = two ? k : 0;
+        int32_t a0 = be[o], a1 = be[o + two];
+        int i;
+#if MN_SIMD32
+        const int8_t *w = wr, *x = x0;
+        int n = k >> 2;
+        while (n-- > 0) {
+            const int32_t xa = mn_rd32(x), wa = mn_rd32(w), wb = mn_rd32(w + ws);
+            const int16x2_t v0 = __sxtb16(xa), v1 = mn_sxtb16_odd(xa);
+            a0 = __smlad(v0, __sxtb16(wa), a0);
+            a0 = __smlad(v1, mn_sxtb16_odd(wa), a0);
+            a1 = __smlad(v0, __sxtb16(wb), a1);
+            a1 = __smlad(v1, mn_sxtb16_odd(wb), a1);
+            w += 4;
+            x += 4;
+        }
+        i = k & ~3;
+#else
+        i = 0;
+#endif
+        for (; i < k; ++i) {
+            a0 += x0[i] * wr[i];
+            a1 += x0[i] * wr[ws + i];
+        }
+        y0[o] = MN_OUT(a0, o);
+        if (two) y0[o + 1] = MN_OUT(a1, o + 1);
     }
 }
 
 void mn_pointwise(const mn_conv_params *p, const int8_t *in, int npix, int8_t *out)
 {
+    const int cin = p->cin, cout = p->cout;
     int px;
     for (px = 0; px + 1 < npix; px += 2) {
-        const int8_t *x0 = in + (size_t)px * p->cin;
-        mn_pw_block(p, x0, x0 + p->cin, out + (size_t)px * p->cout,
-                    out + (size_t)(px + 1) * p->cout);
+        const int8_t *x0 = in + (size_t)px * cin;
+        mn_dot_block(p, cin, x0, x0 + cin, out + (size_t)px * cout, out + (size_t)(px + 1) * cout);
     }
-    if (px < npix) {
-        const int8_t *x0 = in + (size_t)px * p->cin;
-        mn_pw_block(p, x0, x0, out + (size_t)px * p->cout, NULL);
+    if (px < npix) mn_dot_one(p, cin, in + (size_t)px * cin, out + (size_t)px * cout);
+}
+
+#define MN_PATCH_MAX 64
+
+/* One im2col patch (ky, kx, c) of output column ox; padding taps hold the input zero point,
+ * which bias_eff cancels exactly (TFLite's zero-point padding contributes nothing). */
+static void mn_gather(const mn_conv_params *p, const int8_t *const *rows, int kh, int kw, int sw,
+                      int pl, int in_w, int ox, int8_t *dst)
+{
+    const int cin = p->cin;
+    int ky, kx;
+    for (ky = 0; ky < kh; ++ky) {
+        for (kx = 0; kx < kw; ++kx) {
+            const int ix = ox * sw - pl + kx;
+            if (rows[ky] && ix >= 0 && ix < in_w)
+                memcpy(dst, rows[ky] + (size_t)ix * cin, (size_t)cin);
+            else
+                memset(dst, -p->in_offset, (size_t)cin);
+            dst += cin;
+        }
     }
 }
 
-/* General convolution (the stem): taps outside the input are padding and contribute nothing,
- * as TFLite's zero-point padding does. */
+/* General convolution (the stem): im2col of two output columns on the stack when the patch is
+ * small, else taps outside the input are skipped (they contribute nothing). */
 void mn_conv_row(const mn_conv_params *p, const int8_t *const *rows, int kh, int kw, int sw,
                  int pl, int in_w, int8_t *out, int out_w)
 {
-    const int cin = p->cin, cout = p->cout;
+    const int cin = p->cin, cout = p->cout, k = kh * kw * cin;
     int ox, o, ky, kx, i;
+    if (k <= MN_PATCH_MAX) {
+        int8_t patch[2][MN_PATCH_MAX];
+        for (ox = 0; ox < out_w; ox += 2) {
+            const int two = ox + 1 < out_w;
+            mn_gather(p, rows, kh, kw, sw, pl, in_w, ox, patch[0]);
+            if (!two) {
+                mn_dot_one(p, k, patch[0], out + (size_t)ox * cout);
+                break;
+            }
+            mn_gather(p, rows, kh, kw, sw, pl, in_w, ox + 1, patch[1]);
+            mn_dot_block(p, k, patch[0], patch[1], out + (size_t)ox * cout,
+                         out + (size_t)(ox + 1) * cout);
+        }
+        return;
+    }
     for (ox = 0; ox < out_w; ++ox) {
         const int ix0 = ox * sw - pl;
         for (o = 0; o < cout; ++o) {
@@ -146,48 +260,89 @@ void mn_conv_row(const mn_conv_params *p, const int8_t *const *rows, int kh, int
     }
 }
 
-/* Depthwise convolution, depth multiplier m: output channel o reads input channel o / m. */
+/* Depthwise 3x3, depth multiplier 1, one output pixel whose nine taps are all inside: the zero
+ * point is folded into bias_eff. Four channels per step (SMLABB/SMLATT on SXTB16 halves). */
+static void mn_dw3x3_pixel(const mn_conv_params *p, const int8_t *a, const int8_t *b,
+                           const int8_t *c, int8_t *y)
+{
+    const int cin = p->cin, cout = p->cout;
+    const int8_t *const wt = p->w;
+    const int32_t *const be = p->bias_eff;
+    MN_PARAMS(p);
+    int o = 0;
+#if MN_SIMD32
+#define MN_TAP(row, t)                                                                            \
+    do {                                                                                          \
+        const int32_t xv = mn_rd32(row), wv = mn_rd32(w + (t)*cout);                              \
+        const int16x2_t xe = __sxtb16(xv), xo = mn_sxtb16_odd(xv);                                \
+        const int16x2_t we = __sxtb16(wv), wo = mn_sxtb16_odd(wv);                                \
+        s0 = __smlabb(xe, we, s0);                                                                \
+        s2 = __smlatt(xe, we, s2);                                                                \
+        s1 = __smlabb(xo, wo, s1);                                                                \
+        s3 = __smlatt(xo, wo, s3);                                                                \
+    } while (0)
+    for (; o + 4 <= cout; o += 4) {
+        const int8_t *const w = wt + o;
+        int32_t s0 = be[o], s1 = be[o + 1], s2 = be[o + 2], s3 = be[o + 3];
+        MN_TAP(a + o, 0);
+        MN_TAP(a + o + cin, 1);
+        MN_TAP(a + o + 2 * cin, 2);
+        MN_TAP(b + o, 3);
+        MN_TAP(b + o + cin, 4);
+        MN_TAP(b + o + 2 * cin, 5);
+        MN_TAP(c + o, 6);
+        MN_TAP(c + o + cin, 7);
+        MN_TAP(c + o + 2 * cin, 8);
+        y[o] = MN_OUT(s0, o);
+        y[o + 1] = MN_OUT(s1, o + 1);
+        y[o + 2] = MN_OUT(s2, o + 2);
+        y[o + 3] = MN_OUT(s3, o + 3);
+    }
+#undef MN_TAP
+#endif
+    for (; o < cout; ++o) {
+        const int8_t *const w = wt + o;
+        int32_t acc = be[o];
+        acc += a[o] * w[0] + a[o + cin] * w[cout] + a[o + 2 * cin] * w[2 * cout];
+        acc += b[o] * w[3 * cout] + b[o + cin] * w[4 * cout] + b[o + 2 * cin] * w[5 * cout];
+        acc += c[o] * w[6 * cout] + c[o + cin] * w[7 * cout] + c[o + 2 * cin] * w[8 * cout];
+        y[o] = MN_OUT(acc, o);
+    }
+}
+
+/* Depthwise convolution, depth multiplier m: output channel o reads input channel o / m.
+ * Border pixels skip the taps outside the input (zero-point padding contributes nothing). */
 void mn_dw_row(const mn_conv_params *p, const int8_t *const *rows, int kh, int kw, int sw, int pl,
                int in_w, int8_t *out, int out_w)
 {
     const int cin = p->cin, cout = p->cout, m = p->mult;
     const int32_t off = p->in_offset;
+    const int8_t *const wt = p->w;
+    const int32_t *const bias = p->bias;
+    MN_PARAMS(p);
     int ox, o, ky, kx;
-    int full_rows = 1;
-    for (ky = 0; ky < kh; ++ky) full_rows &= rows[ky] != NULL;
+    const int fast = m == 1 && kh == 3 && kw == 3 && rows[0] && rows[1] && rows[2];
     for (ox = 0; ox < out_w; ++ox) {
         const int ix0 = ox * sw - pl;
         int8_t *y = out + (size_t)ox * cout;
-        if (full_rows && ix0 >= 0 && ix0 + kw <= in_w && m == 1 && kh == 3 && kw == 3) {
-            /* interior 3x3: every tap is inside, the zero point is folded into bias_eff */
-            const int8_t *r0 = rows[0] + (size_t)ix0 * cin;
-            const int8_t *r1 = rows[1] + (size_t)ix0 * cin;
-            const int8_t *r2 = rows[2] + (size_t)ix0 * cin;
-            const int8_t *w = p->w;
-            for (o = 0; o < cout; ++o) {
-                int32_t acc = p->bias_eff[o];
-                acc += r0[o] * w[o] + r0[o + cin] * w[o + cout] + r0[o + 2 * cin] * w[o + 2 * cout];
-                acc += r1[o] * w[o + 3 * cout] + r1[o + cin] * w[o + 4 * cout] +
-                       r1[o + 2 * cin] * w[o + 5 * cout];
-                acc += r2[o] * w[o + 6 * cout] + r2[o + cin] * w[o + 7 * cout] +
-                       r2[o + 2 * cin] * w[o + 8 * cout];
-                y[o] = mn_out(p, acc, o);
-            }
+        if (fast && ix0 >= 0 && ix0 + 3 <= in_w) {
+            const size_t at = (size_t)ix0 * cin;
+            mn_dw3x3_pixel(p, rows[0] + at, rows[1] + at, rows[2] + at, y);
             continue;
         }
         for (o = 0; o < cout; ++o) {
             const int ci = o / m;
-            int32_t acc = p->bias[o];
+            int32_t acc = bias[o];
             for (ky = 0; ky < kh; ++ky) {
                 const int8_t *row = rows[ky];
                 if (!row) continue;
                 for (kx = 0; kx < kw; ++kx) {
                     const int ix = ix0 + kx;
                     if (ix < 0 || ix >= in_w) continue;
-                    acc += (row[(size_t)ix * cin + ci] + off) * p->w[((size_t)ky * kw + kx) * cout + o];
+                    acc += (row[(size_t)ix * cin + ci] + off) * wt[((size_t)ky * kw + kx) * cout + o];
                 }
             }
-            y[o] = mn_out(p, acc, o);
+            y[o] = MN_OUT(acc, o);
         }
     }
 }
@@ -268,7 +423,7 @@ static void mn_compute(const mn_net *net, uint8_t *arena, const mn_stage *s, int
         }
         if (s->kind == MN_DW)
             mn_dw_row(p, rows, s->kh, s->kw, s->sw, s->pl, in->w, mn_row(arena, ot, r), ot->w);
-        else if (p->bias_eff)
+        else if (s->kh == 1 && s->kw == 1 && s->sh == 1 && s->sw == 1 && !s->pt && !s->pl)
             mn_pointwise(p, rows[0], in->w, mn_row(arena, ot, r));
         else
             mn_conv_row(p, rows, s->kh, s->kw, s->sw, s->pl, in->w, mn_row(arena, ot, r), ot->w);
