@@ -57,6 +57,15 @@ def add_multipliers(s1: float, s2: float, s_out: float) -> tuple[int, ...]:
     return m1, e1, m2, e2, mo, eo
 
 
+def dw_weight_order(w: np.ndarray) -> np.ndarray:
+    """Depthwise weights (1, KH, KW, C) in the engine's order: groups of 4 channels, each with
+    its taps as 4 bytes (one SIMD load per tap), then the last C % 4 channels tap-major."""
+    taps = w.reshape(-1, w.shape[-1])  # (taps, C)
+    c4 = taps.shape[1] // 4 * 4
+    groups = taps[:, :c4].reshape(taps.shape[0], -1, 4).transpose(1, 0, 2)
+    return np.concatenate([groups.reshape(-1), taps[:, c4:].reshape(-1)])
+
+
 def _conv_params(qm: QuantizedModel, s: Stage, tag: str) -> tuple[str, str]:
     op = s.op
     t_in, t_out = qm.tensors[s.inputs[0]], qm.tensors[s.output]
@@ -67,23 +76,26 @@ def _conv_params(qm: QuantizedModel, s: Stage, tag: str) -> tuple[str, str]:
     m0, shift = conv_multipliers(t_in.scale, op.weight_scales, t_out.scale)
     if m0.size == 1 and cout > 1:
         m0, shift = np.repeat(m0, cout), np.repeat(shift, cout)
-    has_eff = True  # every kernel's fast path folds the input zero point into the bias
-    code = _c_array("int8_t", f"{tag}_w", w)
+    w64 = w.astype(np.int64)
+    per_out = w64.reshape(-1, cout) if s.kind == "dw" else w64.reshape(cout, -1).T
+    # every kernel's fast path folds the input zero point into the bias
+    eff = bias - int(t_in.zero_point) * per_out.sum(0)
+    abs_w = np.abs(per_out).sum(0)
+    bound = max(
+        int((np.abs(eff) + 128 * abs_w).max()), int((np.abs(bias) + 255 * abs_w).max())
+    )
+    if bound >= 2**31:
+        raise UnsupportedModelError(f"op {op.name}: the int32 accumulator could overflow")
+    fast = int(bound < 2**30 and bool((shift <= -1).all()))
+    code = _c_array("int8_t", f"{tag}_w", dw_weight_order(w) if s.kind == "dw" else w)
     code += _c_array("int32_t", f"{tag}_b", bias)
-    if has_eff:
-        wsum = w.astype(np.int64).reshape(w.shape[0], -1).sum(1)
-        if s.kind == "dw":
-            wsum = w.astype(np.int64).reshape(-1, cout).sum(0)
-        eff = bias - int(t_in.zero_point) * wsum
-        if np.abs(eff).max(initial=0) >= 2**31:
-            raise MobilenetsError(f"op {op.name}: bias out of int32 range")
-        code += _c_array("int32_t", f"{tag}_be", eff)
+    code += _c_array("int32_t", f"{tag}_be", eff)
     code += _c_array("int32_t", f"{tag}_m", m0)
     code += _c_array("int32_t", f"{tag}_s", shift)
     code += (
         f"static const mn_conv_params {tag} = {{{cin}, {cout}, {op.depth_multiplier}, "
         f"{-int(t_in.zero_point)}, {int(t_out.zero_point)}, {op.act_min}, {op.act_max}, "
-        f"{tag}_w, {tag}_b, {tag + '_be' if has_eff else 'NULL'}, {tag}_m, {tag}_s}};\n"
+        f"{tag}_w, {tag}_b, {tag}_be, {tag}_m, {tag}_s, {fast}}};\n"
     )
     return code, f"&{tag}"
 
@@ -192,9 +204,10 @@ def model_source(qm: QuantizedModel, plan: Plan) -> str:
     parts.append("static const mn_stage stages[] = {\n" + "\n".join(st) + "\n};\n")
     drive = ", ".join(str(index[t]) for t in plan.drive)
     parts.append(f"static const int16_t drive[] = {{{drive}}};\n")
+    patch = next((b.offset for b in plan.buffers if b.name == "dw_border_patch"), -1)
     parts.append(
         f"static const mn_net net = {{tensors, stages, drive, {len(ids)}, {len(plan.drive)}, "
-        f"{index[plan.input]}}};\n"
+        f"{index[plan.input]}, {patch}}};\n"
     )
     names = qm.class_names or [str(i) for i in range(qm.output_tensor.nbytes)]
     parts.append(

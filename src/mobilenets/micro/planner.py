@@ -456,12 +456,21 @@ def _buffers(stages, tensors, trace: _Trace, inp: int, out: int) -> list[Buffer]
         first = -1 if t == inp else min(ticks)
         last = end if t == out else max(ticks, default=first)
         bufs.append(Buffer(tp.name or f"t{t}", _align(tp.nbytes), first, last, tensor=t))
+    patch = max(
+        (tensors[s.inputs[0]].c * 9 for s in stages if _dw_patch(s)), default=0
+    )
+    if patch:  # depthwise border pixels: one 3x3 patch, shared by every depthwise op
+        bufs.append(Buffer("dw_border_patch", _align(patch), 0, end, stage=-2))
     for s in stages:
         if s.kind == "pool":  # int32 sums, one per channel
             c = tensors[s.inputs[0]].c
             first, last = trace.stage_ticks[s.index]
             bufs.append(Buffer(f"{s.op.name or s.index}.acc", 4 * c, first, last, stage=s.index))
     return bufs
+
+
+def _dw_patch(s: Stage) -> bool:
+    return s.kind == "dw" and s.kernel == (3, 3) and s.op.depth_multiplier == 1
 
 
 def _overlap_deltas(tensors, trace: _Trace, buffers) -> dict[tuple[int, int], int]:

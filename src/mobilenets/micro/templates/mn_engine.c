@@ -50,23 +50,48 @@ static inline int32_t mn_rq(int32_t acc, int32_t m0, int32_t shift)
 
 /* The requantized, clamped int8 output; callers keep the parameters in locals, since every
  * int8 store may alias the parameter block as far as the compiler knows. */
-static inline int8_t mn_clamp8(int32_t acc, int32_t m0, int32_t shift, int32_t zp, int32_t lo,
-                               int32_t hi)
+#if MN_SIMD32
+static inline int32_t mn_smmulr(int32_t a, int32_t b)
 {
-    int32_t v = mn_rq(acc, m0, shift) + zp;
+    int32_t r;
+    __asm__("smmulr %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+#endif
+
+/* The short exact path of mn_requantize, valid when shift <= 0 and |acc| < 2^30:
+ * floor((acc * m0 + 2^30) / 2^31) is SMMULR(2 * acc, m0), and the rounding divide by 2^e
+ * (half away from zero) is (x + 2^(e-1) - (x < 0)) >> e, which cannot overflow here. */
+static inline int32_t mn_rq_fast(int32_t acc, int32_t m0, int32_t shift)
+{
+    const int32_t e = -shift;
+#if MN_SIMD32
+    const int32_t x = mn_smmulr(acc * 2, m0);
+#else
+    const int32_t x = (int32_t)(((int64_t)acc * m0 + ((int64_t)1 << 30)) >> 31);
+#endif
+    return (x + (int32_t)(((uint32_t)1 << e) >> 1) - (int32_t)((uint32_t)x >> 31)) >> e;
+}
+
+/* The requantized, clamped int8 output; callers keep the parameters in locals, since every
+ * int8 store may alias the parameter block as far as the compiler knows. */
+static inline int8_t mn_clamp8(int32_t acc, int32_t m0, int32_t shift, int32_t zp, int32_t lo,
+                               int32_t hi, int32_t fast)
+{
+    int32_t v = (fast ? mn_rq_fast(acc, m0, shift) : mn_rq(acc, m0, shift)) + zp;
     v = v < lo ? lo : v;
     v = v > hi ? hi : v;
     return (int8_t)v;
 }
 
-#define MN_OUT(acc, c) mn_clamp8((acc), m0[c], sh[c], zp, lo, hi)
+#define MN_OUT(acc, c) mn_clamp8((acc), m0[c], sh[c], zp, lo, hi, fast)
 #define MN_PARAMS(p)                                                                              \
     const int32_t *const m0 = (p)->m0, *const sh = (p)->shift;                                   \
-    const int32_t zp = (p)->out_zp, lo = (p)->act_min, hi = (p)->act_max
+    const int32_t zp = (p)->out_zp, lo = (p)->act_min, hi = (p)->act_max, fast = (p)->fast
 
 static inline int8_t mn_out(const mn_conv_params *p, int32_t acc, int c)
 {
-    return mn_clamp8(acc, p->m0[c], p->shift[c], p->out_zp, p->act_min, p->act_max);
+    return mn_clamp8(acc, p->m0[c], p->shift[c], p->out_zp, p->act_min, p->act_max, 0);
 }
 
 #if MN_SIMD32
@@ -260,52 +285,83 @@ void mn_conv_row(const mn_conv_params *p, const int8_t *const *rows, int kh, int
     }
 }
 
+/* Index of tap t of output channel o in the reordered depthwise weights (see mn_engine.h). */
+static inline size_t mn_dw_widx(int t, int o, int cout, int taps)
+{
+    const int c4 = cout & ~3;
+    return o < c4 ? (size_t)(o >> 2) * (size_t)taps * 4u + (size_t)t * 4u + (size_t)(o & 3)
+                  : (size_t)c4 * (size_t)taps + (size_t)t * (size_t)(cout - c4) + (size_t)(o - c4);
+}
+
 /* Depthwise 3x3, depth multiplier 1, one output pixel whose nine taps are all inside: the zero
  * point is folded into bias_eff. Four channels per step (SMLABB/SMLATT on SXTB16 halves). */
 static void mn_dw3x3_pixel(const mn_conv_params *p, const int8_t *a, const int8_t *b,
                            const int8_t *c, int8_t *y)
 {
-    const int cin = p->cin, cout = p->cout;
-    const int8_t *const wt = p->w;
+    const int cin = p->cin, cout = p->cout, c4 = cout & ~3;
+    const int8_t *w = p->w;
     const int32_t *const be = p->bias_eff;
     MN_PARAMS(p);
-    int o = 0;
+    int o = 0, t;
 #if MN_SIMD32
-#define MN_TAP(row, t)                                                                            \
+    const int cin2 = 2 * cin;
+#define MN_TAP(x)                                                                                 \
     do {                                                                                          \
-        const int32_t xv = mn_rd32(row), wv = mn_rd32(w + (t)*cout);                              \
+        const int32_t xv = mn_rd32(x), wv = mn_rd32(w);                                           \
         const int16x2_t xe = __sxtb16(xv), xo = mn_sxtb16_odd(xv);                                \
         const int16x2_t we = __sxtb16(wv), wo = mn_sxtb16_odd(wv);                                \
         s0 = __smlabb(xe, we, s0);                                                                \
         s2 = __smlatt(xe, we, s2);                                                                \
         s1 = __smlabb(xo, wo, s1);                                                                \
         s3 = __smlatt(xo, wo, s3);                                                                \
+        w += 4;                                                                                   \
     } while (0)
-    for (; o + 4 <= cout; o += 4) {
-        const int8_t *const w = wt + o;
+    for (; o < c4; o += 4) {
         int32_t s0 = be[o], s1 = be[o + 1], s2 = be[o + 2], s3 = be[o + 3];
-        MN_TAP(a + o, 0);
-        MN_TAP(a + o + cin, 1);
-        MN_TAP(a + o + 2 * cin, 2);
-        MN_TAP(b + o, 3);
-        MN_TAP(b + o + cin, 4);
-        MN_TAP(b + o + 2 * cin, 5);
-        MN_TAP(c + o, 6);
-        MN_TAP(c + o + cin, 7);
-        MN_TAP(c + o + 2 * cin, 8);
+        MN_TAP(a);
+        MN_TAP(a + cin);
+        MN_TAP(a + cin2);
+        MN_TAP(b);
+        MN_TAP(b + cin);
+        MN_TAP(b + cin2);
+        MN_TAP(c);
+        MN_TAP(c + cin);
+        MN_TAP(c + cin2);
         y[o] = MN_OUT(s0, o);
         y[o + 1] = MN_OUT(s1, o + 1);
         y[o + 2] = MN_OUT(s2, o + 2);
         y[o + 3] = MN_OUT(s3, o + 3);
+        a += 4;
+        b += 4;
+        c += 4;
     }
 #undef MN_TAP
+#else
+    for (; o < c4; o += 4) {
+        int j;
+        for (j = 0; j < 4; ++j) {
+            int32_t acc = be[o + j];
+            for (t = 0; t < 3; ++t) {
+                acc += a[j + t * cin] * w[4 * t + j];
+                acc += b[j + t * cin] * w[4 * (t + 3) + j];
+                acc += c[j + t * cin] * w[4 * (t + 6) + j];
+            }
+            y[o + j] = MN_OUT(acc, o + j);
+        }
+        w += 36;
+        a += 4;
+        b += 4;
+        c += 4;
+    }
 #endif
     for (; o < cout; ++o) {
-        const int8_t *const w = wt + o;
+        const int n = cout - c4, j = o - c4;
         int32_t acc = be[o];
-        acc += a[o] * w[0] + a[o + cin] * w[cout] + a[o + 2 * cin] * w[2 * cout];
-        acc += b[o] * w[3 * cout] + b[o + cin] * w[4 * cout] + b[o + 2 * cin] * w[5 * cout];
-        acc += c[o] * w[6 * cout] + c[o + cin] * w[7 * cout] + c[o + 2 * cin] * w[8 * cout];
+        for (t = 0; t < 3; ++t) {
+            acc += a[j + t * cin] * w[t * n + j];
+            acc += b[j + t * cin] * w[(t + 3) * n + j];
+            acc += c[j + t * cin] * w[(t + 6) * n + j];
+        }
         y[o] = MN_OUT(acc, o);
     }
 }
@@ -313,7 +369,7 @@ static void mn_dw3x3_pixel(const mn_conv_params *p, const int8_t *a, const int8_
 /* Depthwise convolution, depth multiplier m: output channel o reads input channel o / m.
  * Border pixels skip the taps outside the input (zero-point padding contributes nothing). */
 void mn_dw_row(const mn_conv_params *p, const int8_t *const *rows, int kh, int kw, int sw, int pl,
-               int in_w, int8_t *out, int out_w)
+               int in_w, int8_t *out, int out_w, int8_t *patch)
 {
     const int cin = p->cin, cout = p->cout, m = p->mult;
     const int32_t off = p->in_offset;
@@ -321,13 +377,28 @@ void mn_dw_row(const mn_conv_params *p, const int8_t *const *rows, int kh, int k
     const int32_t *const bias = p->bias;
     MN_PARAMS(p);
     int ox, o, ky, kx;
-    const int fast = m == 1 && kh == 3 && kw == 3 && rows[0] && rows[1] && rows[2];
+    const int k3 = m == 1 && kh == 3 && kw == 3;
+    const int full_rows = k3 && rows[0] && rows[1] && rows[2];
     for (ox = 0; ox < out_w; ++ox) {
         const int ix0 = ox * sw - pl;
         int8_t *y = out + (size_t)ox * cout;
-        if (fast && ix0 >= 0 && ix0 + 3 <= in_w) {
+        if (full_rows && ix0 >= 0 && ix0 + 3 <= in_w) {
             const size_t at = (size_t)ix0 * cin;
             mn_dw3x3_pixel(p, rows[0] + at, rows[1] + at, rows[2] + at, y);
+            continue;
+        }
+        if (k3 && patch) { /* border: a 3x3 patch with zero-point padding (bias_eff cancels it) */
+            for (ky = 0; ky < 3; ++ky) {
+                for (kx = 0; kx < 3; ++kx) {
+                    const int ix = ix0 + kx;
+                    int8_t *dst = patch + (size_t)(ky * 3 + kx) * cin;
+                    if (rows[ky] && ix >= 0 && ix < in_w)
+                        memcpy(dst, rows[ky] + (size_t)ix * cin, (size_t)cin);
+                    else
+                        memset(dst, -off, (size_t)cin);
+                }
+            }
+            mn_dw3x3_pixel(p, patch, patch + 3 * (size_t)cin, patch + 6 * (size_t)cin, y);
             continue;
         }
         for (o = 0; o < cout; ++o) {
@@ -339,7 +410,7 @@ void mn_dw_row(const mn_conv_params *p, const int8_t *const *rows, int kh, int k
                 for (kx = 0; kx < kw; ++kx) {
                     const int ix = ix0 + kx;
                     if (ix < 0 || ix >= in_w) continue;
-                    acc += (row[(size_t)ix * cin + ci] + off) * wt[((size_t)ky * kw + kx) * cout + o];
+                    acc += (row[(size_t)ix * cin + ci] + off) * wt[mn_dw_widx(ky * kw + kx, o, cout, kh * kw)];
                 }
             }
             y[o] = MN_OUT(acc, o);
@@ -422,7 +493,8 @@ static void mn_compute(const mn_net *net, uint8_t *arena, const mn_stage *s, int
             rows[ky] = (y >= 0 && y < in->h) ? mn_row(arena, in, y) : NULL;
         }
         if (s->kind == MN_DW)
-            mn_dw_row(p, rows, s->kh, s->kw, s->sw, s->pl, in->w, mn_row(arena, ot, r), ot->w);
+            mn_dw_row(p, rows, s->kh, s->kw, s->sw, s->pl, in->w, mn_row(arena, ot, r), ot->w,
+                      net->patch_offset >= 0 ? (int8_t *)(arena + net->patch_offset) : NULL);
         else if (s->kh == 1 && s->kw == 1 && s->sh == 1 && s->sw == 1 && !s->pt && !s->pl)
             mn_pointwise(p, rows[0], in->w, mn_row(arena, ot, r));
         else

@@ -14,11 +14,15 @@ typedef struct {
     int32_t cin, cout, mult; /* mult: depth multiplier of a depthwise conv */
     int32_t in_offset;       /* -input zero point */
     int32_t out_zp, act_min, act_max;
-    const int8_t *w;         /* conv OHWI, depthwise 1HW(C*m), FC (O, I) */
+    const int8_t *w;         /* conv OHWI, FC (O, I); depthwise: groups of 4 channels, each
+                              * holding its kh*kw taps of 4 bytes, then the last cout % 4
+                              * channels tap-major (see mn_dw_widx) */
     const int32_t *bias;     /* int32 bias, scale s_in * s_w[c] */
     const int32_t *bias_eff; /* bias - zp_in * sum(w): pointwise and FC fast path, else NULL */
     const int32_t *m0;       /* Q31 multipliers */
     const int32_t *shift;    /* power-of-two exponents (TFLite convention) */
+    int32_t fast;            /* 1: every shift <= 0 and |accumulator| < 2^30 (checked at
+                              * generation), so requantization takes the short exact path */
 } mn_conv_params;
 
 /* TFLite int8 ADD: both inputs shifted left by 20, rescaled, summed, rescaled. */
@@ -50,6 +54,7 @@ typedef struct {
     const mn_stage *stages;
     const int16_t *drive; /* tensors to complete, in order */
     int32_t n_tensors, n_drive, input;
+    int32_t patch_offset; /* arena scratch of 9 * C bytes for depthwise border pixels, or -1 */
 } mn_net;
 
 int32_t mn_requantize(int32_t acc, int32_t m0, int32_t shift);
@@ -58,7 +63,7 @@ void mn_conv_row(const mn_conv_params *p, const int8_t *const *rows, int kh, int
                  int pl, int in_w, int8_t *out, int out_w);
 void mn_pointwise(const mn_conv_params *p, const int8_t *in, int npix, int8_t *out);
 void mn_dw_row(const mn_conv_params *p, const int8_t *const *rows, int kh, int kw, int sw, int pl,
-               int in_w, int8_t *out, int out_w);
+               int in_w, int8_t *out, int out_w, int8_t *patch);
 void mn_add_row(const mn_add_params *p, const int8_t *a, const int8_t *b, int8_t *out, int n);
 void mn_pool_row(const mn_pool_params *p, int32_t *acc, const int8_t *row, int w, int c, int first);
 void mn_pool_finish(const mn_pool_params *p, const int32_t *acc, int8_t *out, int c);
