@@ -48,8 +48,6 @@ static inline int32_t mn_rq(int32_t acc, int32_t m0, int32_t shift)
     }
 }
 
-/* The requantized, clamped int8 output; callers keep the parameters in locals, since every
- * int8 store may alias the parameter block as far as the compiler knows. */
 #if MN_SIMD32
 static inline int32_t mn_smmulr(int32_t a, int32_t b)
 {
@@ -71,6 +69,35 @@ static inline int32_t mn_rq_fast(int32_t acc, int32_t m0, int32_t shift)
     const int32_t x = (int32_t)(((int64_t)acc * m0 + ((int64_t)1 << 30)) >> 31);
 #endif
     return (x + (int32_t)(((uint32_t)1 << e) >> 1) - (int32_t)((uint32_t)x >> 31)) >> e;
+}
+
+/* mn_rq_fast with the channel's right shift e = -shift >= 1 and rnd = 2^(e-1) precomputed. */
+static inline int32_t mn_rq_e(int32_t acc, int32_t m0, int32_t e, int32_t rnd)
+{
+#if MN_SIMD32
+    const int32_t x = mn_smmulr(acc * 2, m0);
+#else
+    const int32_t x = (int32_t)(((int64_t)acc * m0 + ((int64_t)1 << 30)) >> 31);
+#endif
+    return (x + rnd - (int32_t)((uint32_t)x >> 31)) >> e;
+}
+
+/* The same for e >= 0 (ADD's input multiplier is exactly 1/2 for the larger scale: e = 0). */
+static inline int32_t mn_rq_e0(int32_t acc, int32_t m0, int32_t e, int32_t rnd)
+{
+#if MN_SIMD32
+    const int32_t x = mn_smmulr(acc * 2, m0);
+#else
+    const int32_t x = (int32_t)(((int64_t)acc * m0 + ((int64_t)1 << 30)) >> 31);
+#endif
+    return e ? (x + rnd - (int32_t)((uint32_t)x >> 31)) >> e : x;
+}
+
+static inline int8_t mn_sat(int32_t v, int32_t lo, int32_t hi)
+{
+    v = v < lo ? lo : v;
+    v = v > hi ? hi : v;
+    return (int8_t)v;
 }
 
 /* The requantized, clamped int8 output; callers keep the parameters in locals, since every
@@ -210,15 +237,85 @@ static void mn_dot_one(const mn_conv_params *p, int k, const int8_t *x0, int8_t 
     }
 }
 
+/* Pointwise convolution of npix pixels: two output channels by two pixels per step, the
+ * output-channel pair outermost so that its weights, bias and multipliers stay in registers. */
 void mn_pointwise(const mn_conv_params *p, const int8_t *in, int npix, int8_t *out)
 {
-    const int cin = p->cin, cout = p->cout;
-    int px;
-    for (px = 0; px + 1 < npix; px += 2) {
-        const int8_t *x0 = in + (size_t)px * cin;
-        mn_dot_block(p, cin, x0, x0 + cin, out + (size_t)px * cout, out + (size_t)(px + 1) * cout);
+    const int k = p->cin, cout = p->cout;
+    const int8_t *const wt = p->w;
+    const int32_t *const be = p->bias_eff;
+    MN_PARAMS(p);
+    const int pairs = npix >> 1;
+    int o;
+    if (npix == 1) {
+        mn_dot_one(p, k, in, out);
+        return;
     }
-    if (px < npix) mn_dot_one(p, cin, in + (size_t)px * cin, out + (size_t)px * cout);
+    if (!fast) {
+        int px;
+        for (px = 0; px + 1 < npix; px += 2)
+            mn_dot_block(p, k, in + (size_t)px * k, in + (size_t)(px + 1) * k,
+                         out + (size_t)px * cout, out + (size_t)(px + 1) * cout);
+    }
+    for (o = 0; fast && o < cout; o += 2) {
+        const int two = o + 1 < cout, o1 = o + two;
+        const int8_t *const wr = wt + (size_t)o * k;
+        const ptrdiff_t ws = two ? k : 0;
+        const int32_t b0 = be[o], b1 = be[o1];
+        const int32_t ma = m0[o], ea = -sh[o], ra = (1 << ea) >> 1;
+        const int32_t mb = m0[o1], eb = -sh[o1], rb = (1 << eb) >> 1;
+        const int8_t *x0 = in;
+        int8_t *y0 = out + o;
+        int px;
+        for (px = 0; px < pairs; ++px) {
+            const int8_t *const x1 = x0 + k;
+            int32_t a00 = b0, a01 = b1, a10 = b0, a11 = b1;
+            int i;
+#if MN_SIMD32
+            const int8_t *w = wr, *x = x0;
+            int n = k >> 2;
+            while (n-- > 0) {
+                const int32_t wa = mn_rd32(w), wb = mn_rd32(w + ws);
+                const int32_t xa = mn_rd32(x), xb = mn_rd32(x + k);
+                const int16x2_t wa0 = __sxtb16(wa), wa1 = mn_sxtb16_odd(wa);
+                const int16x2_t wb0 = __sxtb16(wb), wb1 = mn_sxtb16_odd(wb);
+                int16x2_t v0 = __sxtb16(xa), v1 = mn_sxtb16_odd(xa);
+                a00 = __smlad(v0, wa0, a00);
+                a00 = __smlad(v1, wa1, a00);
+                a01 = __smlad(v0, wb0, a01);
+                a01 = __smlad(v1, wb1, a01);
+                v0 = __sxtb16(xb);
+                v1 = mn_sxtb16_odd(xb);
+                a10 = __smlad(v0, wa0, a10);
+                a10 = __smlad(v1, wa1, a10);
+                a11 = __smlad(v0, wb0, a11);
+                a11 = __smlad(v1, wb1, a11);
+                w += 4;
+                x += 4;
+            }
+            i = k & ~3;
+#else
+            i = 0;
+#endif
+            for (; i < k; ++i) {
+                const int32_t wa = wr[i], wb = wr[ws + i];
+                a00 += x0[i] * wa;
+                a01 += x0[i] * wb;
+                a10 += x1[i] * wa;
+                a11 += x1[i] * wb;
+            }
+            y0[0] = mn_sat(mn_rq_e(a00, ma, ea, ra) + zp, lo, hi);
+            y0[cout] = mn_sat(mn_rq_e(a10, ma, ea, ra) + zp, lo, hi);
+            if (two) {
+                y0[1] = mn_sat(mn_rq_e(a01, mb, eb, rb) + zp, lo, hi);
+                y0[cout + 1] = mn_sat(mn_rq_e(a11, mb, eb, rb) + zp, lo, hi);
+            }
+            x0 += 2 * k;
+            y0 += 2 * cout;
+        }
+    }
+    if (npix & 1)
+        mn_dot_one(p, k, in + (size_t)(npix - 1) * k, out + (size_t)(npix - 1) * cout);
 }
 
 #define MN_PATCH_MAX 64
@@ -228,11 +325,17 @@ void mn_pointwise(const mn_conv_params *p, const int8_t *in, int npix, int8_t *o
 static void mn_gather(const mn_conv_params *p, const int8_t *const *rows, int kh, int kw, int sw,
                       int pl, int in_w, int ox, int8_t *dst)
 {
-    const int cin = p->cin;
+    const int cin = p->cin, ix0 = ox * sw - pl;
+    const int inside = ix0 >= 0 && ix0 + kw <= in_w;
     int ky, kx;
     for (ky = 0; ky < kh; ++ky) {
+        if (rows[ky] && inside) { /* the kw taps of a row are contiguous */
+            memcpy(dst, rows[ky] + (size_t)ix0 * cin, (size_t)(kw * cin));
+            dst += kw * cin;
+            continue;
+        }
         for (kx = 0; kx < kw; ++kx) {
-            const int ix = ox * sw - pl + kx;
+            const int ix = ix0 + kx;
             if (rows[ky] && ix >= 0 && ix < in_w)
                 memcpy(dst, rows[ky] + (size_t)ix * cin, (size_t)cin);
             else
@@ -327,10 +430,17 @@ static void mn_dw3x3_pixel(const mn_conv_params *p, const int8_t *a, const int8_
         MN_TAP(c);
         MN_TAP(c + cin);
         MN_TAP(c + cin2);
-        y[o] = MN_OUT(s0, o);
-        y[o + 1] = MN_OUT(s1, o + 1);
-        y[o + 2] = MN_OUT(s2, o + 2);
-        y[o + 3] = MN_OUT(s3, o + 3);
+        if (fast) {
+            y[o] = mn_sat(mn_rq_e(s0, m0[o], -sh[o], (1 << -sh[o]) >> 1) + zp, lo, hi);
+            y[o + 1] = mn_sat(mn_rq_e(s1, m0[o + 1], -sh[o + 1], (1 << -sh[o + 1]) >> 1) + zp, lo, hi);
+            y[o + 2] = mn_sat(mn_rq_e(s2, m0[o + 2], -sh[o + 2], (1 << -sh[o + 2]) >> 1) + zp, lo, hi);
+            y[o + 3] = mn_sat(mn_rq_e(s3, m0[o + 3], -sh[o + 3], (1 << -sh[o + 3]) >> 1) + zp, lo, hi);
+        } else {
+            y[o] = MN_OUT(s0, o);
+            y[o + 1] = MN_OUT(s1, o + 1);
+            y[o + 2] = MN_OUT(s2, o + 2);
+            y[o + 3] = MN_OUT(s3, o + 3);
+        }
         a += 4;
         b += 4;
         c += 4;
@@ -420,14 +530,25 @@ void mn_dw_row(const mn_conv_params *p, const int8_t *const *rows, int kh, int k
 
 void mn_add_row(const mn_add_params *p, const int8_t *a, const int8_t *b, int8_t *out, int n)
 {
+    const int32_t oa = p->in1_offset, ob = p->in2_offset, zp = p->out_zp;
+    const int32_t lo = p->act_min, hi = p->act_max;
     int i;
+    if (p->s1 <= 0 && p->s2 <= 0 && p->so <= 0) {
+        /* |(x - zp) << 20| < 2^28 and the rescaled sum < 2^29: the short exact path applies */
+        const int32_t m1 = p->m1, e1 = -p->s1, r1 = (1 << e1) >> 1;
+        const int32_t m2 = p->m2, e2 = -p->s2, r2 = (1 << e2) >> 1;
+        const int32_t mo = p->mo, eo = -p->so, ro = (1 << eo) >> 1;
+        for (i = 0; i < n; ++i) {
+            const int32_t sa = mn_rq_e0((a[i] + oa) * (1 << 20), m1, e1, r1);
+            const int32_t sb = mn_rq_e0((b[i] + ob) * (1 << 20), m2, e2, r2);
+            out[i] = mn_sat(mn_rq_e0(sa + sb, mo, eo, ro) + zp, lo, hi);
+        }
+        return;
+    }
     for (i = 0; i < n; ++i) {
-        const int32_t sa = mn_requantize((a[i] + p->in1_offset) * (1 << 20), p->m1, p->s1);
-        const int32_t sb = mn_requantize((b[i] + p->in2_offset) * (1 << 20), p->m2, p->s2);
-        int32_t v = mn_requantize(sa + sb, p->mo, p->so) + p->out_zp;
-        if (v < p->act_min) v = p->act_min;
-        if (v > p->act_max) v = p->act_max;
-        out[i] = (int8_t)v;
+        const int32_t sa = mn_requantize((a[i] + oa) * (1 << 20), p->m1, p->s1);
+        const int32_t sb = mn_requantize((b[i] + ob) * (1 << 20), p->m2, p->s2);
+        out[i] = mn_sat(mn_requantize(sa + sb, p->mo, p->so) + zp, lo, hi);
     }
 }
 
