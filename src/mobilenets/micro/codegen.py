@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import MobilenetsError, UsageError
 from .arith import conv_multipliers, quantize_multiplier
 from .graph import QuantizedModel
-from .planner import Plan, Stage, UnsupportedModelError, plan_memory
+from .planner import Plan, Stage, UnsupportedModelError, im2col_length, plan_memory
 
 TARGETS = ("host", "cortex-m4", "cortex-m7", "cortex-m55")
 MARKER = ".mobilenets-codegen"
@@ -87,7 +87,14 @@ def _conv_params(qm: QuantizedModel, s: Stage, tag: str) -> tuple[str, str]:
     if bound >= 2**31:
         raise UnsupportedModelError(f"op {op.name}: the int32 accumulator could overflow")
     fast = int(bound < 2**30 and bool((shift <= -1).all()))
-    code = _c_array("int8_t", f"{tag}_w", dw_weight_order(w) if s.kind == "dw" else w)
+    if s.kind == "dw":
+        wc = dw_weight_order(w)
+    elif kp := im2col_length(s, cin):  # rows padded with zero weights to the im2col length
+        wc = np.zeros((cout, kp), np.int8)
+        wc[:, : w[0].size] = w.reshape(cout, -1)
+    else:
+        wc = w
+    code = _c_array("int8_t", f"{tag}_w", wc)
     code += _c_array("int32_t", f"{tag}_b", bias)
     code += _c_array("int32_t", f"{tag}_be", eff)
     code += _c_array("int32_t", f"{tag}_m", m0)
@@ -204,7 +211,7 @@ def model_source(qm: QuantizedModel, plan: Plan) -> str:
     parts.append("static const mn_stage stages[] = {\n" + "\n".join(st) + "\n};\n")
     drive = ", ".join(str(index[t]) for t in plan.drive)
     parts.append(f"static const int16_t drive[] = {{{drive}}};\n")
-    patch = next((b.offset for b in plan.buffers if b.name == "dw_border_patch"), -1)
+    patch = next((b.offset for b in plan.buffers if b.name == "scratch"), -1)
     parts.append(
         f"static const mn_net net = {{tensors, stages, drive, {len(ids)}, {len(plan.drive)}, "
         f"{index[plan.input]}, {patch}}};\n"

@@ -456,17 +456,31 @@ def _buffers(stages, tensors, trace: _Trace, inp: int, out: int) -> list[Buffer]
         first = -1 if t == inp else min(ticks)
         last = end if t == out else max(ticks, default=first)
         bufs.append(Buffer(tp.name or f"t{t}", _align(tp.nbytes), first, last, tensor=t))
-    patch = max(
-        (tensors[s.inputs[0]].c * 9 for s in stages if _dw_patch(s)), default=0
-    )
-    if patch:  # depthwise border pixels: one 3x3 patch, shared by every depthwise op
-        bufs.append(Buffer("dw_border_patch", _align(patch), 0, end, stage=-2))
+    patch = max((tensors[s.inputs[0]].c * 9 for s in stages if _dw_patch(s)), default=0)
+    for s in stages:
+        kp = im2col_length(s, tensors[s.inputs[0]].c)
+        if kp:
+            patch = max(patch, kp * tensors[s.output].w)
+    if patch:  # depthwise border patches and im2col rows: one scratch shared by every op
+        bufs.append(Buffer("scratch", _align(patch), 0, end, stage=-2))
     for s in stages:
         if s.kind == "pool":  # int32 sums, one per channel
             c = tensors[s.inputs[0]].c
             first, last = trace.stage_ticks[s.index]
             bufs.append(Buffer(f"{s.op.name or s.index}.acc", 4 * c, first, last, stage=s.index))
     return bufs
+
+
+PATCH_MAX = 64  # MN_PATCH_MAX in mn_engine.c
+
+
+def im2col_length(s: Stage, cin: int) -> int:
+    """Padded patch length of a convolution that runs as im2col + pointwise (0: it does not)."""
+    pointwise = s.kernel == (1, 1) and s.stride == (1, 1) and not any(s.padding)
+    k = s.kernel[0] * s.kernel[1] * cin
+    if s.kind != "conv" or pointwise or k > PATCH_MAX:
+        return 0
+    return (k + 3) // 4 * 4
 
 
 def _dw_patch(s: Stage) -> bool:

@@ -239,9 +239,19 @@ static void mn_dot_one(const mn_conv_params *p, int k, const int8_t *x0, int8_t 
 
 /* Pointwise convolution of npix pixels: two output channels by two pixels per step, the
  * output-channel pair outermost so that its weights, bias and multipliers stay in registers. */
+static void mn_pointwise_k(const mn_conv_params *p, int k, const int8_t *in, int npix,
+                           int8_t *out);
+
 void mn_pointwise(const mn_conv_params *p, const int8_t *in, int npix, int8_t *out)
 {
-    const int k = p->cin, cout = p->cout;
+    mn_pointwise_k(p, p->cin, in, npix, out);
+}
+
+/* k: the length of each input vector and weight row (cin, or an im2col patch). */
+static void mn_pointwise_k(const mn_conv_params *p, int k, const int8_t *in, int npix,
+                           int8_t *out)
+{
+    const int cout = p->cout;
     const int8_t *const wt = p->w;
     const int32_t *const be = p->bias_eff;
     MN_PARAMS(p);
@@ -345,26 +355,21 @@ static void mn_gather(const mn_conv_params *p, const int8_t *const *rows, int kh
     }
 }
 
-/* General convolution (the stem): im2col of two output columns on the stack when the patch is
- * small, else taps outside the input are skipped (they contribute nothing). */
+/* General convolution (the stem): when the patch kh*kw*cin is at most MN_PATCH_MAX, the row's
+ * patches are gathered (im2col, padded to a multiple of 4 with zero weights) into the arena's
+ * scratch and run as a pointwise convolution; else taps outside the input are skipped. */
 void mn_conv_row(const mn_conv_params *p, const int8_t *const *rows, int kh, int kw, int sw,
-                 int pl, int in_w, int8_t *out, int out_w)
+                 int pl, int in_w, int8_t *out, int out_w, int8_t *scratch)
 {
-    const int cin = p->cin, cout = p->cout, k = kh * kw * cin;
+    const int cin = p->cin, cout = p->cout, k = kh * kw * cin, kp = (k + 3) & ~3;
     int ox, o, ky, kx, i;
-    if (k <= MN_PATCH_MAX) {
-        int8_t patch[2][MN_PATCH_MAX];
-        for (ox = 0; ox < out_w; ox += 2) {
-            const int two = ox + 1 < out_w;
-            mn_gather(p, rows, kh, kw, sw, pl, in_w, ox, patch[0]);
-            if (!two) {
-                mn_dot_one(p, k, patch[0], out + (size_t)ox * cout);
-                break;
-            }
-            mn_gather(p, rows, kh, kw, sw, pl, in_w, ox + 1, patch[1]);
-            mn_dot_block(p, k, patch[0], patch[1], out + (size_t)ox * cout,
-                         out + (size_t)(ox + 1) * cout);
+    if (k <= MN_PATCH_MAX && scratch) {
+        for (ox = 0; ox < out_w; ++ox) {
+            int8_t *dst = scratch + (size_t)ox * kp;
+            mn_gather(p, rows, kh, kw, sw, pl, in_w, ox, dst);
+            for (i = k; i < kp; ++i) dst[i] = 0;
         }
+        mn_pointwise_k(p, kp, scratch, out_w, out);
         return;
     }
     for (ox = 0; ox < out_w; ++ox) {
@@ -619,7 +624,8 @@ static void mn_compute(const mn_net *net, uint8_t *arena, const mn_stage *s, int
         else if (s->kh == 1 && s->kw == 1 && s->sh == 1 && s->sw == 1 && !s->pt && !s->pl)
             mn_pointwise(p, rows[0], in->w, mn_row(arena, ot, r));
         else
-            mn_conv_row(p, rows, s->kh, s->kw, s->sw, s->pl, in->w, mn_row(arena, ot, r), ot->w);
+            mn_conv_row(p, rows, s->kh, s->kw, s->sw, s->pl, in->w, mn_row(arena, ot, r), ot->w,
+                        net->patch_offset >= 0 ? (int8_t *)(arena + net->patch_offset) : NULL);
         break;
     }
     case MN_ADD:

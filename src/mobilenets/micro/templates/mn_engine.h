@@ -14,7 +14,8 @@ typedef struct {
     int32_t cin, cout, mult; /* mult: depth multiplier of a depthwise conv */
     int32_t in_offset;       /* -input zero point */
     int32_t out_zp, act_min, act_max;
-    const int8_t *w;         /* conv OHWI, FC (O, I); depthwise: groups of 4 channels, each
+    const int8_t *w;         /* conv OHWI (rows padded to a multiple of 4 when im2col runs,
+                              * see mn_conv_row), FC (O, I); depthwise: groups of 4 channels, each
                               * holding its kh*kw taps of 4 bytes, then the last cout % 4
                               * channels tap-major (see mn_dw_widx) */
     const int32_t *bias;     /* int32 bias, scale s_in * s_w[c] */
@@ -54,13 +55,13 @@ typedef struct {
     const mn_stage *stages;
     const int16_t *drive; /* tensors to complete, in order */
     int32_t n_tensors, n_drive, input;
-    int32_t patch_offset; /* arena scratch of 9 * C bytes for depthwise border pixels, or -1 */
+    int32_t patch_offset; /* arena scratch (depthwise border patches, im2col rows), or -1 */
 } mn_net;
 
 int32_t mn_requantize(int32_t acc, int32_t m0, int32_t shift);
 
 void mn_conv_row(const mn_conv_params *p, const int8_t *const *rows, int kh, int kw, int sw,
-                 int pl, int in_w, int8_t *out, int out_w);
+                 int pl, int in_w, int8_t *out, int out_w, int8_t *scratch);
 void mn_pointwise(const mn_conv_params *p, const int8_t *in, int npix, int8_t *out);
 void mn_dw_row(const mn_conv_params *p, const int8_t *const *rows, int kh, int kw, int sw, int pl,
                int in_w, int8_t *out, int out_w, int8_t *patch);
