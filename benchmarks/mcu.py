@@ -154,9 +154,11 @@ def measure(key, model, qm, x: np.ndarray, goal: int | None, macs: int) -> dict:
         host_out = subprocess.run(
             [str(out / "mn_host")], input=x[:1].tobytes(), capture_output=True
         ).stdout
-        row["m7_equals_host"] = bool(qemu_out) and [
-            int(v) for v in qemu_out[0].split(":")[1].split()
-        ] == np.frombuffer(host_out, np.int8).tolist()
+        row["m7_equals_host"] = (
+            bool(qemu_out)
+            and [int(v) for v in qemu_out[0].split(":")[1].split()]
+            == np.frombuffer(host_out, np.int8).tolist()
+        )
         row["instructions"] = 40 * int(figures.get("ticks", 0))
         row["instructions_per_mac"] = round(row["instructions"] / macs, 3)
         row["ipm_goal"] = IPM_GOAL.get(key)

@@ -223,3 +223,14 @@ def test_cli_unsupported_model(trained, tmp_path, capsys):
     rc = main(["codegen", str(ckpt), "--out", str(tmp_path / "o"), "--calib-data", "random"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0 and "resnet50 is not supported" in err
+
+
+def test_summary_has_planned_int8_column(capsys):
+    from mobilenets.micro.planner import plan_model
+
+    assert main(["summary", "mobilenet_v2", "--width", "0.35", "--resolution", "96"]) == 0
+    out = capsys.readouterr().out
+    plan = plan_model(create_model("mobilenet_v2", 0.35, 96))
+    assert "int8 live" in out.splitlines()[0]
+    assert f"planned int8 peak: {plan.arena_bytes:,} B arena" in out
+    assert plan.arena_bytes < plan.layer_by_layer_bytes

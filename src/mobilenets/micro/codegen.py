@@ -81,9 +81,7 @@ def _conv_params(qm: QuantizedModel, s: Stage, tag: str) -> tuple[str, str]:
     # every kernel's fast path folds the input zero point into the bias
     eff = bias - int(t_in.zero_point) * per_out.sum(0)
     abs_w = np.abs(per_out).sum(0)
-    bound = max(
-        int((np.abs(eff) + 128 * abs_w).max()), int((np.abs(bias) + 255 * abs_w).max())
-    )
+    bound = max(int((np.abs(eff) + 128 * abs_w).max()), int((np.abs(bias) + 255 * abs_w).max()))
     if bound >= 2**31:
         raise UnsupportedModelError(f"op {op.name}: the int32 accumulator could overflow")
     fast = int(bound < 2**30 and bool((shift <= -1).all()))
