@@ -22,7 +22,7 @@ from torch import nn
 
 from .errors import UsageError
 
-RUNTIMES = ("torch", "torch-compile", "onnx", "onnx-int8")
+RUNTIMES = ("torch", "torch-compile", "onnx", "onnx-int8", "tflite-int8")
 DEFAULT_RUNTIMES = ("torch", "onnx", "onnx-int8")
 
 
@@ -75,7 +75,9 @@ def bench(
 ) -> list[dict[str, Any]]:
     """Time ``model`` (a module with ``.config``, or an exported .onnx file) in each runtime.
 
-    ``calib_data``: float model inputs for ``onnx-int8``; 64 random inputs when None.
+    ``calib_data``: float model inputs for ``onnx-int8`` and ``tflite-int8``; 64 random inputs
+    when None. ``tflite-int8`` runs the int8 ``.tflite`` in LiteRT's optimized kernels (batch 1
+    per invoke; skipped with a note when ai-edge-litert is not installed).
     Returns one dict per runtime: runtime, median_ms, p90_ms, mean_ms, images_per_s, bytes, ...
     """
     from .export import export_onnx, ort_session, read_metadata
@@ -90,7 +92,7 @@ def bench(
     onnx_file = None if isinstance(model, nn.Module) else Path(model)
     if onnx_file is not None:
         cfg = read_metadata(onnx_file)["config"]
-        if any(r.startswith("torch") for r in runtimes):
+        if any(r.startswith(("torch", "tflite")) for r in runtimes):
             raise UsageError("an .onnx file runs only in the onnx and onnx-int8 runtimes")
     else:
         cfg = model.config
@@ -112,6 +114,11 @@ def bench(
             fp32 = onnx_file
             for rt in runtimes:
                 extra: dict[str, Any] = {}
+                if rt == "tflite-int8":
+                    row = _bench_tflite(model, Path(tmp), x, calib_data, runs, warmup)
+                    if row is not None:
+                        results.append({"runtime": rt, **common, **row})
+                    continue
                 if rt in ("torch", "torch-compile"):
                     fn = torch.compile(model) if rt == "torch-compile" else model
                     with torch.inference_mode():
@@ -147,6 +154,39 @@ def bench(
     finally:
         torch.set_num_threads(prev_threads)
     return results
+
+
+def _bench_tflite(
+    model: nn.Module, tmp: Path, x: torch.Tensor, calib: torch.Tensor | None, runs: int, warmup: int
+) -> dict[str, Any] | None:
+    """Time the int8 .tflite in LiteRT's optimized kernels, one image per invoke."""
+    import warnings
+
+    from .micro.export import export_tflite, quantize_input
+    from .micro.runtimes import have_litert, litert_interpreter
+    from .micro.tflite import read_tflite
+
+    if not have_litert():
+        warnings.warn("tflite-int8 skipped: ai-edge-litert is not installed", stacklevel=2)
+        return None
+    cfg = model.config
+    extra: dict[str, Any] = {}
+    if calib is None:
+        calib = torch.randn(64, cfg.in_chans, cfg.resolution, cfg.resolution)
+        extra["note"] = "calibrated on random data: latency only, not accuracy"
+    path = tmp / "int8.tflite"
+    export_tflite(model, path, int8=True, calib_data=calib, arena=False, verify_inputs=calib[:1])
+    graph, _ = read_tflite(path)
+    it = litert_interpreter(path, fast=True)
+    inp = it.get_input_details()[0]["index"]
+    xq = quantize_input(x[:1], graph)
+
+    def once() -> None:
+        it.set_tensor(inp, xq)
+        it.invoke()
+
+    times = time_fn(once, runs, warmup) * len(x)  # batch: one invoke per image
+    return {**summarize(times, len(x)), "bytes": path.stat().st_size, **extra}
 
 
 # ---------------------------------------------------------------- CLI
@@ -214,7 +254,7 @@ def run_bench(args: argparse.Namespace) -> int:
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
     model, export_kwargs = _load(args)
     calib = None
-    if args.calib_data and "onnx-int8" in runtimes:
+    if args.calib_data and ("onnx-int8" in runtimes or "tflite-int8" in runtimes):
         from .export import read_metadata
         from .onnx_quant import calibration_inputs
 
@@ -250,7 +290,7 @@ def run_bench(args: argparse.Namespace) -> int:
             f"{r['runtime']:<14}{r['median_ms']:>10.2f}{r['p90_ms']:>10.2f}"
             f"{r['images_per_s']:>10.1f}{r['bytes'] / 1e6:>9.2f}"
         )
-    notes = {r["note"] for r in results if "note" in r}
-    for n in notes:
-        print(f"note: onnx-int8 {n}")
+    for r in results:
+        if "note" in r:
+            print(f"note: {r['runtime']} {r['note']}")
     return 0

@@ -67,6 +67,13 @@ def add_model_args(p: argparse.ArgumentParser, name_positional: bool = False) ->
     p.add_argument("--in-chans", type=int_at_least(1), default=None)
     p.add_argument("--num-classes", type=int_at_least(1), default=None)
     p.add_argument("--activation", choices=("relu", "relu6"), default="relu6")
+    p.add_argument(
+        "--padding",
+        choices=("symmetric", "same"),
+        default="symmetric",
+        help="MobileNets: symmetric (PyTorch, default) or same (TensorFlow SAME: exports to "
+        ".tflite without PAD ops, less TFLite Micro arena)",
+    )
 
 
 def model_from_args(args: argparse.Namespace, name: str, **defaults):
@@ -86,6 +93,9 @@ def model_from_args(args: argparse.Namespace, name: str, **defaults):
     if name in ("mobilenet_v1", "mobilenet_v2"):
         opts["width_mult"] = args.width
         opts["activation"] = args.activation
+        opts["padding"] = getattr(args, "padding", "symmetric")
+    elif getattr(args, "padding", "symmetric") != "symmetric":
+        raise UsageError(f"--padding same applies to MobileNets only, not {name}")
     elif args.width != 1.0:
         raise UsageError(f"--width does not apply to {name}")
     return create_model(name, **kw, **opts)

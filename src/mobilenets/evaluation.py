@@ -92,14 +92,17 @@ def evaluate(
     out: str | Path | None = None,
     workers: int = 0,
     skip_bad_images: bool = False,
+    fast: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint folder (or ``last.ckpt``/``best.ckpt``) on a dataset split.
+    """Evaluate a checkpoint folder (or ``last.ckpt``/``best.ckpt``) or a ``.tflite`` file on a
+    dataset split.
 
     Args:
         data: a ``--data`` spec; defaults to the dataset the checkpoint was trained on.
         split: ``test`` (ImageFolder: ``val/``), ``val`` (the ``--val-split`` hold-out of the
             training set, re-drawn from the seed stored in the checkpoint) or ``train``.
         out: if given, write ``confusion_matrix.png``, ``confusion_matrix.json`` and ``eval.json`` there.
+        fast: ``.tflite`` only: LiteRT's optimized kernels instead of its reference kernels.
 
     Returns:
         ``top1``, ``top5``, ``loss``, ``n``, ``per_class`` (class name -> accuracy, None when
@@ -110,7 +113,11 @@ def evaluate(
     from .data import BadImages, Preprocess, eval_batches, holdout, load_dataset
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    ckpt = load_checkpoint(checkpoint, dev)
+    if str(checkpoint).endswith(".tflite"):
+        dev = torch.device("cpu")
+        ckpt = _tflite_as_checkpoint(checkpoint, fast)
+    else:
+        ckpt = load_checkpoint(checkpoint, dev)
     meta = ckpt.meta
     spec = data or meta.get("data")
     if not spec:
@@ -181,6 +188,24 @@ def evaluate(
     return result
 
 
+def _tflite_as_checkpoint(path: str | Path, fast: bool):
+    """A ``.tflite`` file behind the Checkpoint interface: its model runs in LiteRT (reference
+    kernels unless ``fast``) or, for int8 without LiteRT, in our NumPy reference."""
+    from .checkpoint import Checkpoint
+    from .predict import Predictor
+
+    pred = Predictor(path, fast=fast)
+
+    class _Model(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(pred.logits(x))
+
+    meta = {"preprocess": {"crop_pct": pred.crop_pct}, "data": pred.tflite_meta.get("data")}
+    return Checkpoint(
+        _Model(), pred.config, pred.class_names, pred.mean, pred.std, Path(path), meta
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``eval`` subcommand."""
     p = subparsers.add_parser(
@@ -189,7 +214,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "checkpoint",
         metavar="CHECKPOINT",
-        help="checkpoint folder, or RUN/last.ckpt, RUN/best.ckpt",
+        help="checkpoint folder, or RUN/last.ckpt, RUN/best.ckpt, or a .tflite file",
+    )
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help=".tflite: LiteRT's optimized kernels (may differ from TFLite Micro by a few LSB)",
     )
     p.add_argument("--data", metavar="SPEC", help="dataset (default: the one it was trained on)")
     p.add_argument("--data-dir", metavar="DIR")
@@ -210,7 +240,12 @@ def _main(args: argparse.Namespace) -> int:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
-    out = args.out or resolve(args.checkpoint).parent / f"eval-{args.split}"
+    if str(args.checkpoint).endswith(".tflite"):
+        out = args.out or Path(args.checkpoint).with_name(
+            Path(args.checkpoint).stem + f"-eval-{args.split}"
+        )
+    else:
+        out = args.out or resolve(args.checkpoint).parent / f"eval-{args.split}"
     r = evaluate(
         args.checkpoint,
         args.data,
@@ -221,6 +256,7 @@ def _main(args: argparse.Namespace) -> int:
         out,
         args.workers,
         args.skip_bad_images,
+        args.fast,
     )
     if args.json:
         print(json.dumps({k: v for k, v in r.items() if k != "confusion"}))

@@ -302,27 +302,34 @@ def max_abs_diff(
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from .micro.quantizer import CALIB_METHODS as TFLITE_CALIB
     from .onnx_quant import ACTIVATION_TYPES, CALIB_METHODS
 
     p = subparsers.add_parser(
         "export",
-        help="export a checkpoint to ONNX (optionally int8)",
-        description="Fold BN, export ONE self-contained .onnx file with a dynamic batch "
-        "dimension, verify it in onnxruntime, and write FILE.json with sizes, differences and "
-        "accuracies. With --int8 also write FILE's int8 sibling (model.int8.onnx).",
+        help="export a checkpoint to ONNX or .tflite (optionally int8)",
+        description="Fold BN, export ONE self-contained file, verify it, and write FILE.json "
+        "with sizes, differences and accuracies. ONNX: a dynamic batch dimension, checked in "
+        "onnxruntime; --int8 also writes FILE's int8 sibling (model.int8.onnx). tflite: --int8 "
+        "makes --out itself the full-integer int8 file (int8 input and logits), checked against "
+        "TFLite Micro and LiteRT, with TFLite Micro's arena in the report.",
     )
     p.add_argument(
         "checkpoint", metavar="CHECKPOINT", help="checkpoint folder (or last.ckpt/best.ckpt)"
     )
-    p.add_argument("--format", choices=("onnx",), default="onnx")
-    p.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
+    p.add_argument("--format", choices=("onnx", "tflite"), default="onnx")
+    p.add_argument("--out", required=True, metavar="FILE", help="the .onnx/.tflite file to write")
     p.add_argument(
         "--opset",
         type=int,
         default=DEFAULT_OPSET,
         help=f"ONNX opset >= 17 (default {DEFAULT_OPSET})",
     )
-    p.add_argument("--int8", action="store_true", help="also write a static int8 (QDQ) model")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="onnx: also write a static int8 (QDQ) model; tflite: write a full-integer int8 file",
+    )
     p.add_argument("--int8-out", metavar="FILE", help="int8 file (default: FILE with .int8.onnx)")
     p.add_argument(
         "--calib-data",
@@ -337,7 +344,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="training images to calibrate on (default 512)",
     )
-    p.add_argument("--calib-method", choices=CALIB_METHODS, default="minmax")
+    p.add_argument(
+        "--calib-method",
+        choices=sorted(set(CALIB_METHODS) | set(TFLITE_CALIB)),
+        default="minmax",
+        help=f"onnx: {', '.join(CALIB_METHODS)}; tflite: {', '.join(TFLITE_CALIB)}",
+    )
     p.add_argument(
         "--activation-type",
         choices=ACTIVATION_TYPES,
@@ -349,7 +361,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="test images for top-1 (default: all)",
+        help="test images for top-1 (default: all; tflite: all for models <= 100 M MACs, else 500)",
+    )
+    p.add_argument(
+        "--verify-samples",
+        type=int,
+        default=20,
+        metavar="N",
+        help="tflite: inputs to compare runtimes on (default 20)",
     )
     p.set_defaults(func=run_export)
 
@@ -367,6 +386,14 @@ def run_export(args: argparse.Namespace) -> int:
     from .onnx_quant import calibration_inputs, evaluate_sessions, quantize_onnx, test_batches
 
     out = Path(args.out)
+    if args.format == "tflite":
+        from .micro.export import run_export_tflite
+
+        return run_export_tflite(args)
+    if args.calib_method == "mse":
+        raise UsageError(
+            "--calib-method mse is for --format tflite; onnx takes minmax, percentile or entropy"
+        )
     if args.int8 and not args.calib_data:
         raise UsageError(
             "--int8 needs --calib-data SPEC (fashion-mnist, cifar10:PATH, imagefolder:PATH or random)"

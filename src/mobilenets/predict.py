@@ -26,15 +26,26 @@ ImageLike = str | Path | torch.Tensor | np.ndarray  # or a PIL image
 class Predictor:
     """A model ready to classify images: ``Predictor(path).predict(images_or_paths, top_k)``.
 
-    ``path`` is a checkpoint folder (or ``last.ckpt``/``best.ckpt``) run in PyTorch, or an
-    exported ``.onnx`` file (fp32 or int8) run in onnxruntime.
+    ``path`` is a checkpoint folder (or ``last.ckpt``/``best.ckpt``) run in PyTorch, an
+    exported ``.onnx`` file (fp32 or int8) run in onnxruntime, or a ``.tflite`` file run in
+    LiteRT with its reference kernels (``fast``: its optimized kernels, which may differ by a
+    few LSB) or, for int8 files without LiteRT, in the NumPy reference ``run_int8``.
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None, batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        threads: int | None = None,
+        batch_size: int = 32,
+        fast: bool = False,
+    ) -> None:
         self.path = Path(path)
         self.batch_size = batch_size
+        self.session = self.tflite = None
         member = self.path.name in ("config.json", "model.safetensors", "training_state.pt")
-        if self.path.suffix == ".onnx" or (self.path.is_file() and not member):
+        if self.path.suffix == ".tflite":
+            self._load_tflite(fast)
+        elif self.path.suffix == ".onnx" or (self.path.is_file() and not member):
             from .export import ort_session, read_metadata
 
             if not self.path.is_file():
@@ -58,6 +69,24 @@ class Predictor:
             self.crop_pct = ck.crop_pct
             self.resolution = ck.config.resolution
         self.in_chans = self.config.in_chans
+
+    def _load_tflite(self, fast: bool) -> None:
+        from .config import ModelConfig
+        from .micro.tflite import read_tflite
+        from .micro.tflite_runner import TFLiteRunner
+        from .preprocess import Preprocess
+
+        if not self.path.is_file():
+            raise MobilenetsError(f"{self.path}: no such .tflite file")
+        graph, meta = read_tflite(self.path)
+        self.tflite_meta = meta
+        self.tflite = TFLiteRunner(self.path, graph, fast)
+        self.model = None
+        self.config = ModelConfig.from_dict(meta["config"])
+        prep = Preprocess.from_dict(meta.get("preprocess"), f"{self.path}: preprocess")
+        self.class_names = graph.class_names or [str(i) for i in range(self.config.num_classes)]
+        self.mean, self.std, self.crop_pct = list(prep.mean), list(prep.std), prep.crop_pct
+        self.resolution = prep.resolution
 
     def load(self, image: ImageLike) -> torch.Tensor:
         """An image file, a PIL image or a uint8 (C, H, W) / (H, W[, C]) array as uint8 (C, H, W)."""
@@ -87,6 +116,8 @@ class Predictor:
             from .export import run_ort
 
             return run_ort(self.session, x, self.batch_size)
+        if self.tflite is not None:
+            return self.tflite.logits(x)
         return torch.cat([self.model(c) for c in x.split(self.batch_size)]).numpy()
 
     def predict(
@@ -126,25 +157,34 @@ class Predictor:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "predict",
-        help="classify image files with a checkpoint or an exported .onnx",
+        help="classify image files with a checkpoint or an exported .onnx/.tflite",
         description="Print the top classes of each image. Preprocessing is evaluation's, read "
         "from the checkpoint or the ONNX metadata. An unreadable image is reported on stderr, "
         "the others are still classified, and the exit code is 1.",
     )
     p.add_argument(
-        "model", metavar="MODEL", help="checkpoint folder (or last.ckpt/best.ckpt) or .onnx file"
+        "model",
+        metavar="MODEL",
+        help="checkpoint folder (or last.ckpt/best.ckpt), .onnx or .tflite file",
     )
     p.add_argument("images", metavar="IMAGE", nargs="+")
     p.add_argument("--top-k", type=int, default=5, metavar="K")
     p.add_argument("--json", action="store_true", help="print one JSON list")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help=".tflite: LiteRT's optimized kernels (may differ from TFLite Micro by a few LSB)",
+    )
     p.set_defaults(func=run_predict)
 
 
 def run_predict(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
-    pred = Predictor(args.model, threads=args.threads)
+    pred = Predictor(args.model, threads=args.threads, fast=args.fast)
+    if pred.tflite is not None and pred.tflite.note:
+        print(f"mobilenets: note: {pred.tflite.note}", file=sys.stderr)
     results: list[dict[str, Any]] = [{"image": path} for path in args.images]
     batch: list[tuple[int, torch.Tensor]] = []
 

@@ -434,6 +434,9 @@ class Trainer:
         opts: dict[str, Any] = {"activation": a.activation}
         if a.model in ("mobilenet_v1", "mobilenet_v2"):
             opts["width_mult"] = a.width
+            opts["padding"] = a.padding
+        elif a.padding != "symmetric":
+            raise UsageError(f"--padding same applies to MobileNets only, not {a.model}")
         elif a.width != 1.0:
             raise UsageError(f"--width does not apply to {a.model}")
         return create_model(

@@ -53,35 +53,53 @@ def conv_multipliers(
 
 
 def saturating_rounding_doubling_high_mul(a: np.ndarray, b: np.ndarray | int) -> np.ndarray:
-    """gemmlowp's SRDHM on int32 values held in int64 arrays."""
+    """gemmlowp's SRDHM on int32 values held in int64 arrays.
+
+    The C code adds a nudge of 2^30 (or 1 - 2^30 when ``a * b < 0``) and divides by 2^31
+    truncating toward zero: that is ``floor(a * b / 2^31 + 1/2)`` for every sign, computed
+    here as one arithmetic shift. The only saturating case (both INT32_MIN) is kept.
+    """
     a = np.asarray(a, np.int64)
     b = np.asarray(b, np.int64)
-    ab = a * b
-    nudge = np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
-    t = ab + nudge
-    high = np.where(t >= 0, t >> 31, -((-t) >> 31))  # C division truncates toward zero
+    high = (a * b + (1 << 30)) >> 31
     overflow = (a == INT32_MIN) & (b == INT32_MIN)
-    return np.where(overflow, INT32_MAX, high)
+    return np.where(overflow, INT32_MAX, high) if overflow.any() else high
 
 
 def rounding_divide_by_pot(x: np.ndarray, exponent: np.ndarray | int) -> np.ndarray:
-    """gemmlowp's RoundingDivideByPOT: divide by 2^exponent, round half away from zero."""
+    """gemmlowp's RoundingDivideByPOT: divide by 2^exponent, round half away from zero.
+
+    The C code adds 1 when the remainder exceeds half the divisor (half minus one for negative
+    ``x``); adding ``2^(exponent-1)``, minus 1 for negative ``x``, before the shift is the same.
+    """
     x = np.asarray(x, np.int64)
     exponent = np.asarray(exponent, np.int64)
-    mask = (np.int64(1) << exponent) - 1
-    remainder = x & mask
-    threshold = (mask >> 1) + (x < 0)
-    return (x >> exponent) + (remainder > threshold)
+    half = (np.int64(1) << exponent) >> 1
+    return (x + half - ((x < 0) & (exponent > 0))) >> exponent
 
 
 def multiply_by_quantized_multiplier(
     x: np.ndarray, m0: np.ndarray | int, shift: np.ndarray | int
 ) -> np.ndarray:
-    """TFLite ``MultiplyByQuantizedMultiplier`` (int32 in, int32 out, as int64 arrays)."""
+    """TFLite ``MultiplyByQuantizedMultiplier`` (int32 in, int32 out, as int64 arrays).
+
+    The same steps as :func:`saturating_rounding_doubling_high_mul` then
+    :func:`rounding_divide_by_pot`, done in place on one int64 copy (it runs on every output
+    element of every layer). ``m0`` is a Q31 multiplier in [2^30, 2^31), so SRDHM never saturates.
+    """
     shift = np.asarray(shift, np.int64)
-    left = np.maximum(shift, 0)
+    m0 = np.asarray(m0, np.int64)
+    acc = np.array(x, np.int64)  # a copy
+    if np.any(shift > 0):
+        # The C code multiplies in int32: the left-shifted value must still fit.
+        np.clip(acc << np.maximum(shift, 0), INT32_MIN, INT32_MAX, out=acc)
     right = np.maximum(-shift, 0)
-    shifted = np.asarray(x, np.int64) * (np.int64(1) << left)
-    # The C code multiplies in int32: the left-shifted value must still fit.
-    shifted = np.clip(shifted, INT32_MIN, INT32_MAX)
-    return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(shifted, m0), right)
+    acc *= m0  # SRDHM: floor(x * m0 / 2^31 + 1/2)
+    acc += 1 << 30
+    acc >>= 31
+    negative = acc < 0  # RoundingDivideByPOT: add half the divisor, minus 1 below zero
+    negative &= right > 0
+    acc += (np.int64(1) << right) >> 1
+    acc -= negative
+    acc >>= right
+    return acc

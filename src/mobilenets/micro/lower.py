@@ -66,7 +66,7 @@ class _Builder:
         self.env: dict[fx.Node, int] = {}
         self.pads: dict[fx.Node, tuple[int, tuple[int, int, int, int]]] = {}
         self.producer: dict[int, Op] = {}
-        self.chw: dict[int, tuple[int, int, int]] = {}  # flattened tensors: (C, H, W) before
+        self.flat: set[int] = set()  # 4D tensors that PyTorch sees flattened
         self.node_of_tensor: dict[int, str] = {}
 
     def tensor(self, node: fx.Node, shape: tuple[int, ...] | None = None) -> int:
@@ -181,25 +181,31 @@ def _fuse_activation(b: _Builder, node: fx.Node, act: str) -> None:
 
 
 def _flatten(b: _Builder, node: fx.Node) -> None:
+    """PyTorch's flatten stays a 4D NHWC tensor until a linear layer or the output reads it."""
     t = b.input_of(node)
-    shape = b.shape(t)
-    out = b.add_op(node, Op("reshape", (t,), -1), None)
-    if len(shape) == 4 and shape[1] * shape[2] > 1:
-        b.chw[out] = (shape[3], shape[1], shape[2])
+    if len(b.shape(t)) != 4:
+        raise UsageError(f"{node.name}: only (N, C, H, W) tensors can be flattened")
+    b.env[node] = t
+    b.flat.add(t)
 
 
 def _linear(b: _Builder, node: fx.Node, m: nn.Linear) -> None:
+    """A linear layer on a flattened (1, H, W, C) tensor is a VALID HxW CONV_2D to (1, 1, 1, O).
+
+    TFLite Micro and LiteRT's reference kernels round the requantization of int8
+    FULLY_CONNECTED differently (LiteRT once, TFLite Micro twice), but their CONV_2D agree, so
+    the classifier is written as a conv (as Keras's MobileNet does) and one final RESHAPE.
+    PyTorch flattened C*H*W; the conv's (O, H, W, C) weights hold the permuted columns.
+    """
     t = b.input_of(node)
-    if len(b.shape(t)) != 2:
+    if t not in b.flat:
         raise UsageError(f"{node.target}: a linear layer needs a flattened input")
-    w = m.weight.detach().double().numpy()
-    if t in b.chw:  # PyTorch flattened C*H*W; TFLite flattens NHWC: permute the columns
-        c, h, wd = b.chw[t]
-        w = w.reshape(-1, c, h, wd).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
+    _, h, w, c = b.shape(t)
+    weight = m.weight.detach().double().numpy().reshape(-1, c, h, w).transpose(0, 2, 3, 1)
     bias = m.bias.detach().double().numpy() if m.bias is not None else np.zeros(m.out_features)
-    op = Op("fully_connected", (t,), -1, weights=w.astype(np.float32))
-    op.bias = bias.astype(np.float32)
-    b.add_op(node, op)
+    op = Op("conv2d", (t,), -1, weights=weight.astype(np.float32), bias=bias.astype(np.float32))
+    out = b.add_op(node, op, b.tensor(node, (1, 1, 1, m.out_features)))
+    b.flat.add(out)
 
 
 def _module(b: _Builder, node: fx.Node) -> None:
@@ -263,6 +269,9 @@ def lower(model: nn.Module) -> Lowered:
             _function(b, node)
         elif node.op == "output":
             out = b.env[node.args[0]]
+            if out in b.flat:  # the logits: (1, 1, 1, classes) -> (1, classes)
+                shape = (1, int(np.prod(b.shape(out))))
+                out = b.add_op(node, Op("reshape", (out,), -1), b.tensor(node, shape))
         else:
             raise UsageError(f"{node.name}: {node.op} nodes are not supported")
     if len(b.shape(out)) != 2:

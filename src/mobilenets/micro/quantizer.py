@@ -38,7 +38,8 @@ CALIB_METHODS = ("minmax", "percentile", "mse")
 # calibration images, 10,000 test images): see README "Phones and microcontrollers". MinMax kept
 # its fp32 accuracy and >= 99% agreement on both, the others were not better, so it is the default.
 DEFAULT_METHOD = "minmax"
-_SAMPLE = 4096  # values kept per tensor and batch for percentile/MSE
+_SAMPLE = 4096
+MIN_SCALE = 1e-6  # values kept per tensor and batch for percentile/MSE
 
 
 def _float32(x: float) -> float:
@@ -48,8 +49,8 @@ def _float32(x: float) -> float:
 def tensor_params(lo: float, hi: float) -> tuple[float, int]:
     """Scale (float32-representable) and zero point of an int8 tensor holding [lo, hi] (0 in it)."""
     lo, hi = min(lo, 0.0), max(hi, 0.0)
-    if hi - lo < 1e-8:
-        hi = lo + 1e-8
+    if hi - lo < 255 * MIN_SCALE:  # a dead (all-zero) tensor: TFLite Micro refuses scales
+        hi = lo + 255 * MIN_SCALE  # for which q(6) overflows int32 (ReLU6 clamp at Prepare)
     scale = _float32((hi - lo) / 255.0)
     zero_point = int(np.clip(round(-128 - lo / scale), -128, 127))
     return scale, zero_point
@@ -142,7 +143,7 @@ def calibrate(
 
 
 def quantize_weights(w: np.ndarray, axis: int, bias: np.ndarray | None, s_in: float):
-    """Symmetric per-channel int8 weights along ``axis``; (q, float32 scales)."""
+    """Symmetric per-channel int8 weights along ``axis``; returns (q, float32 scales)."""
     moved = np.moveaxis(w.astype(np.float64), axis, 0)
     amax = np.abs(moved.reshape(moved.shape[0], -1)).max(1)
     if bias is not None:  # an all-zero channel still needs a scale under which its bias fits

@@ -1,0 +1,361 @@
+"""``.tflite`` export: :func:`export_tflite` (fp32, or full-integer int8 with int8 input/output).
+
+The int8 input holds ``x = (pixel / 255 - mean) / std`` quantized as
+``q = clamp(round(x / scale) + zero_point, -128, 127)`` with the input tensor's scale and zero
+point (:func:`quantize_input`); the output is int8 logits (no softmax: TFLite Micro's int8
+SOFTMAX has been seen to abort the process).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import MobilenetsError, UsageError
+from ..preprocess import Preprocess
+from .graph import QuantizedModel
+
+FP32_ATOL = 1e-4
+SCHEME = (
+    "LiteRT int8: symmetric per-channel int8 weights, asymmetric per-tensor int8 activations, "
+    "int32 bias, int8 input and logits"
+)
+
+
+def quantize_input(x: torch.Tensor | np.ndarray, graph: QuantizedModel) -> np.ndarray:
+    """Normalized float NCHW inputs -> the int8 NHWC input of ``graph``."""
+    t = graph.input_tensor
+    x = np.asarray(x, np.float32).transpose(0, 2, 3, 1)
+    q = np.round(x.astype(np.float64) / np.float32(t.scale)) + t.zero_point
+    return np.clip(q, -128, 127).astype(np.int8)
+
+
+def dequantize(y: np.ndarray, graph: QuantizedModel) -> np.ndarray:
+    """int8 outputs -> real values (``scale * (q - zero_point)``)."""
+    t = graph.output_tensor
+    return (y.astype(np.float32) - t.zero_point) * np.float32(t.scale)
+
+
+def same_padding_variant(graph: QuantizedModel) -> QuantizedModel | None:
+    """The graph with every PAD op folded into the conv after it as SAME padding: the shapes
+    and arena of the ``padding="same"`` model (for memory figures only: its numbers differ).
+    None when a PAD feeds something else or SAME would change an output shape."""
+    from .lower import same_padding
+
+    source = {op.output: op.inputs[0] for op in graph.ops if op.kind == "pad"}
+    ops = []
+    for op in graph.ops:
+        if op.kind == "pad":
+            continue
+        if op.inputs[0] in source:
+            x = source[op.inputs[0]]
+            _, h, w, _ = graph.tensors[x].shape
+            if op.kind not in ("conv2d", "depthwise_conv2d"):
+                return None
+            if graph.tensors[op.output].shape[1:3] != (
+                -(-h // op.stride[0]),
+                -(-w // op.stride[1]),
+            ):
+                return None
+            kh, kw = op.weights.shape[1:3]
+            padding = same_padding(h, kh, op.stride[0]) + same_padding(w, kw, op.stride[1])
+            op = dataclasses.replace(op, inputs=(x, *op.inputs[1:]), padding=padding)
+        ops.append(op)
+    return dataclasses.replace(graph, ops=ops)
+
+
+TFLITE_NAMES = {
+    "conv2d": "CONV_2D",
+    "depthwise_conv2d": "DEPTHWISE_CONV_2D",
+    "fully_connected": "FULLY_CONNECTED",
+    "add": "ADD",
+    "avg_pool2d": "AVERAGE_POOL_2D",
+    "mean": "MEAN",
+    "max_pool2d": "MAX_POOL_2D",
+    "pad": "PAD",
+    "reshape": "RESHAPE",
+}
+NO_TFLM = "tflite-micro is not installed (pip install 'mobilenets[micro]')"
+NO_LITERT = "ai-edge-litert is not installed (pip install 'mobilenets[micro]')"
+
+
+def _check_model(model: nn.Module) -> Any:
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        raise UsageError("export_tflite needs a mobilenets model (with a .config)")
+    if cfg.name == "vgg16" and cfg.resolution != 224:
+        raise UsageError(
+            f"vgg16 exports to .tflite only at 224 px (where its adaptive average pool is an "
+            f"identity), got resolution {cfg.resolution}"
+        )
+    return cfg
+
+
+def _preprocess(cfg: Any, preprocess: Preprocess | None) -> Preprocess:
+    if preprocess is None:
+        c = cfg.in_chans
+        return Preprocess(cfg.resolution, c, (0.0,) * c, (1.0,) * c)
+    if (preprocess.resolution, preprocess.in_chans) != (cfg.resolution, cfg.in_chans):
+        raise UsageError(
+            f"preprocess is for {preprocess.resolution} px, {preprocess.in_chans} channels; "
+            f"the model takes {cfg.resolution} px, {cfg.in_chans} channels"
+        )
+    return preprocess
+
+
+def export_tflite(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    int8: bool = False,
+    calib_data: torch.Tensor | np.ndarray | Iterable[torch.Tensor] | None = None,
+    preprocess: Preprocess | None = None,
+    class_names: Sequence[str] | None = None,
+    calib_method: str | None = None,
+    verify_inputs: torch.Tensor | None = None,
+    eval_data: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    arena: bool = True,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Fold BN and write ``model`` as ONE ``.tflite`` file (fp32, or full-integer int8).
+
+    Args:
+        int8: int8 weights and activations, int8 input and output (logits); needs ``calib_data``.
+        calib_data: normalized float model inputs (N, C, H, W) from training images.
+        preprocess, class_names: stored in the file's metadata (with the model config).
+        calib_method: ``minmax`` (default), ``percentile`` or ``mse`` (see ``micro.quantizer``).
+        verify_inputs: normalized float inputs to verify on (20 random ones when None): fp32
+            against PyTorch in LiteRT (max diff <= 1e-4 * max(1, |logit|), else
+            MobilenetsError); int8: our reference against TFLite Micro and LiteRT (in LSB).
+        eval_data: (inputs, labels) batches for fp32/int8 top-1 and agreement.
+        arena: measure TFLite Micro's arena (int8 only).
+        metadata: extra JSON entries for the file's metadata (e.g. ``data``: the dataset spec).
+
+    Returns:
+        The report: path, bytes, ops, padding, tflm_* figures, max_abs_diff_lsb, accuracies...
+    """
+    from ..export import fold_bn, model_metadata
+    from .lower import lower
+    from .quantizer import DEFAULT_METHOD, quantize_int8
+    from .tflite import write_tflite
+
+    cfg = _check_model(model)
+    prep = _preprocess(cfg, preprocess)
+    names = json.loads(model_metadata(model, class_names)["class_names"])
+    method = calib_method or DEFAULT_METHOD
+    if int8:
+        if calib_data is None:
+            raise UsageError("an int8 export needs calibration data (calib_data / --calib-data)")
+        graph = quantize_int8(model, calib_data, method=method)
+    else:
+        graph = lower(fold_bn(model)).graph
+    graph.class_names, graph.preprocess = names, prep.to_dict()
+    quant = {"scheme": SCHEME, "calib_method": method} if int8 else None
+    path = write_tflite(graph, path, {**(metadata or {}), "quantization": quant})
+    report: dict[str, Any] = {
+        "path": str(path),
+        "format": "tflite-int8" if int8 else "tflite-fp32",
+        "bytes": path.stat().st_size,
+        "ops": {TFLITE_NAMES[k]: v for k, v in graph.op_counts().items()},
+        "padding": cfg.padding,
+    }
+    x = verify_inputs
+    if x is None:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(20, cfg.in_chans, cfg.resolution, cfg.resolution, generator=g)
+    report["verify_samples"] = len(x)
+    report.update(_verify_int8(path, graph, x) if int8 else _verify_fp32(model, path, x))
+    if int8 and arena:
+        report.update(_arena_report(path, graph))
+    if eval_data is not None:
+        report.update(_accuracy(model, graph if int8 else None, eval_data))
+    return report
+
+
+def _verify_int8(path: Path, graph: QuantizedModel, x: torch.Tensor) -> dict[str, Any]:
+    """Our reference against TFLite Micro and LiteRT (reference kernels), in LSB."""
+    from .reference import run_int8
+    from .runtimes import have_litert, have_tflm, litert_outputs, tflm_outputs
+
+    xq = quantize_input(x, graph)
+    ours = run_int8(graph, xq).astype(np.int32)
+    out: dict[str, Any] = {"max_abs_diff_lsb": None, "litert_max_abs_diff_lsb": None}
+    if have_tflm():
+        out["max_abs_diff_lsb"] = int(np.abs(tflm_outputs(path, xq) - ours).max())
+    else:
+        out["tflm_note"] = NO_TFLM
+    if have_litert():
+        out["litert_max_abs_diff_lsb"] = int(np.abs(litert_outputs(path, xq) - ours).max())
+    else:
+        out["litert_note"] = NO_LITERT
+    return out
+
+
+@torch.inference_mode()
+def _verify_fp32(model: nn.Module, path: Path, x: torch.Tensor) -> dict[str, Any]:
+    """LiteRT (reference kernels) against PyTorch on float inputs."""
+    from .runtimes import have_litert, litert_outputs
+
+    if not have_litert():
+        return {"max_abs_diff": None, "litert_note": NO_LITERT}
+    ref = torch.cat([model.eval()(c) for c in x.float().split(64)]).numpy().astype(np.float64)
+    got = litert_outputs(path, x.float().numpy().transpose(0, 2, 3, 1))
+    diff, scale = float(np.abs(ref - got).max()), float(np.abs(ref).max())
+    if not diff <= FP32_ATOL * max(1.0, scale):
+        raise MobilenetsError(
+            f"{path}: LiteRT and PyTorch logits differ by {diff:.3g} "
+            f"(> {FP32_ATOL:g} x max(1, largest |logit| {scale:.3g}))"
+        )
+    return {"max_abs_diff": diff, "max_abs_logit": scale}
+
+
+def _arena_report(path: Path, graph: QuantizedModel) -> dict[str, Any]:
+    """TFLite Micro's arena; with PAD ops, also the arena without them (SAME padding)."""
+    from .runtimes import have_tflm, tflm_arena
+    from .tflite import write_tflite
+
+    if not have_tflm():
+        none = dict.fromkeys(("tflm_arena_bytes", "tflm_activation_bytes", "tflm_persistent_bytes"))
+        return {**none, "tflm_note": NO_TFLM}
+    shape = graph.input_tensor.shape
+    out: dict[str, Any] = tflm_arena(path, shape)
+    pads = graph.op_counts().get("pad", 0)
+    variant = same_padding_variant(graph) if pads else None
+    if variant is not None:
+        with tempfile.TemporaryDirectory(prefix="mobilenets-tflite-") as tmp:
+            same = tflm_arena(write_tflite(variant, Path(tmp) / "same.tflite"), shape)
+        out["same_padding"] = same
+        out["padding_note"] = (
+            f"symmetric padding needs {pads} PAD ops: "
+            f"{out['tflm_arena_bytes'] - same['tflm_arena_bytes']:,} B more TFLite Micro arena "
+            "than the same network with padding='same' (train with --padding same)"
+        )
+    return out
+
+
+@torch.inference_mode()
+def _accuracy(model: nn.Module, graph: QuantizedModel | None, batches) -> dict[str, Any]:
+    """fp32 (PyTorch) and int8 (our reference) top-1, and their top-1 agreement."""
+    from .reference import run_int8
+
+    model.eval()
+    n = correct_fp = correct_q = agree = 0
+    for x, y in batches:
+        fp = model(x.float()).argmax(1).numpy()
+        y = np.asarray(y)
+        n += len(y)
+        correct_fp += int((fp == y).sum())
+        if graph is not None:
+            q = run_int8(graph, quantize_input(x, graph)).argmax(1)
+            correct_q += int((q == y).sum())
+            agree += int((q == fp).sum())
+    out: dict[str, Any] = {"eval_samples": n, "fp32_top1": correct_fp / n if n else None}
+    if graph is not None:
+        out.update(int8_top1=correct_q / n if n else None, agreement=agree / n if n else None)
+    return out
+
+
+# ---------------------------------------------------------------- CLI (mobilenets export)
+
+
+def run_export_tflite(args: Any) -> int:
+    """``mobilenets export CKPT --format tflite [--int8 --calib-data SPEC] --out FILE.tflite``."""
+    from ..checkpoint import load_checkpoint
+    from ..export import _finite
+    from ..onnx_quant import calibration_inputs, test_batches
+    from ..profiling import profile
+
+    out = Path(args.out)
+    if args.int8 and not args.calib_data:
+        raise UsageError(
+            "--int8 needs --calib-data SPEC (fashion-mnist, cifar10:PATH, imagefolder:PATH or random)"
+        )
+    if args.calib_method == "entropy":
+        raise UsageError(
+            "--calib-method entropy is for --format onnx; tflite takes minmax, percentile or mse"
+        )
+    for flag, v, lo in (
+        ("--calib-samples", args.calib_samples, 1),
+        ("--verify-samples", args.verify_samples, 1),
+        ("--eval-samples", args.eval_samples, 0),
+    ):
+        if v is not None and v < lo:
+            raise UsageError(f"{flag} must be >= {lo}, got {v}")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out: folder {out.parent} does not exist")
+    ck = load_checkpoint(args.checkpoint)
+    cfg, crop = ck.config, ck.crop_pct
+    _check_model(ck.model)
+    prep = Preprocess(cfg.resolution, cfg.in_chans, ck.mean, ck.std, crop)
+    spec = args.calib_data
+    data = spec if spec and spec != "random" else None
+    calib = None
+    if args.int8:
+        calib = calibration_inputs(
+            spec, cfg, ck.mean, ck.std, crop, args.calib_samples, args.data_dir
+        )
+    n_eval = args.eval_samples
+    if n_eval is None:
+        n_eval = None if profile(ck.model).macs <= 100e6 else 500
+    verify = eval_data = None
+    if data:
+        verify = next(
+            test_batches(data, cfg, ck.mean, ck.std, crop, args.verify_samples, args.data_dir)
+        )[0]
+        eval_data = test_batches(data, cfg, ck.mean, ck.std, crop, n_eval, args.data_dir)
+    elif spec == "random":
+        verify = calib[: args.verify_samples] if calib is not None else None
+    report = export_tflite(
+        ck.model,
+        out,
+        int8=args.int8,
+        calib_data=calib,
+        preprocess=prep,
+        class_names=ck.class_names,
+        calib_method=args.calib_method,
+        verify_inputs=verify,
+        eval_data=eval_data,
+        metadata={"data": ck.meta.get("data")},
+    )
+    report = {"checkpoint": str(ck.path), "architecture": cfg.name, **report}
+    if calib is not None:
+        report["calib_samples"] = len(calib)
+    _print_summary(report)
+    report_path = out.with_name(out.name + ".json")
+    tmp = report_path.with_name(f".{report_path.name}.tmp")
+    tmp.write_text(json.dumps(_finite(report), indent=2) + "\n")
+    tmp.replace(report_path)
+    print(f"wrote {report_path}")
+    return 0
+
+
+def _print_summary(r: dict[str, Any]) -> None:
+    print(f"wrote {r['path']} ({r['bytes']:,} bytes, {r['format']}, ops {r['ops']})")
+    if r.get("max_abs_diff_lsb") is not None:
+        print(
+            f"reference vs TFLite Micro on {r['verify_samples']} inputs: "
+            f"max |diff| {r['max_abs_diff_lsb']} LSB (LiteRT: {r.get('litert_max_abs_diff_lsb')})"
+        )
+    if r.get("tflm_arena_bytes"):
+        print(
+            f"TFLite Micro arena {r['tflm_arena_bytes']:,} B = activations "
+            f"{r['tflm_activation_bytes']:,} + persistent {r['tflm_persistent_bytes']:,}"
+        )
+    if r.get("padding_note"):
+        print(f"note: {r['padding_note']}")
+    for key in ("tflm_note", "litert_note"):
+        if r.get(key):
+            print(f"note: {r[key]}")
+    if r.get("fp32_top1") is not None:
+        line = f"test top-1 on {r['eval_samples']} images: fp32 {r['fp32_top1']:.4f}"
+        if r.get("int8_top1") is not None:
+            line += f", int8 {r['int8_top1']:.4f}, agreement {r['agreement']:.4f}"
+        print(line)

@@ -1,0 +1,153 @@
+"""Peer runtimes for ``.tflite`` files: TFLite Micro (host build) and LiteRT, both optional.
+
+- :func:`tflm_outputs`: run int8 inputs through the ``tflite-micro`` interpreter.
+- :func:`tflm_arena`: the smallest arena (bisection to 16 B) with which it loads and runs, and
+  the head (activations) / tail (persistent) totals that ``print_allocations()`` writes to file
+  descriptor 2 at that size (captured with ``os.dup2``: the C++ side bypasses ``sys.stderr``).
+- :func:`litert_outputs`: LiteRT, with its reference kernels (``BUILTIN_REF``, bit-exact with
+  TFLite Micro) or, ``fast=True``, its optimized kernels (may differ by a few LSB).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MobilenetsError
+
+ARENA_STEP = 16
+
+
+def have_tflm() -> bool:
+    try:
+        from tflite_micro.python.tflite_micro import runtime  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def have_litert() -> bool:
+    try:
+        from ai_edge_litert.interpreter import Interpreter  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def redirect_fd2(target: int) -> Iterator[None]:
+    """Point file descriptor 2 at ``target`` (another descriptor) for the block."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        os.dup2(target, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def silenced_fd2() -> Iterator[None]:
+    with open(os.devnull, "w") as null, redirect_fd2(null.fileno()):
+        yield
+
+
+def _tflm(path: str | Path, arena_size: int):
+    from tflite_micro.python.tflite_micro import runtime
+
+    return runtime.Interpreter.from_file(str(path), arena_size=int(arena_size))
+
+
+def tflm_outputs(path: str | Path, x_int8: np.ndarray, arena_size: int = 64 << 20) -> np.ndarray:
+    """int8 outputs of the ``tflite-micro`` interpreter for int8 NHWC inputs (N, H, W, C)."""
+    with silenced_fd2():
+        it = _tflm(path, arena_size)
+    outs = []
+    for x in x_int8:
+        it.set_input(np.ascontiguousarray(x[None]), 0)
+        it.invoke()
+        outs.append(np.array(it.get_output(0)).reshape(-1))
+    return np.stack(outs)
+
+
+def _runs(path: str | Path, arena_size: int, x: np.ndarray) -> bool:
+    try:
+        it = _tflm(path, arena_size)
+        it.set_input(x, 0)
+        it.invoke()
+    except RuntimeError:
+        return False
+    return True
+
+
+def tflm_arena(path: str | Path, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """``tflm_arena_bytes`` (smallest working arena, to 16 B) and the head/tail totals there."""
+    x = np.zeros(input_shape, np.int8)
+    hi = 64 << 10
+    with silenced_fd2():
+        while not _runs(path, hi, x):
+            hi *= 2
+            if hi > 1 << 31:
+                raise MobilenetsError(f"{path}: TFLite Micro cannot run it with a 2 GiB arena")
+        lo = 0  # fails (or untested); hi works
+        while hi - lo > ARENA_STEP:
+            mid = (lo + hi) // 2 // ARENA_STEP * ARENA_STEP or ARENA_STEP
+            if mid <= lo:
+                break
+            if _runs(path, mid, x):
+                hi = mid
+            else:
+                lo = mid
+        it = _tflm(path, hi)
+    text = _capture_fd2(it.print_allocations)
+    head = re.search(r"allocation head (\d+) bytes", text)
+    tail = re.search(r"allocation tail (\d+) bytes", text)
+    return {
+        "tflm_arena_bytes": hi,
+        "tflm_activation_bytes": int(head.group(1)) if head else None,
+        "tflm_persistent_bytes": int(tail.group(1)) if tail else None,
+    }
+
+
+def _capture_fd2(fn) -> str:
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        with redirect_fd2(tmp.fileno()):
+            fn()
+        tmp.seek(0)
+        return tmp.read().decode(errors="replace")
+
+
+def litert_interpreter(path: str | Path, fast: bool = False):
+    """A LiteRT interpreter with reference kernels (default) or its optimized ones."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    kind = OpResolverType.AUTO if fast else OpResolverType.BUILTIN_REF
+    try:
+        with silenced_fd2():  # LiteRT logs "Created TensorFlow Lite XNNPACK delegate" there
+            it = Interpreter(str(path), experimental_op_resolver_type=kind)
+            it.allocate_tensors()
+    except Exception as e:
+        raise MobilenetsError(f"{path}: LiteRT cannot load it ({str(e).splitlines()[0]})") from None
+    return it
+
+
+def litert_outputs(path: str | Path, x: np.ndarray, fast: bool = False, it=None) -> np.ndarray:
+    """Outputs of LiteRT for NHWC inputs (N, H, W, C) of the file's input type."""
+    it = it or litert_interpreter(path, fast)
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    outs = []
+    for row in x:
+        it.set_tensor(inp["index"], np.ascontiguousarray(row[None], inp["dtype"]))
+        it.invoke()
+        outs.append(it.get_tensor(out["index"]).reshape(-1).copy())
+    return np.stack(outs)
