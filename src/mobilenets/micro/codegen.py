@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MobilenetsError, UsageError
+from ..errors import UsageError
 from .arith import conv_multipliers, quantize_multiplier
 from .graph import QuantizedModel
 from .planner import Plan, Stage, UnsupportedModelError, im2col_length, plan_memory
@@ -203,7 +203,8 @@ def model_source(qm: QuantizedModel, plan: Plan) -> str:
         in1 = index[s.inputs[1]] if len(s.inputs) > 1 else -1
         st.append(
             f"    {{{_KIND_ID[s.kind]}, {s.kernel[0]}, {s.kernel[1]}, {s.stride[0]}, "
-            f"{s.stride[1]}, {s.padding[0]}, {s.padding[2]}, 0, {index[s.inputs[0]]}, {in1}, "
+            f"{s.stride[1]}, {s.padding[0]}, {s.padding[2]}, {int(s.whole_input)}, "
+            f"{index[s.inputs[0]]}, {in1}, "
             f"{index[s.output]}, {ref}}}, /* {s.op.name} */"
         )
     parts.append("static const mn_stage stages[] = {\n" + "\n".join(st) + "\n};\n")
@@ -408,14 +409,6 @@ def plot_plan(plan: Plan, path: Path) -> None:
 # ---------------------------------------------------------------- CLI
 
 
-def quantize_images(qm: QuantizedModel, x: Any) -> np.ndarray:
-    """Normalized float images (N, C, H, W) as the model's int8 NHWC input."""
-    t = qm.input_tensor
-    a = np.asarray(x, np.float64).transpose(0, 2, 3, 1)
-    q = np.round(a / float(np.float32(t.scale))) + t.zero_point
-    return np.clip(q, -128, 127).astype(np.int8)
-
-
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "codegen",
@@ -456,13 +449,13 @@ def _load_qmodel(args: Any) -> tuple[QuantizedModel, np.ndarray | None]:
     if path.suffix == ".tflite":
         if not path.is_file():
             raise UsageError(f"MODEL {path}: no such file")
-        try:
-            from .tflite import read_tflite
-        except ImportError:
-            raise UsageError(f"MODEL {path}: reading .tflite files is not available") from None
-        return read_tflite(path), None
+        from .tflite import read_tflite
+
+        qm, _meta = read_tflite(path)
+        return qm, None
     from ..checkpoint import load_checkpoint, read_info
     from ..onnx_quant import calibration_inputs, test_batches
+    from .export import quantize_input
     from .quantizer import quantize_int8
 
     if not args.calib_data:
@@ -494,7 +487,7 @@ def _load_qmodel(args: Any) -> tuple[QuantizedModel, np.ndarray | None]:
                 args.data_dir,
             )
         )
-        samples = quantize_images(qm, x)
+        samples = quantize_input(x, qm)
     return qm, samples
 
 

@@ -51,9 +51,12 @@ class Stage:
     padding: tuple[int, int, int, int] = (0, 0, 0, 0)
     kernel: tuple[int, int] = (1, 1)
     stride: tuple[int, int] = (1, 1)
+    whole_input: bool = False  # reads a pooled vector: waits for the pool's last (virtual) row
 
     def needed_row(self, r: int, in_h: int) -> int:
         """The last input row that output row ``r`` reads (-1: none)."""
+        if self.whole_input:
+            return in_h - 1
         if self.kind in ("conv", "dw"):
             return min(in_h - 1, r * self.stride[0] - self.padding[0] + self.kernel[0] - 1)
         if self.kind == "fc":
@@ -61,6 +64,8 @@ class Stage:
         return r
 
     def read_rows(self, r: int, in_h: int) -> range:
+        if self.whole_input:
+            return range(in_h)
         if self.kind in ("conv", "dw"):
             lo = r * self.stride[0] - self.padding[0]
             return range(max(lo, 0), self.needed_row(r, in_h) + 1)
@@ -215,6 +220,9 @@ def build_stages(qm: QuantizedModel) -> tuple[list[Stage], dict[int, int]]:
             pending_pad[op.output] = (op.inputs[0], tuple(op.padding))
             continue
         stages.append(_stage(qm, len(stages), op, name, pending_pad, resolve))
+    pooled = {s.output for s in stages if s.kind == "pool"}
+    for s in stages:
+        s.whole_input = s.inputs[0] in pooled
     return stages, alias
 
 
@@ -508,27 +516,35 @@ def _overlap_deltas(tensors, trace: _Trace, buffers) -> dict[tuple[int, int], in
 
 
 def _place(buffers: list[Buffer], deltas) -> int:
-    """Smallest arena (to ``ALIGN``) for which the greedy placement fits; sets offsets."""
-    order = sorted(range(len(buffers)), key=lambda i: (buffers[i].first, -buffers[i].size))
-    lo = max(b.size for b in buffers)
-    hi = sum(b.size for b in buffers)
+    """Smallest arena (to ``ALIGN``) for which a greedy placement fits; sets offsets.
+
+    Buffers are placed in order of first use, each at an overlap with a dying input where
+    allowed, else at the highest (or, second try, the lowest) free offset; a third try places
+    the largest buffers first (TFLite's greedy-by-size). The arena size is found by bisection
+    for each strategy and the smallest result is kept."""
+    by_time = sorted(range(len(buffers)), key=lambda i: (buffers[i].first, -buffers[i].size))
+    by_size = sorted(range(len(buffers)), key=lambda i: (-buffers[i].size, buffers[i].first))
     best = None
-    while lo <= hi:
-        mid = _align((lo + hi) // 2)
-        offs = _try_place(buffers, order, deltas, mid)
-        if offs is None:
-            lo = mid + ALIGN
-        else:
-            best, hi = (mid, offs), mid - ALIGN
+    for order, high in ((by_time, True), (by_time, False), (by_size, False)):
+        lo = max(b.size for b in buffers)
+        hi = sum(b.size for b in buffers) + ALIGN * len(buffers)
+        while lo <= hi:
+            mid = _align((lo + hi) // 2)
+            offs = _try_place(buffers, order, deltas, mid, high)
+            if offs is None:
+                lo = mid + ALIGN
+            else:
+                hi = mid - ALIGN
+                if best is None or mid < best[0]:
+                    best = (mid, offs)
     if best is None:  # pragma: no cover - the sum always fits
         raise MobilenetsError("memory planner failed")
-    size, offs = best
-    for b, off in zip(buffers, offs, strict=True):
+    for b, off in zip(buffers, best[1], strict=True):
         b.offset = off
     return max(b.offset + b.size for b in buffers)
 
 
-def _try_place(buffers, order, deltas, arena: int):
+def _try_place(buffers, order, deltas, arena: int, high: bool = True):
     offs = [-1] * len(buffers)
     placed: list[int] = []
     for i in order:
@@ -544,7 +560,7 @@ def _try_place(buffers, order, deltas, arena: int):
                 over[j] = deltas[key]
                 cands.add(offs[j] - deltas[key])
         best = None
-        for c in sorted(cands, reverse=True):
+        for c in sorted(cands, reverse=high):
             if c < 0 or c + b.size > arena or c % ALIGN:
                 continue
             ok = True

@@ -592,6 +592,7 @@ static int8_t *mn_row(uint8_t *arena, const mn_tensor *t, int r)
 static int mn_needed(const mn_stage *s, int r, int in_h)
 {
     int hi;
+    if (s->whole) return in_h - 1;
     switch (s->kind) {
     case MN_CONV:
     case MN_DW:

@@ -45,7 +45,8 @@ typedef struct {
 } mn_tensor;
 
 typedef struct {
-    uint8_t kind, kh, kw, sh, sw, pt, pl, pad_;
+    uint8_t kind, kh, kw, sh, sw, pt, pl;
+    uint8_t whole; /* 1: row 0 needs every (virtual) row of in0, e.g. a pooled vector */
     int16_t in0, in1, out;
     const void *params;
 } mn_stage;
