@@ -23,7 +23,13 @@ import numpy as np
 from ..errors import UsageError
 from .arith import conv_multipliers, quantize_multiplier
 from .graph import QuantizedModel
-from .planner import Plan, Stage, UnsupportedModelError, im2col_length, plan_memory
+from .planner import (
+    Plan,
+    Stage,
+    UnsupportedModelError,
+    im2col_length,
+    plan_memory,
+)
 
 TARGETS = ("host", "cortex-m4", "cortex-m7", "cortex-m55")
 MARKER = ".mobilenets-codegen"
@@ -313,7 +319,9 @@ def memory_report(qm: QuantizedModel, plan: Plan) -> dict[str, Any]:
     weights = sum(op.weights.size for op in qm.ops if op.weights is not None)
     return {
         "arena_bytes": plan.arena_bytes,
-        "arena_without_input_bytes": arena_without_input(qm, plan),
+        "arena_without_input_bytes": plan_memory(
+            qm, streaming=plan.streaming, hold_input=False
+        ).arena_bytes,
         "input_bytes": qm.input_tensor.nbytes,
         "peak_live_bytes": plan.peak_live_bytes,
         "peak_op": plan.peak_op,
@@ -322,18 +330,6 @@ def memory_report(qm: QuantizedModel, plan: Plan) -> dict[str, Any]:
         "weight_bytes": int(weights),
         "ops": len(plan.stages),
     }
-
-
-def arena_without_input(qm: QuantizedModel, plan: Plan) -> int:
-    """The largest live total with the input image left out (as if it were streamed in)."""
-    best = 0
-    for a, b in plan.stage_ticks:
-        for tk in (a, b):
-            live = sum(
-                x.size for x in plan.buffers if x.first <= tk <= x.last and x.tensor != plan.input
-            )
-            best = max(best, live)
-    return best
 
 
 def readme_text(qm: QuantizedModel, plan: Plan, report: dict, target: str) -> str:

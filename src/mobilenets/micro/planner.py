@@ -132,6 +132,7 @@ class Plan:
     stage_live_bytes: list[int] = field(default_factory=list)
     layer_by_layer_bytes: int = 0
     streaming: bool = True
+    deltas: dict[tuple[int, int], int] = field(default_factory=dict)
 
     @property
     def peak_op(self) -> str:
@@ -359,13 +360,22 @@ def _ring_rows(tp: TensorPlan, trace: _Trace) -> int:
     return min(need, tp.h)
 
 
-def plan_memory(qm: QuantizedModel, *, streaming: bool = True, max_sram: int | None = None) -> Plan:
+def plan_memory(
+    qm: QuantizedModel,
+    *,
+    streaming: bool = True,
+    max_sram: int | None = None,
+    hold_input: bool = True,
+) -> Plan:
     """Plan the arena of ``qm``: ring sizes, lifetimes, overlaps and offsets.
 
     Args:
         streaming: run ops in demand-driven row bands with ring buffers (default). False runs
             layer by layer (every tensor whole, still overlapping dead input rows).
         max_sram: fail with :class:`MobilenetsError` naming the peak op if the arena is larger.
+        hold_input: False gives the figure for an input streamed in by the caller (MCUNetV2's
+            patch-based inference decodes the image in patches): the input takes no arena.
+            Such a plan is for reporting only; the generated code always holds the input.
     """
     stages, _alias = build_stages(qm)
     output = qm.output
@@ -377,7 +387,7 @@ def plan_memory(qm: QuantizedModel, *, streaming: bool = True, max_sram: int | N
     for t in ringable:
         tensors[t].ring = _ring_rows(tensors[t], trace)
     if streaming:  # hold some bottleneck tensors whole, so each band's rings die with it
-        cuts = choose_cuts(qm, stages, tensors, ringable, output)
+        cuts = choose_cuts(qm, stages, tensors, ringable, output, hold_input)
         for t in ringable:
             tensors[t].ring = tensors[t].h
         ringable -= set(cuts)
@@ -386,6 +396,8 @@ def plan_memory(qm: QuantizedModel, *, streaming: bool = True, max_sram: int | N
         for t in ringable:
             tensors[t].ring = _ring_rows(tensors[t], trace)
     buffers = _buffers(stages, tensors, trace, qm.input, output)
+    if not hold_input:
+        buffers = [b for b in buffers if b.tensor != qm.input]
     deltas = _overlap_deltas(tensors, trace, buffers)
     arena = _place(buffers, deltas)
     for b in buffers:
@@ -402,6 +414,7 @@ def plan_memory(qm: QuantizedModel, *, streaming: bool = True, max_sram: int | N
         trace.ticks,
         trace.stage_ticks,
         streaming=streaming,
+        deltas=deltas,
     )
     _peak(plan)
     plan.layer_by_layer_bytes = layer_by_layer_bytes(qm)
@@ -414,7 +427,7 @@ def plan_memory(qm: QuantizedModel, *, streaming: bool = True, max_sram: int | N
     return plan
 
 
-def choose_cuts(qm, stages, tensors, ringable, output) -> list[int]:
+def choose_cuts(qm, stages, tensors, ringable, output, hold_input: bool = True) -> list[int]:
     """Bottleneck tensors to hold whole: a minimax split of the op chain (dynamic programming).
 
     A band of ops between two whole tensors keeps all its rings alive at once, so one band over
@@ -437,6 +450,8 @@ def choose_cuts(qm, stages, tensors, ringable, output) -> list[int]:
     pos = {t: (tensors[t].producer if t != qm.input else -1) for t in cands}
     ring_at = sorted((tensors[t].producer, tensors[t].nbytes) for t in ringable)
     whole = {t: tensors[t].h * tensors[t].row_bytes for t in cands}
+    if not hold_input:
+        whole[qm.input] = 0
 
     def cost(a: int, b: int) -> int:
         inner = sum(n for p, n in ring_at if pos[a] < p < pos[b])

@@ -261,6 +261,41 @@ static void mn_pointwise_k(const mn_conv_params *p, int k, const int8_t *in, int
         mn_dot_one(p, k, in, out);
         return;
     }
+#if MN_SIMD32
+    if (fast && k == 8) {
+        /* eight input channels (the first expansions): the two pixels' unpacked inputs stay in
+         * registers while every output channel passes over them */
+        int px;
+        for (px = 0; px + 1 < npix; px += 2) {
+            const int8_t *const x = in + (size_t)px * 8;
+            const int16x2_t p0 = __sxtb16(mn_rd32(x)), p1 = mn_sxtb16_odd(mn_rd32(x));
+            const int16x2_t p2 = __sxtb16(mn_rd32(x + 4)), p3 = mn_sxtb16_odd(mn_rd32(x + 4));
+            const int16x2_t q0 = __sxtb16(mn_rd32(x + 8)), q1 = mn_sxtb16_odd(mn_rd32(x + 8));
+            const int16x2_t q2 = __sxtb16(mn_rd32(x + 12)), q3 = mn_sxtb16_odd(mn_rd32(x + 12));
+            int8_t *const y = out + (size_t)px * cout;
+            const int8_t *w = wt;
+            for (o = 0; o < cout; ++o) {
+                const int32_t wa = mn_rd32(w), wb = mn_rd32(w + 4);
+                const int16x2_t w0 = __sxtb16(wa), w1 = mn_sxtb16_odd(wa);
+                const int16x2_t w2 = __sxtb16(wb), w3 = mn_sxtb16_odd(wb);
+                const int32_t e = -sh[o], r = (1 << e) >> 1, m = m0[o];
+                int32_t a = __smlad(p0, w0, be[o]), b = __smlad(q0, w0, be[o]);
+                a = __smlad(p1, w1, a);
+                b = __smlad(q1, w1, b);
+                a = __smlad(p2, w2, a);
+                b = __smlad(q2, w2, b);
+                a = __smlad(p3, w3, a);
+                b = __smlad(q3, w3, b);
+                y[o] = mn_sat(mn_rq_e(a, m, e, r) + zp, lo, hi);
+                y[cout + o] = mn_sat(mn_rq_e(b, m, e, r) + zp, lo, hi);
+                w += 8;
+            }
+        }
+        if (npix & 1)
+            mn_dot_one(p, k, in + (size_t)(npix - 1) * k, out + (size_t)(npix - 1) * cout);
+        return;
+    }
+#endif
     if (!fast) {
         int px;
         for (px = 0; px + 1 < npix; px += 2)
