@@ -17,7 +17,7 @@ Calibration methods (``method``):
   mean squared quantization error on that sample.
 
 Evidence for the default (512 Fashion-MNIST training images, full test set, int8 top-1 vs fp32;
-``python benchmarks/tflite.py --calib-compare``), see :data:`DEFAULT_METHOD`.
+``python benchmarks/bench_tflite.py --calib-compare``), see :data:`DEFAULT_METHOD`.
 """
 
 from __future__ import annotations
@@ -142,12 +142,17 @@ def calibrate(
 # ---------------------------------------------------------------- quantization
 
 
-def quantize_weights(w: np.ndarray, axis: int, bias: np.ndarray | None, s_in: float):
-    """Symmetric per-channel int8 weights along ``axis``; returns (q, float32 scales)."""
+def quantize_weights(
+    w: np.ndarray, axis: int, bias: np.ndarray | None, s_in: float, per_tensor: bool = False
+):
+    """Symmetric int8 weights, per channel along ``axis`` (or one scale, repeated per channel);
+    returns (q, float32 scales)."""
     moved = np.moveaxis(w.astype(np.float64), axis, 0)
     amax = np.abs(moved.reshape(moved.shape[0], -1)).max(1)
     if bias is not None:  # an all-zero channel still needs a scale under which its bias fits
         amax = np.maximum(amax, np.abs(bias) * 127.0 / (s_in * 2.0**30))
+    if per_tensor:
+        amax = np.full_like(amax, amax.max())
     scales = np.maximum(amax / 127.0, 1e-12).astype(np.float32)
     shape = [1] * w.ndim
     shape[axis] = -1
@@ -161,7 +166,14 @@ def _quantize_op(op: Op, tensors: list[Tensor]) -> Op:
     q.kernel, q.depth_multiplier, q.activation = op.kernel, op.depth_multiplier, op.activation
     if op.weights is not None:
         axis = 3 if op.kind == "depthwise_conv2d" else 0
-        q.weights, q.weight_scales = quantize_weights(op.weights, axis, op.bias, t_in.scale)
+        # The classifier (a conv over the whole pooled map, see lower._linear) gets one weight
+        # scale, as TFLite's FULLY_CONNECTED: 1000 per-channel scales and zero points would
+        # add 24 KB to the file. TFLite Micro still derives a multiplier per output channel.
+        classifier = op.kind == "conv2d" and op.weights.shape[1:3] == t_in.shape[1:3]
+        classifier = classifier and t_out.shape[1:3] == (1, 1)
+        q.weights, q.weight_scales = quantize_weights(
+            op.weights, axis, op.bias, t_in.scale, per_tensor=classifier
+        )
         bias_scale = np.float64(t_in.scale) * q.weight_scales.astype(np.float64)
         bias = np.round(op.bias.astype(np.float64) / bias_scale)
         q.bias = np.clip(bias, -(2**31), 2**31 - 1).astype(np.int32)

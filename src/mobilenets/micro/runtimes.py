@@ -80,7 +80,7 @@ def tflm_outputs(path: str | Path, x_int8: np.ndarray, arena_size: int = 64 << 2
     return np.stack(outs)
 
 
-def _runs(path: str | Path, arena_size: int, x: np.ndarray) -> bool:
+def _runs_here(path: str | Path, arena_size: int, x: np.ndarray) -> bool:
     try:
         it = _tflm(path, arena_size)
         it.set_input(x, 0)
@@ -88,6 +88,22 @@ def _runs(path: str | Path, arena_size: int, x: np.ndarray) -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def _runs(path: str | Path, arena_size: int, x: np.ndarray) -> bool:
+    """Whether TFLite Micro loads and runs the file with this arena, probed in a forked child:
+    some too-small arenas crash the interpreter (segmentation fault) instead of raising."""
+    if not hasattr(os, "fork"):
+        return _runs_here(path, arena_size, x)
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit status only
+        ok = False
+        try:
+            ok = _runs_here(path, arena_size, x)
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
 def tflm_arena(path: str | Path, input_shape: tuple[int, ...]) -> dict[str, int]:

@@ -201,8 +201,8 @@ def _weights(w: _Writer, op: Op, dim: int) -> tuple[int, int]:
         return wt, bt
     scales = op.weight_scales.astype(np.float32)
     zeros = [0] * n
-    if op.kind == "fully_connected" and np.all(scales == scales[0]):
-        w_q = ([scales[0]], [0], 0)  # per-tensor FC weights
+    if np.all(scales == scales[0]):
+        w_q = ([scales[0]], [0], 0)  # one scale for the whole tensor (the classifier)
     else:
         w_q = (scales, zeros, dim)
     wt = w.tensor(f"{op.name}.weight", op.weights.shape, INT8, op.weights, w_q)
@@ -273,13 +273,12 @@ def _emit(w: _Writer, op: Op) -> None:
         opts = t.PadOptionsEnd(b)
         w.operator(op.kind, [x, pt], [op.output], t.BuiltinOptions.PadOptions, opts)
     elif op.kind == "reshape":
-        shape = g.tensors[op.output].shape
-        st = w.tensor(f"{op.name}.shape", (len(shape),), INT32, np.array(shape, "<i4"))
+        shape = g.tensors[op.output].shape  # in the options only: no shape tensor to store
         new_shape = w.ints(t.ReshapeOptionsStartNewShapeVector, shape)
         t.ReshapeOptionsStart(b)
         t.ReshapeOptionsAddNewShape(b, new_shape)
         opts = t.ReshapeOptionsEnd(b)
-        w.operator(op.kind, [x, st], [op.output], t.BuiltinOptions.ReshapeOptions, opts)
+        w.operator(op.kind, [x], [op.output], t.BuiltinOptions.ReshapeOptions, opts)
     else:
         raise MobilenetsError(f"op {op.name}: {op.kind} has no .tflite writer")
 

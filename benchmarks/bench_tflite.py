@@ -1,0 +1,222 @@
+"""int8 .tflite benchmark: bit-exactness with TFLite Micro, accuracy, arena and size (JSON lines).
+
+Sections (all by default):
+  random      random-weight 1000-class V2 a=0.35 @96/@144 and V1 a=0.25 @128 (both paddings):
+              our NumPy reference vs the tflite-micro interpreter and LiteRT BUILTIN_REF on
+              20 random int8 inputs each (goal: 0 LSB).
+  arena       V2 a=0.35 @144, 1000 classes, padding=same and symmetric: .tflite bytes and
+              TFLite Micro arena (goal for same: activations <= 311,040 B, arena <= 390,792 B,
+              file <= 1,905,000 B: the Keras-built graph's figures).
+  checkpoints each --checkpoint (trained on Fashion-MNIST): int8 export calibrated on 512
+              training images, fp32/int8 top-1 and agreement on the 10,000 test images
+              (goal: within 0.3 points, >= 99%), and reference vs TFLite Micro and LiteRT on
+              all 10,000 (goal: 0 LSB).
+  calib       --calib-compare: int8 top-1 of minmax, percentile and mse calibration on the
+              first checkpoint (the evidence for micro.quantizer.DEFAULT_METHOD).
+
+    nice python benchmarks/bench_tflite.py [--checkpoint RUN/last.ckpt ...] [--sections random,arena]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mobilenets import create_model
+from mobilenets.micro.export import export_tflite, quantize_input
+from mobilenets.micro.quantizer import quantize_int8
+from mobilenets.micro.reference import run_int8
+from mobilenets.micro.runtimes import litert_outputs, tflm_outputs
+from mobilenets.micro.tflite import write_tflite
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    pkgs = ("tflite-micro", "ai-edge-litert", "tflite", "flatbuffers", "torch", "numpy")
+    return {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        **{p: version(p) for p in pkgs},
+    }
+
+
+def emit(row: dict) -> None:
+    print(json.dumps(row), flush=True)
+
+
+def randomized(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
+        elif isinstance(m, torch.nn.Linear):
+            m.weight.data.copy_(torch.randn(m.weight.shape, generator=g) * 0.05)
+    return model.eval()
+
+
+def diffs(path: Path, ours: np.ndarray, xq: np.ndarray) -> dict[str, int]:
+    tflm = tflm_outputs(path, xq)
+    ref = litert_outputs(path, xq)
+    return {
+        "max_abs_diff_lsb_tflm": int(np.abs(ours.astype(int) - tflm).max()),
+        "max_abs_diff_lsb_litert_ref": int(np.abs(ours.astype(int) - ref).max()),
+    }
+
+
+def section_random(tmp: Path) -> None:
+    cases = [("mobilenet_v2", 0.35, 96), ("mobilenet_v2", 0.35, 144), ("mobilenet_v1", 0.25, 128)]
+    for name, width, res in cases:
+        for padding in ("same", "symmetric"):
+            t0 = time.time()
+            model = randomized(create_model(name, width, res, padding=padding))
+            g = torch.Generator().manual_seed(0)
+            qmodel = quantize_int8(model, torch.randn(32, 3, res, res, generator=g))
+            path = write_tflite(qmodel, tmp / f"{name}-{res}-{padding}.tflite")
+            xq = np.random.default_rng(0).integers(-128, 128, (20, res, res, 3)).astype(np.int8)
+            ours = run_int8(qmodel, xq)
+            emit(
+                {
+                    "section": "random",
+                    "model": name,
+                    "width": width,
+                    "resolution": res,
+                    "padding": padding,
+                    "classes": 1000,
+                    "inputs": 20,
+                    **diffs(path, ours, xq),
+                    "distinct_logits": int(len(np.unique(ours))),
+                    "seconds": round(time.time() - t0, 1),
+                }
+            )
+
+
+def section_arena(tmp: Path) -> None:
+    for padding in ("same", "symmetric"):
+        model = randomized(create_model("mobilenet_v2", 0.35, 144, padding=padding))
+        calib = torch.randn(16, 3, 144, 144, generator=torch.Generator().manual_seed(0))
+        r = export_tflite(model, tmp / f"v2-144-{padding}.tflite", int8=True, calib_data=calib)
+        keys = ("bytes", "ops", "tflm_arena_bytes", "tflm_activation_bytes")
+        emit(
+            {
+                "section": "arena",
+                "model": "mobilenet_v2",
+                "width": 0.35,
+                "resolution": 144,
+                "classes": 1000,
+                "padding": padding,
+                **{k: r[k] for k in (*keys, "tflm_persistent_bytes", "max_abs_diff_lsb")},
+                "goal_same": {
+                    "tflm_activation_bytes": 311040,
+                    "tflm_arena_bytes": 390792,
+                    "bytes": 1905000,
+                },
+            }
+        )
+
+
+def _fashion(ck, n_calib: int = 512):
+    from mobilenets.onnx_quant import calibration_inputs, test_batches
+
+    cfg = ck.config
+    calib = calibration_inputs("fashion-mnist", cfg, ck.mean, ck.std, ck.crop_pct, n_calib)
+    test = list(test_batches("fashion-mnist", cfg, ck.mean, ck.std, ck.crop_pct, None))
+    return calib, test
+
+
+def section_checkpoint(path: str, tmp: Path) -> None:
+    from mobilenets.checkpoint import load_checkpoint
+    from mobilenets.preprocess import Preprocess
+
+    t0 = time.time()
+    ck = load_checkpoint(path)
+    cfg = ck.config
+    calib, test = _fashion(ck)
+    out = tmp / "ck.tflite"
+    prep = Preprocess(cfg.resolution, cfg.in_chans, ck.mean, ck.std, ck.crop_pct)
+    r = export_tflite(
+        ck.model, out, int8=True, calib_data=calib, preprocess=prep, eval_data=iter(test)
+    )
+    from mobilenets.micro.tflite import read_tflite
+
+    graph, _ = read_tflite(out)
+    xq = np.concatenate([quantize_input(x, graph) for x, _ in test])
+    ours = run_int8(graph, xq)
+    emit(
+        {
+            "section": "checkpoint",
+            "checkpoint": path,
+            "model": cfg.name,
+            "width": cfg.width_mult,
+            "resolution": cfg.resolution,
+            "padding": cfg.padding,
+            "test_images": len(xq),
+            **{k: r[k] for k in ("fp32_top1", "int8_top1", "agreement", "bytes")},
+            "top1_drop_points": round(100 * (r["fp32_top1"] - r["int8_top1"]), 3),
+            **{k: r.get(k) for k in ("tflm_arena_bytes", "tflm_activation_bytes")},
+            **diffs(out, ours, xq),
+            "seconds": round(time.time() - t0, 1),
+        }
+    )
+
+
+def section_calib(path: str) -> None:
+    from mobilenets.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(path)
+    calib, test = _fashion(ck)
+    y = torch.cat([t for _, t in test]).numpy()
+    with torch.no_grad():
+        fp = torch.cat([ck.model(x) for x, _ in test]).argmax(1).numpy()
+    for method in ("minmax", "percentile", "mse"):
+        q = quantize_int8(ck.model, calib, method=method)
+        pred = np.concatenate([run_int8(q, quantize_input(x, q)) for x, _ in test]).argmax(1)
+        emit(
+            {
+                "section": "calib",
+                "checkpoint": path,
+                "method": method,
+                "fp32_top1": float((fp == y).mean()),
+                "int8_top1": float((pred == y).mean()),
+                "agreement": float((pred == fp).mean()),
+            }
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", action="append", default=[], metavar="CKPT")
+    p.add_argument("--sections", default="random,arena,checkpoints")
+    p.add_argument("--calib-compare", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(2)
+    emit({"section": "env", **versions()})
+    sections = set(args.sections.split(","))
+    with tempfile.TemporaryDirectory(prefix="mobilenets-bench-tflite-") as tmp:
+        tmp = Path(tmp)
+        if "random" in sections:
+            section_random(tmp)
+        if "arena" in sections:
+            section_arena(tmp)
+        if "checkpoints" in sections:
+            for ck in args.checkpoint:
+                section_checkpoint(ck, tmp)
+        if args.calib_compare and args.checkpoint:
+            section_calib(args.checkpoint[0])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
