@@ -33,7 +33,9 @@ from .planner import (
 
 TARGETS = ("host", "cortex-m4", "cortex-m7", "cortex-m55")
 MARKER = ".mobilenets-codegen"
-ENGINE_FILES = ("mn_engine.h", "mn_engine.c", "main_host.c", "main_mcu.c", "startup.c", "mps2.ld")
+ENGINE_FILES = ("mn_engine.h", "mn_engine.c", "main_host.c", "main_mcu.c", "startup.c")
+# QEMU boards: where each keeps the 16 MB RAM that holds the weights (`info mtree`)
+BOARD_WEIGHTS = {"mps2-an386": "0x21000000", "mps2-an500": "0x60000000"}
 _KIND_ID = {"conv": 0, "dw": 1, "add": 2, "pool": 3, "fc": 4}
 
 
@@ -308,6 +310,9 @@ def _write_folder(tmp: Path, qm, plan: Plan, report: dict, target: str, inputs) 
     for name in ENGINE_FILES:
         (tmp / name).write_text(_template(name))
     (tmp / "Makefile").write_text(_template("Makefile").replace("@TARGET@", target))
+    for board, origin in BOARD_WEIGHTS.items():
+        ld = _template("mps2.ld").replace("@MACHINE@", board).replace("@WEIGHTS@", origin)
+        (tmp / f"{board}.ld").write_text(ld)
     (tmp / "plan.json").write_text(json.dumps(plan.to_dict(), indent=1))
     (tmp / "README.md").write_text(readme_text(qm, plan, report, target))
     plot_plan(plan, tmp / "plan.png")
