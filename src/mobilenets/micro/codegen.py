@@ -324,9 +324,11 @@ def memory_report(qm: QuantizedModel, plan: Plan) -> dict[str, Any]:
     weights = sum(op.weights.size for op in qm.ops if op.weights is not None)
     return {
         "arena_bytes": plan.arena_bytes,
-        "arena_without_input_bytes": plan_memory(
-            qm, streaming=plan.streaming, hold_input=False
-        ).arena_bytes,
+        # never more than with the input (the greedy placement is not monotonic)
+        "arena_without_input_bytes": min(
+            plan.arena_bytes,
+            plan_memory(qm, streaming=plan.streaming, hold_input=False).arena_bytes,
+        ),
         "input_bytes": qm.input_tensor.nbytes,
         "peak_live_bytes": plan.peak_live_bytes,
         "peak_op": plan.peak_op,
