@@ -381,20 +381,8 @@ def plan_memory(
     output = qm.output
     while output in _alias:
         output = _alias[output]
-    tensors, readers, ringable = _tensor_plans(qm, stages, streaming)
-    drive = [output] if streaming else [s.output for s in stages]
-    trace = simulate(stages, tensors, qm.input, drive)
-    for t in ringable:
-        tensors[t].ring = _ring_rows(tensors[t], trace)
-    if streaming:  # hold some bottleneck tensors whole, so each band's rings die with it
-        cuts = choose_cuts(qm, stages, tensors, ringable, output, hold_input)
-        for t in ringable:
-            tensors[t].ring = tensors[t].h
-        ringable -= set(cuts)
-        drive = [*cuts, output]
-        trace = simulate(stages, tensors, qm.input, drive)
-        for t in ringable:
-            tensors[t].ring = _ring_rows(tensors[t], trace)
+    tensors, _readers, ringable = _tensor_plans(qm, stages, streaming)
+    drive, trace = _schedule(qm, stages, tensors, ringable, output, streaming, hold_input)
     buffers = _buffers(stages, tensors, trace, qm.input, output)
     if not hold_input:
         buffers = [b for b in buffers if b.tensor != qm.input]
@@ -425,6 +413,24 @@ def plan_memory(
             f"({plan.peak_live_bytes:,} B live) is at op {plan.peak_op} ({live})"
         )
     return plan
+
+
+def _schedule(qm, stages, tensors, ringable, output, streaming: bool, hold_input: bool):
+    """The tensors to complete in order (``drive``) and the replayed accesses; sizes rings."""
+    drive = [output] if streaming else [s.output for s in stages]
+    trace = simulate(stages, tensors, qm.input, drive)
+    for t in ringable:
+        tensors[t].ring = _ring_rows(tensors[t], trace)
+    if streaming:  # hold some bottleneck tensors whole, so each band's rings die with it
+        cuts = choose_cuts(qm, stages, tensors, ringable, output, hold_input)
+        for t in ringable:
+            tensors[t].ring = tensors[t].h
+        ringable = ringable - set(cuts)
+        drive = [*cuts, output]
+        trace = simulate(stages, tensors, qm.input, drive)
+        for t in ringable:
+            tensors[t].ring = _ring_rows(tensors[t], trace)
+    return drive, trace
 
 
 def choose_cuts(qm, stages, tensors, ringable, output, hold_input: bool = True) -> list[int]:

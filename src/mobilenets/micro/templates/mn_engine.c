@@ -237,72 +237,18 @@ static void mn_dot_one(const mn_conv_params *p, int k, const int8_t *x0, int8_t 
     }
 }
 
-/* Pointwise convolution of npix pixels: two output channels by two pixels per step, the
- * output-channel pair outermost so that its weights, bias and multipliers stay in registers. */
-static void mn_pointwise_k(const mn_conv_params *p, int k, const int8_t *in, int npix,
-                           int8_t *out);
-
-void mn_pointwise(const mn_conv_params *p, const int8_t *in, int npix, int8_t *out)
-{
-    mn_pointwise_k(p, p->cin, in, npix, out);
-}
-
-/* k: the length of each input vector and weight row (cin, or an im2col patch). */
-static void mn_pointwise_k(const mn_conv_params *p, int k, const int8_t *in, int npix,
-                           int8_t *out)
+/* The fast path of mn_pointwise_k over ``pairs`` pixel pairs: two output channels by two
+ * pixels per step, the output-channel pair outermost so that its weights, bias and
+ * multipliers stay in registers. Requires p->fast. */
+static void mn_pw_pairs(const mn_conv_params *p, int k, const int8_t *in, int pairs, int8_t *out)
 {
     const int cout = p->cout;
     const int8_t *const wt = p->w;
     const int32_t *const be = p->bias_eff;
     MN_PARAMS(p);
-    const int pairs = npix >> 1;
     int o;
-    if (npix == 1) {
-        mn_dot_one(p, k, in, out);
-        return;
-    }
-#if MN_SIMD32
-    if (fast && k == 8) {
-        /* eight input channels (the first expansions): the two pixels' unpacked inputs stay in
-         * registers while every output channel passes over them */
-        int px;
-        for (px = 0; px + 1 < npix; px += 2) {
-            const int8_t *const x = in + (size_t)px * 8;
-            const int16x2_t p0 = __sxtb16(mn_rd32(x)), p1 = mn_sxtb16_odd(mn_rd32(x));
-            const int16x2_t p2 = __sxtb16(mn_rd32(x + 4)), p3 = mn_sxtb16_odd(mn_rd32(x + 4));
-            const int16x2_t q0 = __sxtb16(mn_rd32(x + 8)), q1 = mn_sxtb16_odd(mn_rd32(x + 8));
-            const int16x2_t q2 = __sxtb16(mn_rd32(x + 12)), q3 = mn_sxtb16_odd(mn_rd32(x + 12));
-            int8_t *const y = out + (size_t)px * cout;
-            const int8_t *w = wt;
-            for (o = 0; o < cout; ++o) {
-                const int32_t wa = mn_rd32(w), wb = mn_rd32(w + 4);
-                const int16x2_t w0 = __sxtb16(wa), w1 = mn_sxtb16_odd(wa);
-                const int16x2_t w2 = __sxtb16(wb), w3 = mn_sxtb16_odd(wb);
-                const int32_t e = -sh[o], r = (1 << e) >> 1, m = m0[o];
-                int32_t a = __smlad(p0, w0, be[o]), b = __smlad(q0, w0, be[o]);
-                a = __smlad(p1, w1, a);
-                b = __smlad(q1, w1, b);
-                a = __smlad(p2, w2, a);
-                b = __smlad(q2, w2, b);
-                a = __smlad(p3, w3, a);
-                b = __smlad(q3, w3, b);
-                y[o] = mn_sat(mn_rq_e(a, m, e, r) + zp, lo, hi);
-                y[cout + o] = mn_sat(mn_rq_e(b, m, e, r) + zp, lo, hi);
-                w += 8;
-            }
-        }
-        if (npix & 1)
-            mn_dot_one(p, k, in + (size_t)(npix - 1) * k, out + (size_t)(npix - 1) * cout);
-        return;
-    }
-#endif
-    if (!fast) {
-        int px;
-        for (px = 0; px + 1 < npix; px += 2)
-            mn_dot_block(p, k, in + (size_t)px * k, in + (size_t)(px + 1) * k,
-                         out + (size_t)px * cout, out + (size_t)(px + 1) * cout);
-    }
-    for (o = 0; fast && o < cout; o += 2) {
+    (void)fast;
+    for (o = 0; o < cout; o += 2) {
         const int two = o + 1 < cout, o1 = o + two;
         const int8_t *const wr = wt + (size_t)o * k;
         const ptrdiff_t ws = two ? k : 0;
@@ -359,6 +305,82 @@ static void mn_pointwise_k(const mn_conv_params *p, int k, const int8_t *in, int
             y0 += 2 * cout;
         }
     }
+}
+
+static void mn_pointwise_k(const mn_conv_params *p, int k, const int8_t *in, int npix,
+                           int8_t *out);
+
+#if MN_SIMD32
+/* Eight input channels (the first expansions): the two pixels' unpacked inputs stay in
+ * registers while every output channel passes over them. Requires p->fast. */
+static void mn_pw8(const mn_conv_params *p, const int8_t *in, int npix, int8_t *out)
+{
+    const int k = 8, cout = p->cout;
+    const int8_t *const wt = p->w;
+    const int32_t *const be = p->bias_eff;
+    MN_PARAMS(p);
+    int o, px;
+    (void)fast;
+    for (px = 0; px + 1 < npix; px += 2) {
+        const int8_t *const x = in + (size_t)px * 8;
+        const int16x2_t p0 = __sxtb16(mn_rd32(x)), p1 = mn_sxtb16_odd(mn_rd32(x));
+        const int16x2_t p2 = __sxtb16(mn_rd32(x + 4)), p3 = mn_sxtb16_odd(mn_rd32(x + 4));
+        const int16x2_t q0 = __sxtb16(mn_rd32(x + 8)), q1 = mn_sxtb16_odd(mn_rd32(x + 8));
+        const int16x2_t q2 = __sxtb16(mn_rd32(x + 12)), q3 = mn_sxtb16_odd(mn_rd32(x + 12));
+        int8_t *const y = out + (size_t)px * cout;
+        const int8_t *w = wt;
+        for (o = 0; o < cout; ++o) {
+            const int32_t wa = mn_rd32(w), wb = mn_rd32(w + 4);
+            const int16x2_t w0 = __sxtb16(wa), w1 = mn_sxtb16_odd(wa);
+            const int16x2_t w2 = __sxtb16(wb), w3 = mn_sxtb16_odd(wb);
+            const int32_t e = -sh[o], r = (1 << e) >> 1, m = m0[o];
+            int32_t a = __smlad(p0, w0, be[o]), b = __smlad(q0, w0, be[o]);
+            a = __smlad(p1, w1, a);
+            b = __smlad(q1, w1, b);
+            a = __smlad(p2, w2, a);
+            b = __smlad(q2, w2, b);
+            a = __smlad(p3, w3, a);
+            b = __smlad(q3, w3, b);
+            y[o] = mn_sat(mn_rq_e(a, m, e, r) + zp, lo, hi);
+            y[cout + o] = mn_sat(mn_rq_e(b, m, e, r) + zp, lo, hi);
+            w += 8;
+        }
+    }
+    if (npix & 1)
+        mn_dot_one(p, k, in + (size_t)(npix - 1) * k, out + (size_t)(npix - 1) * cout);
+}
+#endif
+
+
+void mn_pointwise(const mn_conv_params *p, const int8_t *in, int npix, int8_t *out)
+{
+    mn_pointwise_k(p, p->cin, in, npix, out);
+}
+
+/* k: the length of each input vector and weight row (cin, or an im2col patch). */
+
+/* Pointwise convolution of npix input vectors of length k (cin, or an im2col patch). */
+static void mn_pointwise_k(const mn_conv_params *p, int k, const int8_t *in, int npix,
+                           int8_t *out)
+{
+    const int cout = p->cout, fast = p->fast;
+    if (npix == 1) {
+        mn_dot_one(p, k, in, out);
+        return;
+    }
+#if MN_SIMD32
+    if (fast && k == 8) {
+        mn_pw8(p, in, npix, out);
+        return;
+    }
+#endif
+    if (!fast) {
+        int px;
+        for (px = 0; px + 1 < npix; px += 2)
+            mn_dot_block(p, k, in + (size_t)px * k, in + (size_t)(px + 1) * k,
+                         out + (size_t)px * cout, out + (size_t)(px + 1) * cout);
+    }
+    if (fast) mn_pw_pairs(p, k, in, npix >> 1, out);
     if (npix & 1)
         mn_dot_one(p, k, in + (size_t)(npix - 1) * k, out + (size_t)(npix - 1) * cout);
 }
