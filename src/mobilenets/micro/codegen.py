@@ -363,7 +363,9 @@ make size-cortex-m7                                    # flash/SRAM of the libra
   (the input copy, the output, every row ring and whole tensor, all scratch).
 - Without the input image: {report["arena_without_input_bytes"]:,} B; the input is
   {report["input_bytes"]:,} B.
-- Peak live bytes {plan.peak_live_bytes:,} B while op `{plan.peak_op}` runs; live then:
+- Peak live bytes {plan.peak_live_bytes:,} B while op `{plan.peak_op}` runs (a whole tensor
+  written over the dead rows of an earlier one counts twice here, so this can exceed the
+  arena); live then:
 
 | buffer | bytes |
 |---|---|
