@@ -127,17 +127,21 @@ def section_arena(tmp: Path) -> None:
         )
 
 
+TEST_IMAGES: int | None = None  # --test-images (default: all 10,000)
+
+
 def _fashion(ck, n_calib: int = 512):
     from mobilenets.onnx_quant import calibration_inputs, test_batches
 
     cfg = ck.config
     calib = calibration_inputs("fashion-mnist", cfg, ck.mean, ck.std, ck.crop_pct, n_calib)
-    test = list(test_batches("fashion-mnist", cfg, ck.mean, ck.std, ck.crop_pct, None))
+    test = list(test_batches("fashion-mnist", cfg, ck.mean, ck.std, ck.crop_pct, TEST_IMAGES))
     return calib, test
 
 
 def section_checkpoint(path: str, tmp: Path) -> None:
     from mobilenets.checkpoint import load_checkpoint
+    from mobilenets.micro.tflite import read_tflite
     from mobilenets.preprocess import Preprocess
 
     t0 = time.time()
@@ -146,14 +150,15 @@ def section_checkpoint(path: str, tmp: Path) -> None:
     calib, test = _fashion(ck)
     out = tmp / "ck.tflite"
     prep = Preprocess(cfg.resolution, cfg.in_chans, ck.mean, ck.std, ck.crop_pct)
-    r = export_tflite(
-        ck.model, out, int8=True, calib_data=calib, preprocess=prep, eval_data=iter(test)
-    )
-    from mobilenets.micro.tflite import read_tflite
-
-    graph, _ = read_tflite(out)
+    r = export_tflite(ck.model, out, int8=True, calib_data=calib, preprocess=prep)
+    graph, _ = read_tflite(out)  # everything below runs on the file as written
     xq = np.concatenate([quantize_input(x, graph) for x, _ in test])
+    y = torch.cat([t for _, t in test]).numpy()
     ours = run_int8(graph, xq)
+    with torch.no_grad():
+        fp = torch.cat([ck.model(x) for x, _ in test]).argmax(1).numpy()
+    q = ours.argmax(1)
+    fp32_top1, int8_top1 = float((fp == y).mean()), float((q == y).mean())
     emit(
         {
             "section": "checkpoint",
@@ -162,10 +167,13 @@ def section_checkpoint(path: str, tmp: Path) -> None:
             "width": cfg.width_mult,
             "resolution": cfg.resolution,
             "padding": cfg.padding,
+            "calib_images": len(calib),
             "test_images": len(xq),
-            **{k: r[k] for k in ("fp32_top1", "int8_top1", "agreement", "bytes")},
-            "top1_drop_points": round(100 * (r["fp32_top1"] - r["int8_top1"]), 3),
-            **{k: r.get(k) for k in ("tflm_arena_bytes", "tflm_activation_bytes")},
+            "fp32_top1": fp32_top1,
+            "int8_top1": int8_top1,
+            "agreement": float((q == fp).mean()),
+            "top1_drop_points": round(100 * (fp32_top1 - int8_top1), 3),
+            **{k: r.get(k) for k in ("bytes", "tflm_arena_bytes", "tflm_activation_bytes")},
             **diffs(out, ours, xq),
             "seconds": round(time.time() - t0, 1),
         }
@@ -200,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", action="append", default=[], metavar="CKPT")
     p.add_argument("--sections", default="random,arena,checkpoints")
     p.add_argument("--calib-compare", action="store_true")
+    p.add_argument("--test-images", type=int, default=None, help="default: all 10,000")
     args = p.parse_args(argv)
+    global TEST_IMAGES
+    TEST_IMAGES = args.test_images
     torch.set_num_threads(2)
     emit({"section": "env", **versions()})
     sections = set(args.sections.split(","))

@@ -8,6 +8,7 @@ from .errors import MobilenetsError, UsageError
 from .evaluation import evaluate
 from .export import export_onnx, fold_bn
 from .micro.codegen import generate_c
+from .micro.export import export_tflite
 from .micro.quantizer import quantize_int8
 from .micro.reference import run_int8
 from .models import create_model
@@ -29,6 +30,7 @@ __all__ = [
     "create_model",
     "evaluate",
     "export_onnx",
+    "export_tflite",
     "fit",
     "fold_bn",
     "generate_c",

@@ -225,6 +225,7 @@ class TrainArgs:
     in_chans: int | None = None
     num_classes: int | None = None
     activation: str = "relu6"
+    padding: str = "symmetric"
     data_dir: str | None = None
     recipe: str = "modern"
     lr: float | None = None  # for the global batch; default: the recipe's, scaled

@@ -10,7 +10,11 @@ C code generator. Conventions (those of TFLite, so the writer is a plain transla
 - Weights are int8, symmetric (zero point 0), per output channel:
   ``conv2d`` (O, KH, KW, I); ``depthwise_conv2d`` (1, KH, KW, C * depth_multiplier);
   ``fully_connected`` (O, I), its input flattened in NHWC order.
-- Bias is int32 with scale ``s_in * s_w[c]``.
+- Bias is int32 with scale ``s_in * s_w[c]``. A tensor with one weight scale (the classifier)
+  repeats it per channel in ``weight_scales``; the writer then stores it once.
+- The classifier (PyTorch's flatten + Linear) is a VALID ``conv2d`` whose kernel covers the whole
+  pooled map, then a ``reshape`` to (1, classes): TFLite Micro and LiteRT's reference kernels
+  round int8 FULLY_CONNECTED differently, their CONV_2D alike.
 - ``padding`` is (top, bottom, left, right) of implicit zero-point padding inside a conv or pool.
   It must be TensorFlow SAME or VALID for the op's geometry (TFLite knows no other); other
   padding (PyTorch's symmetric padding of stride-2 convs, max pools) is an explicit ``pad`` op.

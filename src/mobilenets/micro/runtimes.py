@@ -109,13 +109,12 @@ def _runs(path: str | Path, arena_size: int, x: np.ndarray) -> bool:
 def tflm_arena(path: str | Path, input_shape: tuple[int, ...]) -> dict[str, int]:
     """``tflm_arena_bytes`` (smallest working arena, to 16 B) and the head/tail totals there."""
     x = np.zeros(input_shape, np.int8)
-    hi = 64 << 10
+    lo, hi = 0, 64 << 10  # invariant: lo fails (or is 0), hi works
     with silenced_fd2():
         while not _runs(path, hi, x):
-            hi *= 2
+            lo, hi = hi, hi * 2
             if hi > 1 << 31:
                 raise MobilenetsError(f"{path}: TFLite Micro cannot run it with a 2 GiB arena")
-        lo = 0  # fails (or untested); hi works
         while hi - lo > ARENA_STEP:
             mid = (lo + hi) // 2 // ARENA_STEP * ARENA_STEP or ARENA_STEP
             if mid <= lo:
