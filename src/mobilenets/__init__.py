@@ -7,6 +7,7 @@ from .config import ModelConfig
 from .errors import MobilenetsError, UsageError
 from .evaluation import evaluate
 from .export import export_onnx, fold_bn
+from .micro.codegen import generate_c
 from .micro.export import export_tflite
 from .micro.quantizer import quantize_int8
 from .micro.reference import run_int8
@@ -33,6 +34,7 @@ __all__ = [
     "export_tflite",
     "fit",
     "fold_bn",
+    "generate_c",
     "load_checkpoint",
     "load_pretrained",
     "profile",

@@ -27,6 +27,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("export", "mobilenets.export"),
     ("predict", "mobilenets.predict"),
     ("bench", "mobilenets.bench"),
+    ("codegen", "mobilenets.micro.codegen"),
     ("study", "mobilenets.study.run"),
 ]
 

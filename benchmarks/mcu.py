@@ -1,0 +1,229 @@
+"""Microcontroller benchmark of the generated C library: one JSON line per model.
+
+For each model (int8, quantized by ``quantize_int8``; 1000-class models have random weights
+and ``padding="same"``, the deployment form with no PAD op), it reports:
+
+- ``arena_bytes``: ``MN_ARENA_BYTES`` (all RAM ``mn_infer`` touches but its stack), against the
+  issue's goal; ``arena_without_input_bytes``; the peak op and what is live there;
+- ``flash_bytes`` (text + data) and ``sram_bytes`` (data + bss) of the library objects only
+  (``arm-none-eabi-size model.o mn_engine.o``, Cortex-M7 build), beside the int8 ``.tflite`` size
+  when the ``.tflite`` writer is available;
+- ``stack_su_bytes``: ``-fstack-usage`` along the deepest call chain of ``mn_infer``, and
+  ``stack_painted_bytes``: measured under QEMU by painting 16 KB of stack (goal <= 4,096);
+- ``instructions`` per inference on Cortex-M7 (QEMU ``mps2-an500 -icount shift=0``: SysTick
+  ticks once per 40 instructions, its wraps counted) and ``instructions_per_mac`` (MACs from
+  ``mobilenets.profile``); instructions are not cycles;
+- ``host_us``: wall time per inference of the generated C on this host (gcc -O2), beside
+  ``tflm_host_us``, the ``tflite-micro`` interpreter on the same model, when available.
+
+    python benchmarks/mcu.py [--only NAME] [--demo /work/runs/demo-v1/last.ckpt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mobilenets import create_model, generate_c, profile
+from mobilenets.micro.export import quantize_input
+from mobilenets.micro.quantizer import quantize_int8
+
+MODELS = [  # (key, architecture, width, resolution, arena goal in bytes or None)
+    ("v2_a0.35_144", "mobilenet_v2", 0.35, 144, 128_000),
+    ("v2_a0.3_64", "mobilenet_v2", 0.3, 64, 40_000),
+    ("v1_a0.25_128", "mobilenet_v1", 0.25, 128, 72_000),
+    ("v2_a1.0_224", "mobilenet_v2", 1.0, 224, None),
+]
+STACK_GOAL = 4096
+IPM_GOAL = {"v2_a0.35_144": 3.0}
+
+
+def versions() -> dict:
+    def first_line(cmd: list[str]) -> str | None:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True).stdout.splitlines()[0]
+        except (OSError, IndexError):
+            return None
+
+    return {
+        "host_cpu": platform.processor() or platform.machine(),
+        "gcc": first_line(["gcc", "--version"]),
+        "arm_gcc": first_line(["arm-none-eabi-gcc", "--version"]),
+        "qemu": first_line(["qemu-system-arm", "--version"]),
+    }
+
+
+def make(out: Path, *targets: str, timeout: int = 1800) -> str:
+    res = subprocess.run(
+        ["make", "-s", "-C", str(out), *targets], capture_output=True, text=True, timeout=timeout
+    )
+    if res.returncode != 0:
+        raise RuntimeError(f"make {' '.join(targets)} failed: {res.stderr[-2000:]}")
+    return res.stdout
+
+
+def stack_su(out: Path) -> int:
+    """-fstack-usage along mn_infer -> mn_run -> the deepest kernel -> mn_requantize."""
+    su = {}
+    for f in (out / "build" / "cortex-m7").glob("*.su"):
+        for line in f.read_text().splitlines():
+            name, size = line.split("\t")[0].split(":")[-1], int(line.split("\t")[1])
+            su[name] = max(su.get(name, 0), size)
+    kernels = [v for k, v in su.items() if k.startswith(("mn_pw", "mn_conv", "mn_dw", "mn_add"))]
+    kernels += [v for k, v in su.items() if k.startswith(("mn_point", "mn_pool"))]
+    chain = ("mn_infer", "mn_run", "mn_compute")
+    return sum(su.get(k, 0) for k in chain) + max(kernels, default=0) + su.get("mn_requantize", 0)
+
+
+def library_size(out: Path) -> tuple[int, int]:
+    text = make(out, "size-cortex-m7")
+    flash = sram = 0
+    for line in text.splitlines()[1:]:
+        t, d, b = map(int, line.split()[:3])
+        flash, sram = flash + t + d, sram + d + b
+    return flash, sram
+
+
+def tflite_figures(qm, out: Path, x: np.ndarray, host: np.ndarray) -> dict:
+    """.tflite size, and the tflite-micro interpreter's output and host time when installed."""
+    from mobilenets.micro.runtimes import _tflm, have_tflm, silenced_fd2
+    from mobilenets.micro.tflite import write_tflite
+
+    path = write_tflite(qm, out / "model.tflite")
+    row: dict = {"tflite_bytes": path.stat().st_size}
+    if not have_tflm():
+        return {**row, "tflm_host_us": None, "tflm_reason": "tflite-micro not installed"}
+    with silenced_fd2():
+        interp = _tflm(path, 64 << 20)
+    interp.set_input(np.ascontiguousarray(x[None]), 0)
+    interp.invoke()
+    row["tflm_equals_c"] = bool(np.array_equal(np.array(interp.get_output(0)).reshape(-1), host))
+    n, t0 = 5, time.perf_counter()
+    for _ in range(n):
+        interp.invoke()
+    row["tflm_host_us"] = round((time.perf_counter() - t0) / n * 1e6, 1)
+    return row
+
+
+def measure(key, model, qm, x: np.ndarray, goal: int | None, macs: int) -> dict:
+    work = Path(tempfile.mkdtemp(prefix=f"mcu-{key}-"))
+    out = work / "lib"
+    try:
+        rep = generate_c(qm, out, target="cortex-m7", test_inputs=x[:1])
+        row = {
+            "model": key,
+            "arena_bytes": rep["arena_bytes"],
+            "arena_goal_bytes": goal,
+            "arena_goal_met": None if goal is None else rep["arena_bytes"] <= goal,
+            "arena_without_input_bytes": rep["arena_without_input_bytes"],
+            "input_bytes": rep["input_bytes"],
+            "layer_by_layer_bytes": rep["layer_by_layer_bytes"],
+            "peak_op": rep["peak_op"],
+            "peak_buffers": rep["peak_buffers"][:4],
+            "macs": macs,
+        }
+        make(out, "host")
+        bench = subprocess.run(
+            [str(out / "mn_host"), "--bench", "20"], capture_output=True, text=True
+        ).stdout
+        row["host_us"] = float(bench.split()[0])
+        make(out, "cortex-m7")
+        row["flash_bytes"], row["sram_bytes"] = library_size(out)
+        row["stack_su_bytes"] = stack_su(out)
+        res = subprocess.run(
+            ["make", "-s", "-C", str(out), "run-cortex-m7"],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+        figures = dict(re.findall(r"^(ticks|stack) (\d+)$", res.stdout, re.M))
+        qemu_out = [ln for ln in res.stdout.splitlines() if ln.startswith("out 0:")]
+        host_out = subprocess.run(
+            [str(out / "mn_host")], input=x[:1].tobytes(), capture_output=True
+        ).stdout
+        row["m7_equals_host"] = (
+            bool(qemu_out)
+            and [int(v) for v in qemu_out[0].split(":")[1].split()]
+            == np.frombuffer(host_out, np.int8).tolist()
+        )
+        row["instructions"] = 40 * int(figures.get("ticks", 0))
+        row["instructions_per_mac"] = round(row["instructions"] / macs, 3)
+        row["ipm_goal"] = IPM_GOAL.get(key)
+        row["stack_painted_bytes"] = int(figures.get("stack", 0))
+        row["stack_goal_met"] = row["stack_painted_bytes"] <= STACK_GOAL
+        row.update(tflite_figures(qm, out, x[0], np.frombuffer(host_out, np.int8)))
+        if row.get("tflite_bytes"):
+            row["flash_le_tflite"] = row["flash_bytes"] <= row["tflite_bytes"]
+        row["sram_within_64_of_arena"] = abs(row["sram_bytes"] - rep["arena_bytes"]) <= 64
+        return row
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def random_model(arch: str, width: float, res: int, **kw):
+    torch.manual_seed(0)
+    kw = {"num_classes": 1000, "padding": "same", **kw}
+    model = create_model(arch, width, res, **kw).eval()
+    c = model.config.in_chans
+    qm = quantize_int8(model, torch.randn(8, c, res, res))
+    x = np.random.default_rng(0).integers(-128, 128, (1, res, res, c)).astype(np.int8)
+    return model, qm, x
+
+
+def demo_model(path: str):
+    from mobilenets.checkpoint import load_checkpoint
+    from mobilenets.onnx_quant import calibration_inputs, test_batches
+
+    ck = load_checkpoint(path)
+    calib = calibration_inputs("fashion-mnist", ck.config, ck.mean, ck.std, ck.crop_pct, 512)
+    qm = quantize_int8(ck.model, calib)
+    x, _ = next(test_batches("fashion-mnist", ck.config, ck.mean, ck.std, ck.crop_pct, 5))
+    return ck.model, qm, quantize_input(x, qm)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", help="one model key")
+    ap.add_argument("--demo", default="/work/runs/demo-v1/last.ckpt", help="demo checkpoint")
+    args = ap.parse_args()
+    env = versions()
+    for key, arch, width, res, goal in MODELS:
+        if args.only and args.only != key:
+            continue
+        model, qm, x = random_model(arch, width, res)
+        row = measure(key, model, qm, x, goal, profile(model).macs)
+        print(json.dumps({**row, **env}), flush=True)
+    if (not args.only or args.only == "demo") and Path(args.demo).exists():
+        model, qm, x = demo_model(args.demo)
+        row = measure("demo_fmnist_v1_a0.25_28", model, qm, x, None, profile(model).macs)
+        print(json.dumps({**row, **env}), flush=True)
+    elif not args.only or args.only == "demo":
+        # the checkpoint is not there: the same architecture with random weights (the arena,
+        # sizes and instruction counts do not depend on the weights' values)
+        model, qm, x = random_model(
+            "mobilenet_v1",
+            0.25,
+            28,
+            num_classes=10,
+            in_chans=1,
+            small_input=True,
+            padding="symmetric",
+        )
+        row = measure("demo_arch_v1_a0.25_28_random", model, qm, x, None, profile(model).macs)
+        print(json.dumps({**row, "note": f"{args.demo} missing: random weights", **env}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

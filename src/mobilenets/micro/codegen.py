@@ -1,0 +1,519 @@
+"""C code generation: a :class:`QuantizedModel` becomes a self-contained C99 library.
+
+The output folder holds ``model.h`` (``mn_infer``, shapes, quantization, class names,
+``MN_ARENA_BYTES``), ``model.c`` (const weights, per-channel multipliers derived from the float32
+scales exactly as TFLite Micro's Prepare does, the tensor and op tables, one static arena), the
+engine (``mn_engine.c/.h``: the project's own row kernels and scheduler), drivers for the host and
+for Cortex-M under QEMU, a Makefile, ``plan.json``/``plan.png`` and a README with the memory
+report. The runtime does no malloc and no floating point.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UsageError
+from .arith import conv_multipliers, quantize_multiplier
+from .graph import QuantizedModel
+from .planner import (
+    Plan,
+    Stage,
+    UnsupportedModelError,
+    im2col_length,
+    plan_memory,
+)
+
+TARGETS = ("host", "cortex-m4", "cortex-m7", "cortex-m55")
+MARKER = ".mobilenets-codegen"
+ENGINE_FILES = ("mn_engine.h", "mn_engine.c", "main_host.c", "main_mcu.c", "startup.c")
+# QEMU boards: where each keeps the 16 MB RAM that holds the weights (`info mtree`)
+BOARD_WEIGHTS = {"mps2-an386": "0x21000000", "mps2-an500": "0x60000000"}
+_KIND_ID = {"conv": 0, "dw": 1, "add": 2, "pool": 3, "fc": 4}
+
+
+def _template(name: str) -> str:
+    return resources.files("mobilenets.micro").joinpath("templates", name).read_text()
+
+
+def _c_array(ctype: str, name: str, values: np.ndarray) -> str:
+    flat = np.asarray(values).reshape(-1)
+    if flat.size == 0:
+        flat = np.zeros(1, dtype=np.int64)
+    body = ",".join(map(str, flat.tolist()))
+    return f"static const {ctype} {name}[{flat.size}] = {{{body}}};\n"
+
+
+def _f32(x: float) -> float:
+    return float(np.float32(x))
+
+
+def add_multipliers(s1: float, s2: float, s_out: float) -> tuple[int, ...]:
+    """TFLite int8 ADD: (m1, s1, m2, s2, m_out, s_out) from float32 scales, left shift 20."""
+    a, b, o = _f32(s1), _f32(s2), _f32(s_out)
+    twice_max = 2.0 * max(a, b)
+    m1, e1 = quantize_multiplier(a / twice_max)
+    m2, e2 = quantize_multiplier(b / twice_max)
+    mo, eo = quantize_multiplier(twice_max / ((1 << 20) * o))
+    return m1, e1, m2, e2, mo, eo
+
+
+def dw_weight_order(w: np.ndarray) -> np.ndarray:
+    """Depthwise weights (1, KH, KW, C) in the engine's order: groups of 4 channels, each with
+    its taps as 4 bytes (one SIMD load per tap), then the last C % 4 channels tap-major."""
+    taps = w.reshape(-1, w.shape[-1])  # (taps, C)
+    c4 = taps.shape[1] // 4 * 4
+    groups = taps[:, :c4].reshape(taps.shape[0], -1, 4).transpose(1, 0, 2)
+    return np.concatenate([groups.reshape(-1), taps[:, c4:].reshape(-1)])
+
+
+def _conv_params(qm: QuantizedModel, s: Stage, tag: str) -> tuple[str, str]:
+    op = s.op
+    t_in, t_out = qm.tensors[s.inputs[0]], qm.tensors[s.output]
+    w = np.asarray(op.weights, np.int8)
+    cout = int(w.shape[0] if s.kind in ("conv", "fc") else w.shape[-1])
+    cin = int(t_in.shape[-1])
+    bias = np.asarray(op.bias if op.bias is not None else np.zeros(cout), np.int64)
+    m0, shift = conv_multipliers(t_in.scale, op.weight_scales, t_out.scale)
+    if m0.size == 1 and cout > 1:
+        m0, shift = np.repeat(m0, cout), np.repeat(shift, cout)
+    w64 = w.astype(np.int64)
+    per_out = w64.reshape(-1, cout) if s.kind == "dw" else w64.reshape(cout, -1).T
+    # every kernel's fast path folds the input zero point into the bias
+    eff = bias - int(t_in.zero_point) * per_out.sum(0)
+    abs_w = np.abs(per_out).sum(0)
+    bound = max(int((np.abs(eff) + 128 * abs_w).max()), int((np.abs(bias) + 255 * abs_w).max()))
+    if bound >= 2**31:
+        raise UnsupportedModelError(f"op {op.name}: the int32 accumulator could overflow")
+    fast = int(bound < 2**30 and bool((shift <= -1).all()))
+    if s.kind == "dw":
+        wc = dw_weight_order(w)
+    elif kp := im2col_length(s, cin):  # rows padded with zero weights to the im2col length
+        wc = np.zeros((cout, kp), np.int8)
+        wc[:, : w[0].size] = w.reshape(cout, -1)
+    else:
+        wc = w
+    code = _c_array("int8_t", f"{tag}_w", wc)
+    code += _c_array("int32_t", f"{tag}_b", bias)
+    code += _c_array("int32_t", f"{tag}_be", eff)
+    code += _c_array("int32_t", f"{tag}_m", m0)
+    code += _c_array("int32_t", f"{tag}_s", shift)
+    code += (
+        f"static const mn_conv_params {tag} = {{{cin}, {cout}, {op.depth_multiplier}, "
+        f"{-int(t_in.zero_point)}, {int(t_out.zero_point)}, {op.act_min}, {op.act_max}, "
+        f"{tag}_w, {tag}_b, {tag}_be, {tag}_m, {tag}_s, {fast}}};\n"
+    )
+    return code, f"&{tag}"
+
+
+def _stage_params(qm: QuantizedModel, plan: Plan, s: Stage) -> tuple[str, str]:
+    tag = f"p{s.index}"
+    op = s.op
+    if s.kind in ("conv", "dw", "fc"):
+        return _conv_params(qm, s, tag)
+    t_out = qm.tensors[s.output]
+    if s.kind == "add":
+        a, b = qm.tensors[s.inputs[0]], qm.tensors[s.inputs[1]]
+        m = add_multipliers(a.scale, b.scale, t_out.scale)
+        vals = (-a.zero_point, -b.zero_point, *m, t_out.zero_point, op.act_min, op.act_max)
+        return (
+            f"static const mn_add_params {tag} = {{{', '.join(map(str, vals))}}};\n",
+            f"&{tag}",
+        )
+    t_in = qm.tensors[s.inputs[0]]
+    mode = 1 if op.kind == "mean" else 0
+    if mode == 0 and (_f32(t_in.scale) != _f32(t_out.scale) or t_in.zero_point != t_out.zero_point):
+        raise UnsupportedModelError(f"op {op.name}: average pool must keep its quantization")
+    m0, shift = quantize_multiplier(_f32(t_in.scale) / _f32(t_out.scale)) if mode else (0, 0)
+    tin = plan.tensors[s.inputs[0]]
+    acc = next(b for b in plan.buffers if b.stage == s.index)
+    vals = (
+        mode,
+        tin.h * tin.w,
+        t_in.zero_point,
+        t_out.zero_point,
+        m0,
+        shift,
+        op.act_min,
+        op.act_max,
+        acc.offset,
+    )
+    return f"static const mn_pool_params {tag} = {{{', '.join(map(str, vals))}}};\n", f"&{tag}"
+
+
+def _c_ident(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in text)
+
+
+def _c_string(text: str) -> str:
+    return json.dumps(text, ensure_ascii=True)
+
+
+def model_header(qm: QuantizedModel, plan: Plan) -> str:
+    """``model.h``: the public API of the generated library."""
+    ti, to = qm.input_tensor, qm.output_tensor
+    names = qm.class_names or []
+    lines = [
+        "/* Generated by mobilenets codegen: int8 inference, no malloc, no floating point. */",
+        "#ifndef MN_MODEL_H",
+        "#define MN_MODEL_H",
+        "#include <stdint.h>",
+        "",
+        "/* All RAM mn_infer touches except its stack: the input copy, the output, every",
+        " * intermediate row ring and whole tensor, and all scratch. */",
+        f"#define MN_ARENA_BYTES {plan.arena_bytes}",
+        f"#define MN_INPUT_BYTES {ti.nbytes}",
+        f"#define MN_OUTPUT_BYTES {to.nbytes}",
+        f"#define MN_INPUT_SHAPE {{{', '.join(map(str, ti.shape))}}} /* NHWC */",
+        f"#define MN_OUTPUT_SHAPE {{{', '.join(map(str, to.shape))}}}",
+        "/* real = scale * (q - zero_point); scales as text: the runtime uses no float */",
+        f'#define MN_INPUT_SCALE "{_f32(ti.scale)!r}"',
+        f"#define MN_INPUT_ZERO_POINT {ti.zero_point}",
+        f'#define MN_OUTPUT_SCALE "{_f32(to.scale)!r}"',
+        f"#define MN_OUTPUT_ZERO_POINT {to.zero_point}",
+        f"#define MN_NUM_CLASSES {len(names) if names else to.nbytes}",
+        "extern const char *const mn_class_names[];",
+        "",
+        "/* Runs the network on one NHWC int8 input; writes MN_OUTPUT_BYTES int8 logits.",
+        " * Returns 0 on success. Not reentrant (one static arena). */",
+        "int mn_infer(const int8_t *input, int8_t *output);",
+        "",
+        "#endif",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def model_source(qm: QuantizedModel, plan: Plan) -> str:
+    """``model.c``: weights, parameters, tensor and op tables, the arena and ``mn_infer``."""
+    ids = sorted(plan.tensors)
+    index = {t: i for i, t in enumerate(ids)}
+    parts = ['#include <string.h>\n#include "model.h"\n#include "mn_engine.h"\n\n']
+    refs = []
+    for s in plan.stages:
+        code, ref = _stage_params(qm, plan, s)
+        parts.append(f"/* op {s.index}: {s.op.kind} {s.op.name} */\n{code}\n")
+        refs.append(ref)
+    tens = []
+    for t in ids:
+        tp = plan.tensors[t]
+        tens.append(f"    {{{tp.h}, {tp.w}, {tp.c}, {tp.offset}, {tp.ring}, {tp.producer}}},")
+    parts.append("static const mn_tensor tensors[] = {\n" + "\n".join(tens) + "\n};\n")
+    st = []
+    for s, ref in zip(plan.stages, refs, strict=True):
+        in1 = index[s.inputs[1]] if len(s.inputs) > 1 else -1
+        st.append(
+            f"    {{{_KIND_ID[s.kind]}, {s.kernel[0]}, {s.kernel[1]}, {s.stride[0]}, "
+            f"{s.stride[1]}, {s.padding[0]}, {s.padding[2]}, {int(s.whole_input)}, "
+            f"{index[s.inputs[0]]}, {in1}, "
+            f"{index[s.output]}, {ref}}}, /* {s.op.name} */"
+        )
+    parts.append("static const mn_stage stages[] = {\n" + "\n".join(st) + "\n};\n")
+    drive = ", ".join(str(index[t]) for t in plan.drive)
+    parts.append(f"static const int16_t drive[] = {{{drive}}};\n")
+    patch = next((b.offset for b in plan.buffers if b.name == "scratch"), -1)
+    parts.append(
+        f"static const mn_net net = {{tensors, stages, drive, {len(ids)}, {len(plan.drive)}, "
+        f"{index[plan.input]}, {patch}}};\n"
+    )
+    names = qm.class_names or [str(i) for i in range(qm.output_tensor.nbytes)]
+    parts.append(
+        "const char *const mn_class_names[] = {" + ", ".join(_c_string(n) for n in names) + "};\n"
+    )
+    tin, tout = plan.tensors[plan.input], plan.tensors[plan.output]
+    parts.append(
+        "static union { uint32_t align; uint8_t bytes[MN_ARENA_BYTES]; } mn_arena;\n\n"
+        "int mn_infer(const int8_t *input, int8_t *output)\n{\n"
+        f"    int16_t next[{len(ids)}], stack[{2 * len(ids)}];\n"
+        f"    memcpy(mn_arena.bytes + {tin.offset}, input, MN_INPUT_BYTES);\n"
+        "    if (mn_run(&net, mn_arena.bytes, next, stack) != 0) return 1;\n"
+        f"    memcpy(output, mn_arena.bytes + {tout.offset}, MN_OUTPUT_BYTES);\n"
+        "    return 0;\n}\n"
+    )
+    return "".join(parts)
+
+
+def inputs_source(qm: QuantizedModel, inputs: np.ndarray | None) -> str:
+    """``mn_inputs.c``: sample inputs for the drivers (zero-point images when none given)."""
+    n_in = qm.input_tensor.nbytes
+    if inputs is None:
+        inputs = np.full((1, n_in), qm.input_tensor.zero_point, np.int8)
+    x = np.asarray(inputs, np.int8).reshape(-1, n_in)
+    body = ",".join(map(str, x.reshape(-1).tolist()))
+    return (
+        "#include <stdint.h>\n"
+        f"const int mn_num_test_inputs = {len(x)};\n"
+        f"const int8_t mn_test_inputs[{x.size}] = {{{body}}};\n"
+    )
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise UsageError(
+            f"--out {out}: folder exists, is not empty and was not written by mobilenets codegen"
+        )
+
+
+def generate_c(
+    qmodel: QuantizedModel,
+    out_dir: str | Path,
+    *,
+    target: str = "host",
+    max_sram: int | None = None,
+    streaming: bool = True,
+    test_inputs: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Write the C library for ``qmodel`` to ``out_dir``; returns the memory report.
+
+    Args:
+        target: the Makefile's default target: ``host``, ``cortex-m4``, ``cortex-m7`` or
+            ``cortex-m55``.
+        max_sram: refuse (``MobilenetsError``) when ``MN_ARENA_BYTES`` would exceed it.
+        streaming: row bands with ring buffers (default), or layer by layer.
+        test_inputs: int8 NHWC inputs compiled into ``mn_inputs.c`` for the drivers.
+
+    The folder is written next to its final place and renamed, so a failure leaves nothing
+    half-written; an existing folder is replaced only if it is an earlier ``generate_c`` output.
+    """
+    if target not in TARGETS:
+        raise UsageError(f"--target must be one of {', '.join(TARGETS)}, got {target!r}")
+    out = Path(out_dir)
+    _check_out_dir(out)
+    plan = plan_memory(qmodel, streaming=streaming, max_sram=max_sram)
+    report = memory_report(qmodel, plan)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _write_folder(tmp, qmodel, plan, report, target, test_inputs)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report
+
+
+def _write_folder(tmp: Path, qm, plan: Plan, report: dict, target: str, inputs) -> None:
+    (tmp / "model.h").write_text(model_header(qm, plan))
+    (tmp / "model.c").write_text(model_source(qm, plan))
+    (tmp / "mn_inputs.c").write_text(inputs_source(qm, inputs))
+    for name in ENGINE_FILES:
+        (tmp / name).write_text(_template(name))
+    (tmp / "Makefile").write_text(_template("Makefile").replace("@TARGET@", target))
+    for board, origin in BOARD_WEIGHTS.items():
+        ld = _template("mps2.ld").replace("@MACHINE@", board).replace("@WEIGHTS@", origin)
+        (tmp / f"{board}.ld").write_text(ld)
+    (tmp / "plan.json").write_text(json.dumps(plan.to_dict(), indent=1))
+    (tmp / "README.md").write_text(readme_text(qm, plan, report, target))
+    plot_plan(plan, tmp / "plan.png")
+    (tmp / MARKER).write_text(json.dumps({"target": target}) + "\n")
+
+
+def memory_report(qm: QuantizedModel, plan: Plan) -> dict[str, Any]:
+    """The figures the README and the CLI print."""
+    weights = sum(op.weights.size for op in qm.ops if op.weights is not None)
+    return {
+        "arena_bytes": plan.arena_bytes,
+        # never more than with the input (the greedy placement is not monotonic)
+        "arena_without_input_bytes": min(
+            plan.arena_bytes,
+            plan_memory(qm, streaming=plan.streaming, hold_input=False).arena_bytes,
+        ),
+        "input_bytes": qm.input_tensor.nbytes,
+        "peak_live_bytes": plan.peak_live_bytes,
+        "peak_op": plan.peak_op,
+        "peak_buffers": plan.peak_buffers[:8],
+        "layer_by_layer_bytes": plan.layer_by_layer_bytes,
+        "weight_bytes": int(weights),
+        "ops": len(plan.stages),
+    }
+
+
+def readme_text(qm: QuantizedModel, plan: Plan, report: dict, target: str) -> str:
+    cfg = qm.config or {}
+    rows = "\n".join(f"| {n} | {b:,} |" for n, b in plan.peak_buffers[:10])
+    ops = "\n".join(
+        f"| {s.index} | {s.op.name} | {s.kind} | {plan.stage_live_bytes[s.index]:,} |"
+        for s in plan.stages
+    )
+    return f"""# Generated int8 C library ({cfg.get("name", "model")})
+
+Generated by `mobilenets codegen` (default target `{target}`). API in `model.h`:
+`int mn_infer(const int8_t *input, int8_t *output)` (NHWC int8 in, int8 logits out, returns 0).
+
+```
+make host && ./mn_host < inputs.bin > outputs.bin     # MN_INPUT_BYTES per input
+make cortex-m7 && make run-cortex-m7                   # QEMU mps2-an500, semihosting
+make size-cortex-m7                                    # flash/SRAM of the library objects
+```
+
+## Memory report
+
+- `MN_ARENA_BYTES` = **{plan.arena_bytes:,} B**: everything `mn_infer` touches except its stack
+  (the input copy, the output, every row ring and whole tensor, all scratch).
+- Without the input image: {report["arena_without_input_bytes"]:,} B; the input is
+  {report["input_bytes"]:,} B.
+- Peak live bytes {plan.peak_live_bytes:,} B while op `{plan.peak_op}` runs (a whole tensor
+  written over the dead rows of an earlier one counts twice here, so this can exceed the
+  arena); live then:
+
+| buffer | bytes |
+|---|---|
+{rows}
+
+- Layer by layer (each op's whole inputs and output, no overlap): {plan.layer_by_layer_bytes:,} B.
+- Weights: {report["weight_bytes"]:,} int8 values, `const` (flash).
+
+Ops run row by row on demand; tensors between row-wise ops are row rings (`plan.json`:
+`rows_held`), so an inverted residual block runs in bands of rows and its expanded tensor is
+never held whole. `plan.png` shows arena occupancy over the op sequence.
+
+| op | name | kind | live bytes (max while it runs) |
+|---|---|---|---|
+{ops}
+"""
+
+
+def plot_plan(plan: Plan, path: Path) -> None:
+    """Arena occupancy: one rectangle per buffer, offset against ticks (rows computed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    fig, ax = plt.subplots(figsize=(10, 5))
+    cmap = plt.get_cmap("tab20")
+    for i, b in enumerate(plan.buffers):
+        x0 = max(b.first, 0)
+        ax.add_patch(
+            Rectangle((x0, b.offset), max(b.last - x0, 1), b.size, color=cmap(i % 20), alpha=0.8)
+        )
+    ax.set_xlim(0, max(plan.ticks, 1))
+    ax.set_ylim(0, plan.arena_bytes)
+    ax.set(
+        xlabel="tick (one output row computed)",
+        ylabel="arena offset (bytes)",
+        title=f"arena {plan.arena_bytes:,} B; peak at op {plan.peak_op}",
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "codegen",
+        help="generate a C99 int8 library for microcontrollers from a checkpoint",
+        description="Quantize a checkpoint to int8 (or read an int8 .tflite), plan its memory "
+        "statically and write a self-contained C library (model.h/model.c, kernels, Makefile, "
+        "plan.json/plan.png, README with the memory report) to --out.",
+    )
+    p.add_argument("model", metavar="MODEL", help="checkpoint folder or int8 .tflite file")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write")
+    p.add_argument("--target", choices=TARGETS, default="host", help="Makefile default target")
+    p.add_argument(
+        "--calib-data",
+        metavar="SPEC",
+        help="calibration images for a checkpoint: fashion-mnist, cifar10:PATH, "
+        "imagefolder:PATH or random",
+    )
+    p.add_argument("--data-dir", help="where --calib-data looks for its files")
+    p.add_argument("--calib-samples", type=int, default=256, metavar="N")
+    p.add_argument(
+        "--max-sram", type=int, default=None, metavar="BYTES", help="fail if the arena is larger"
+    )
+    p.add_argument(
+        "--layer-by-layer", action="store_true", help="no row bands: every tensor held whole"
+    )
+    p.add_argument(
+        "--sample-images",
+        type=int,
+        default=5,
+        metavar="N",
+        help="test images compiled into the drivers (default 5; zero-point images without data)",
+    )
+    p.set_defaults(func=run_codegen)
+
+
+def _load_qmodel(args: Any) -> tuple[QuantizedModel, np.ndarray | None]:
+    path = Path(args.model)
+    if path.suffix == ".tflite":
+        if not path.is_file():
+            raise UsageError(f"MODEL {path}: no such file")
+        from .tflite import read_tflite
+
+        qm, _meta = read_tflite(path)
+        return qm, None
+    from ..checkpoint import load_checkpoint, read_info
+    from ..onnx_quant import calibration_inputs, test_batches
+    from .export import quantize_input
+    from .quantizer import quantize_int8
+
+    if not args.calib_data:
+        raise UsageError(
+            "a checkpoint needs --calib-data SPEC (fashion-mnist, cifar10:PATH, "
+            "imagefolder:PATH or random) to quantize"
+        )
+    if args.calib_samples < 1:
+        raise UsageError(f"--calib-samples must be >= 1, got {args.calib_samples}")
+    name = read_info(path).get("model", {}).get("name")
+    if name not in ("mobilenet_v1", "mobilenet_v2"):
+        raise UsageError(f"MODEL {path}: {name} is not supported (MobileNets only)")
+    ck = load_checkpoint(path)
+    calib = calibration_inputs(
+        args.calib_data, ck.config, ck.mean, ck.std, ck.crop_pct, args.calib_samples, args.data_dir
+    )
+    qm = quantize_int8(ck.model, calib)
+    qm.class_names = list(ck.class_names)
+    samples = None
+    if args.sample_images > 0 and args.calib_data != "random":
+        x, _ = next(
+            test_batches(
+                args.calib_data,
+                ck.config,
+                ck.mean,
+                ck.std,
+                ck.crop_pct,
+                args.sample_images,
+                args.data_dir,
+            )
+        )
+        samples = quantize_input(x, qm)
+    return qm, samples
+
+
+def run_codegen(args: Any) -> int:
+    out = Path(args.out)
+    _check_out_dir(out)
+    if args.max_sram is not None and args.max_sram < 1:
+        raise UsageError(f"--max-sram must be >= 1, got {args.max_sram}")
+    qm, samples = _load_qmodel(args)
+    if qm.is_float:
+        raise UsageError(f"MODEL {args.model}: a float model; codegen needs an int8 one")
+    rep = generate_c(
+        qm,
+        out,
+        target=args.target,
+        max_sram=args.max_sram,
+        streaming=not args.layer_by_layer,
+        test_inputs=samples,
+    )
+    print(
+        f"wrote {out}: MN_ARENA_BYTES {rep['arena_bytes']:,} (peak at op {rep['peak_op']}; "
+        f"layer by layer {rep['layer_by_layer_bytes']:,}), {rep['weight_bytes']:,} int8 weights"
+    )
+    return 0

@@ -1,0 +1,746 @@
+/* mobilenets int8 engine: row kernels and the demand-driven row scheduler (see mn_engine.h). */
+#include "mn_engine.h"
+
+#include <string.h>
+
+#if defined(__ARM_FEATURE_SIMD32)
+#include <arm_acle.h>
+#define MN_SIMD32 1
+#else
+#define MN_SIMD32 0
+#endif
+
+/* TFLite MultiplyByQuantizedMultiplier: saturating rounding doubling high multiply, then a
+ * rounding divide by a power of two (both round half away from zero). */
+int32_t mn_requantize(int32_t acc, int32_t m0, int32_t shift)
+{
+    int64_t x = acc;
+    int32_t right = shift > 0 ? 0 : -shift;
+    if (shift > 0) {
+        x = x * ((int64_t)1 << shift);
+        if (x > INT32_MAX) x = INT32_MAX;
+        if (x < INT32_MIN) x = INT32_MIN;
+    }
+    {
+        int64_t ab = x * (int64_t)m0;
+        int64_t t = ab + (ab >= 0 ? ((int64_t)1 << 30) : (1 - ((int64_t)1 << 30)));
+        int32_t high = (int32_t)(t >= 0 ? (t >> 31) : -((-t) >> 31));
+        int32_t mask, rem, threshold;
+        if (right == 0) return high;
+        mask = (int32_t)(((uint32_t)1 << right) - 1u);
+        rem = high & mask;
+        threshold = (mask >> 1) + (high < 0 ? 1 : 0);
+        return (high >> right) + (rem > threshold ? 1 : 0);
+    }
+}
+
+/* mn_requantize for shift <= 0 (multipliers below 1, the usual case), inlined. TFLite's
+ * nudged, truncating high multiply equals floor((acc * m0 + 2^30) / 2^31) for m0 > 0, and
+ * the rounding divide is gemmlowp's (remainder against a threshold). */
+static inline int32_t mn_rq(int32_t acc, int32_t m0, int32_t shift)
+{
+    if (shift > 0) return mn_requantize(acc, m0, shift);
+    {
+        const int32_t x = (int32_t)(((int64_t)acc * m0 + ((int64_t)1 << 30)) >> 31);
+        const int32_t e = -shift;
+        const int32_t mask = (int32_t)(((uint32_t)1 << e) - 1u);
+        return (x >> e) + ((x & mask) > ((mask >> 1) + (x < 0)) ? 1 : 0);
+    }
+}
+
+#if MN_SIMD32
+static inline int32_t mn_smmulr(int32_t a, int32_t b)
+{
+    int32_t r;
+    __asm__("smmulr %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+#endif
+
+/* The short exact path of mn_requantize, valid when shift <= 0 and |acc| < 2^30:
+ * floor((acc * m0 + 2^30) / 2^31) is SMMULR(2 * acc, m0), and the rounding divide by 2^e
+ * (half away from zero) is (x + 2^(e-1) - (x < 0)) >> e, which cannot overflow here. */
+static inline int32_t mn_rq_fast(int32_t acc, int32_t m0, int32_t shift)
+{
+    const int32_t e = -shift;
+#if MN_SIMD32
+    const int32_t x = mn_smmulr(acc * 2, m0);
+#else
+    const int32_t x = (int32_t)(((int64_t)acc * m0 + ((int64_t)1 << 30)) >> 31);
+#endif
+    return (x + (int32_t)(((uint32_t)1 << e) >> 1) - (int32_t)((uint32_t)x >> 31)) >> e;
+}
+
+/* mn_rq_fast with the channel's right shift e = -shift >= 1 and rnd = 2^(e-1) precomputed. */
+static inline int32_t mn_rq_e(int32_t acc, int32_t m0, int32_t e, int32_t rnd)
+{
+#if MN_SIMD32
+    const int32_t x = mn_smmulr(acc * 2, m0);
+#else
+    const int32_t x = (int32_t)(((int64_t)acc * m0 + ((int64_t)1 << 30)) >> 31);
+#endif
+    return (x + rnd - (int32_t)((uint32_t)x >> 31)) >> e;
+}
+
+/* The same for e >= 0 (ADD's input multiplier is exactly 1/2 for the larger scale: e = 0). */
+static inline int32_t mn_rq_e0(int32_t acc, int32_t m0, int32_t e, int32_t rnd)
+{
+#if MN_SIMD32
+    const int32_t x = mn_smmulr(acc * 2, m0);
+#else
+    const int32_t x = (int32_t)(((int64_t)acc * m0 + ((int64_t)1 << 30)) >> 31);
+#endif
+    return e ? (x + rnd - (int32_t)((uint32_t)x >> 31)) >> e : x;
+}
+
+static inline int8_t mn_sat(int32_t v, int32_t lo, int32_t hi)
+{
+    v = v < lo ? lo : v;
+    v = v > hi ? hi : v;
+    return (int8_t)v;
+}
+
+/* The requantized, clamped int8 output; callers keep the parameters in locals, since every
+ * int8 store may alias the parameter block as far as the compiler knows. */
+static inline int8_t mn_clamp8(int32_t acc, int32_t m0, int32_t shift, int32_t zp, int32_t lo,
+                               int32_t hi, int32_t fast)
+{
+    int32_t v = (fast ? mn_rq_fast(acc, m0, shift) : mn_rq(acc, m0, shift)) + zp;
+    v = v < lo ? lo : v;
+    v = v > hi ? hi : v;
+    return (int8_t)v;
+}
+
+#define MN_OUT(acc, c) mn_clamp8((acc), m0[c], sh[c], zp, lo, hi, fast)
+#define MN_PARAMS(p)                                                                              \
+    const int32_t *const m0 = (p)->m0, *const sh = (p)->shift;                                   \
+    const int32_t zp = (p)->out_zp, lo = (p)->act_min, hi = (p)->act_max, fast = (p)->fast
+
+static inline int8_t mn_out(const mn_conv_params *p, int32_t acc, int c)
+{
+    return mn_clamp8(acc, p->m0[c], p->shift[c], p->out_zp, p->act_min, p->act_max, 0);
+}
+
+#if MN_SIMD32
+static inline int32_t mn_rd32(const int8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+/* bytes 1 and 3 sign-extended to two halfwords: SXTB16 with its ROR #8 operand */
+static inline int16x2_t mn_sxtb16_odd(int32_t v)
+{
+    int16x2_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+    return r;
+}
+#endif
+
+/* out[o] = requant(bias_eff[o] + sum_i x[i] * w[o][i]) for two inputs x0, x1 of length k, two
+ * output channels per step: the core of pointwise and im2col convolution. */
+static void mn_dot_block(const mn_conv_params *p, int k, const int8_t *x0, const int8_t *x1,
+                         int8_t *y0, int8_t *y1)
+{
+    const int cout = p->cout;
+    const int8_t *const wt = p->w;
+    const int32_t *const be = p->bias_eff;
+    MN_PARAMS(p);
+    int o;
+    for (o = 0; o < cout; o += 2) {
+        const int two = o + 1 < cout;
+        const int8_t *const wr = wt + (size_t)o * k;
+        const ptrdiff_t ws = two ? k : 0;
+        int32_t a00 = be[o], a01 = be[o + two];
+        int32_t a10 = a00, a11 = a01;
+        int i;
+#if MN_SIMD32
+        const ptrdiff_t xs = x1 - x0;
+        const int8_t *w = wr, *x = x0;
+        int n = k >> 2;
+        while (n-- > 0) {
+            const int32_t wa = mn_rd32(w), wb = mn_rd32(w + ws);
+            const int32_t xa = mn_rd32(x), xb = mn_rd32(x + xs);
+            const int16x2_t wa0 = __sxtb16(wa), wa1 = mn_sxtb16_odd(wa);
+            const int16x2_t wb0 = __sxtb16(wb), wb1 = mn_sxtb16_odd(wb);
+            int16x2_t v0 = __sxtb16(xa), v1 = mn_sxtb16_odd(xa);
+            a00 = __smlad(v0, wa0, a00);
+            a00 = __smlad(v1, wa1, a00);
+            a01 = __smlad(v0, wb0, a01);
+            a01 = __smlad(v1, wb1, a01);
+            v0 = __sxtb16(xb);
+            v1 = mn_sxtb16_odd(xb);
+            a10 = __smlad(v0, wa0, a10);
+            a10 = __smlad(v1, wa1, a10);
+            a11 = __smlad(v0, wb0, a11);
+            a11 = __smlad(v1, wb1, a11);
+            w += 4;
+            x += 4;
+        }
+        i = k & ~3;
+#else
+        i = 0;
+#endif
+        for (; i < k; ++i) {
+            const int32_t wa = wr[i], wb = wr[ws + i];
+            a00 += x0[i] * wa;
+            a01 += x0[i] * wb;
+            a10 += x1[i] * wa;
+            a11 += x1[i] * wb;
+        }
+        y0[o] = MN_OUT(a00, o);
+        y1[o] = MN_OUT(a10, o);
+        if (two) {
+            y0[o + 1] = MN_OUT(a01, o + 1);
+            y1[o + 1] = MN_OUT(a11, o + 1);
+        }
+    }
+}
+
+/* One input of length k (the fully connected layer, an odd last pixel): two channels per step. */
+static void mn_dot_one(const mn_conv_params *p, int k, const int8_t *x0, int8_t *y0)
+{
+    const int cout = p->cout;
+    const int8_t *const wt = p->w;
+    const int32_t *const be = p->bias_eff;
+    MN_PARAMS(p);
+    int o;
+    for (o = 0; o < cout; o += 2) {
+        const int two = o + 1 < cout;
+        const int8_t *const wr = wt + (size_t)o * k;
+        const ptrdiff_t ws = two ? k : 0;
+        int32_t a0 = be[o], a1 = be[o + two];
+        int i;
+#if MN_SIMD32
+        const int8_t *w = wr, *x = x0;
+        int n = k >> 2;
+        while (n-- > 0) {
+            const int32_t xa = mn_rd32(x), wa = mn_rd32(w), wb = mn_rd32(w + ws);
+            const int16x2_t v0 = __sxtb16(xa), v1 = mn_sxtb16_odd(xa);
+            a0 = __smlad(v0, __sxtb16(wa), a0);
+            a0 = __smlad(v1, mn_sxtb16_odd(wa), a0);
+            a1 = __smlad(v0, __sxtb16(wb), a1);
+            a1 = __smlad(v1, mn_sxtb16_odd(wb), a1);
+            w += 4;
+            x += 4;
+        }
+        i = k & ~3;
+#else
+        i = 0;
+#endif
+        for (; i < k; ++i) {
+            a0 += x0[i] * wr[i];
+            a1 += x0[i] * wr[ws + i];
+        }
+        y0[o] = MN_OUT(a0, o);
+        if (two) y0[o + 1] = MN_OUT(a1, o + 1);
+    }
+}
+
+/* The fast path of mn_pointwise_k over ``pairs`` pixel pairs: two output channels by two
+ * pixels per step, the output-channel pair outermost so that its weights, bias and
+ * multipliers stay in registers. Requires p->fast. */
+static void mn_pw_pairs(const mn_conv_params *p, int k, const int8_t *in, int pairs, int8_t *out)
+{
+    const int cout = p->cout;
+    const int8_t *const wt = p->w;
+    const int32_t *const be = p->bias_eff;
+    MN_PARAMS(p);
+    int o;
+    (void)fast;
+    for (o = 0; o < cout; o += 2) {
+        const int two = o + 1 < cout, o1 = o + two;
+        const int8_t *const wr = wt + (size_t)o * k;
+        const ptrdiff_t ws = two ? k : 0;
+        const int32_t b0 = be[o], b1 = be[o1];
+        const int32_t ma = m0[o], ea = -sh[o], ra = (1 << ea) >> 1;
+        const int32_t mb = m0[o1], eb = -sh[o1], rb = (1 << eb) >> 1;
+        const int8_t *x0 = in;
+        int8_t *y0 = out + o;
+        int px;
+        for (px = 0; px < pairs; ++px) {
+            const int8_t *const x1 = x0 + k;
+            int32_t a00 = b0, a01 = b1, a10 = b0, a11 = b1;
+            int i;
+#if MN_SIMD32
+            const int8_t *w = wr, *x = x0;
+            int n = k >> 2;
+            while (n-- > 0) {
+                const int32_t wa = mn_rd32(w), wb = mn_rd32(w + ws);
+                const int32_t xa = mn_rd32(x), xb = mn_rd32(x + k);
+                const int16x2_t wa0 = __sxtb16(wa), wa1 = mn_sxtb16_odd(wa);
+                const int16x2_t wb0 = __sxtb16(wb), wb1 = mn_sxtb16_odd(wb);
+                int16x2_t v0 = __sxtb16(xa), v1 = mn_sxtb16_odd(xa);
+                a00 = __smlad(v0, wa0, a00);
+                a00 = __smlad(v1, wa1, a00);
+                a01 = __smlad(v0, wb0, a01);
+                a01 = __smlad(v1, wb1, a01);
+                v0 = __sxtb16(xb);
+                v1 = mn_sxtb16_odd(xb);
+                a10 = __smlad(v0, wa0, a10);
+                a10 = __smlad(v1, wa1, a10);
+                a11 = __smlad(v0, wb0, a11);
+                a11 = __smlad(v1, wb1, a11);
+                w += 4;
+                x += 4;
+            }
+            i = k & ~3;
+#else
+            i = 0;
+#endif
+            for (; i < k; ++i) {
+                const int32_t wa = wr[i], wb = wr[ws + i];
+                a00 += x0[i] * wa;
+                a01 += x0[i] * wb;
+                a10 += x1[i] * wa;
+                a11 += x1[i] * wb;
+            }
+            y0[0] = mn_sat(mn_rq_e(a00, ma, ea, ra) + zp, lo, hi);
+            y0[cout] = mn_sat(mn_rq_e(a10, ma, ea, ra) + zp, lo, hi);
+            if (two) {
+                y0[1] = mn_sat(mn_rq_e(a01, mb, eb, rb) + zp, lo, hi);
+                y0[cout + 1] = mn_sat(mn_rq_e(a11, mb, eb, rb) + zp, lo, hi);
+            }
+            x0 += 2 * k;
+            y0 += 2 * cout;
+        }
+    }
+}
+
+static void mn_pointwise_k(const mn_conv_params *p, int k, const int8_t *in, int npix,
+                           int8_t *out);
+
+#if MN_SIMD32
+/* Eight input channels (the first expansions): the two pixels' unpacked inputs stay in
+ * registers while every output channel passes over them. Requires p->fast. */
+static void mn_pw8(const mn_conv_params *p, const int8_t *in, int npix, int8_t *out)
+{
+    const int k = 8, cout = p->cout;
+    const int8_t *const wt = p->w;
+    const int32_t *const be = p->bias_eff;
+    MN_PARAMS(p);
+    int o, px;
+    (void)fast;
+    for (px = 0; px + 1 < npix; px += 2) {
+        const int8_t *const x = in + (size_t)px * 8;
+        const int16x2_t p0 = __sxtb16(mn_rd32(x)), p1 = mn_sxtb16_odd(mn_rd32(x));
+        const int16x2_t p2 = __sxtb16(mn_rd32(x + 4)), p3 = mn_sxtb16_odd(mn_rd32(x + 4));
+        const int16x2_t q0 = __sxtb16(mn_rd32(x + 8)), q1 = mn_sxtb16_odd(mn_rd32(x + 8));
+        const int16x2_t q2 = __sxtb16(mn_rd32(x + 12)), q3 = mn_sxtb16_odd(mn_rd32(x + 12));
+        int8_t *const y = out + (size_t)px * cout;
+        const int8_t *w = wt;
+        for (o = 0; o < cout; ++o) {
+            const int32_t wa = mn_rd32(w), wb = mn_rd32(w + 4);
+            const int16x2_t w0 = __sxtb16(wa), w1 = mn_sxtb16_odd(wa);
+            const int16x2_t w2 = __sxtb16(wb), w3 = mn_sxtb16_odd(wb);
+            const int32_t e = -sh[o], r = (1 << e) >> 1, m = m0[o];
+            int32_t a = __smlad(p0, w0, be[o]), b = __smlad(q0, w0, be[o]);
+            a = __smlad(p1, w1, a);
+            b = __smlad(q1, w1, b);
+            a = __smlad(p2, w2, a);
+            b = __smlad(q2, w2, b);
+            a = __smlad(p3, w3, a);
+            b = __smlad(q3, w3, b);
+            y[o] = mn_sat(mn_rq_e(a, m, e, r) + zp, lo, hi);
+            y[cout + o] = mn_sat(mn_rq_e(b, m, e, r) + zp, lo, hi);
+            w += 8;
+        }
+    }
+    if (npix & 1)
+        mn_dot_one(p, k, in + (size_t)(npix - 1) * k, out + (size_t)(npix - 1) * cout);
+}
+#endif
+
+
+void mn_pointwise(const mn_conv_params *p, const int8_t *in, int npix, int8_t *out)
+{
+    mn_pointwise_k(p, p->cin, in, npix, out);
+}
+
+/* k: the length of each input vector and weight row (cin, or an im2col patch). */
+
+/* Pointwise convolution of npix input vectors of length k (cin, or an im2col patch). */
+static void mn_pointwise_k(const mn_conv_params *p, int k, const int8_t *in, int npix,
+                           int8_t *out)
+{
+    const int cout = p->cout, fast = p->fast;
+    if (npix == 1) {
+        mn_dot_one(p, k, in, out);
+        return;
+    }
+#if MN_SIMD32
+    if (fast && k == 8) {
+        mn_pw8(p, in, npix, out);
+        return;
+    }
+#endif
+    if (!fast) {
+        int px;
+        for (px = 0; px + 1 < npix; px += 2)
+            mn_dot_block(p, k, in + (size_t)px * k, in + (size_t)(px + 1) * k,
+                         out + (size_t)px * cout, out + (size_t)(px + 1) * cout);
+    }
+    if (fast) mn_pw_pairs(p, k, in, npix >> 1, out);
+    if (npix & 1)
+        mn_dot_one(p, k, in + (size_t)(npix - 1) * k, out + (size_t)(npix - 1) * cout);
+}
+
+#define MN_PATCH_MAX 64
+
+/* One im2col patch (ky, kx, c) of output column ox; padding taps hold the input zero point,
+ * which bias_eff cancels exactly (TFLite's zero-point padding contributes nothing). */
+static void mn_gather(const mn_conv_params *p, const int8_t *const *rows, int kh, int kw, int sw,
+                      int pl, int in_w, int ox, int8_t *dst)
+{
+    const int cin = p->cin, ix0 = ox * sw - pl;
+    const int inside = ix0 >= 0 && ix0 + kw <= in_w;
+    int ky, kx;
+    for (ky = 0; ky < kh; ++ky) {
+        if (rows[ky] && inside) { /* the kw taps of a row are contiguous */
+            memcpy(dst, rows[ky] + (size_t)ix0 * cin, (size_t)(kw * cin));
+            dst += kw * cin;
+            continue;
+        }
+        for (kx = 0; kx < kw; ++kx) {
+            const int ix = ix0 + kx;
+            if (rows[ky] && ix >= 0 && ix < in_w)
+                memcpy(dst, rows[ky] + (size_t)ix * cin, (size_t)cin);
+            else
+                memset(dst, -p->in_offset, (size_t)cin);
+            dst += cin;
+        }
+    }
+}
+
+/* General convolution (the stem): when the patch kh*kw*cin is at most MN_PATCH_MAX, the row's
+ * patches are gathered (im2col, padded to a multiple of 4 with zero weights) into the arena's
+ * scratch and run as a pointwise convolution; else taps outside the input are skipped. */
+void mn_conv_row(const mn_conv_params *p, const int8_t *const *rows, int kh, int kw, int sw,
+                 int pl, int in_w, int8_t *out, int out_w, int8_t *scratch)
+{
+    const int cin = p->cin, cout = p->cout, k = kh * kw * cin, kp = (k + 3) & ~3;
+    int ox, o, ky, kx, i;
+    if (k <= MN_PATCH_MAX && scratch) {
+        for (ox = 0; ox < out_w; ++ox) {
+            int8_t *dst = scratch + (size_t)ox * kp;
+            mn_gather(p, rows, kh, kw, sw, pl, in_w, ox, dst);
+            for (i = k; i < kp; ++i) dst[i] = 0;
+        }
+        mn_pointwise_k(p, kp, scratch, out_w, out);
+        return;
+    }
+    for (ox = 0; ox < out_w; ++ox) {
+        const int ix0 = ox * sw - pl;
+        for (o = 0; o < cout; ++o) {
+            int32_t acc = p->bias[o];
+            for (ky = 0; ky < kh; ++ky) {
+                const int8_t *row = rows[ky];
+                if (!row) continue;
+                for (kx = 0; kx < kw; ++kx) {
+                    const int ix = ix0 + kx;
+                    const int8_t *x, *w;
+                    if (ix < 0 || ix >= in_w) continue;
+                    x = row + (size_t)ix * cin;
+                    w = p->w + (((size_t)o * kh + ky) * kw + kx) * cin;
+                    for (i = 0; i < cin; ++i) acc += (x[i] + p->in_offset) * w[i];
+                }
+            }
+            out[(size_t)ox * cout + o] = mn_out(p, acc, o);
+        }
+    }
+}
+
+/* Index of tap t of output channel o in the reordered depthwise weights (see mn_engine.h). */
+static inline size_t mn_dw_widx(int t, int o, int cout, int taps)
+{
+    const int c4 = cout & ~3;
+    return o < c4 ? (size_t)(o >> 2) * (size_t)taps * 4u + (size_t)t * 4u + (size_t)(o & 3)
+                  : (size_t)c4 * (size_t)taps + (size_t)t * (size_t)(cout - c4) + (size_t)(o - c4);
+}
+
+/* Depthwise 3x3, depth multiplier 1, one output pixel whose nine taps are all inside: the zero
+ * point is folded into bias_eff. Four channels per step (SMLABB/SMLATT on SXTB16 halves). */
+static void mn_dw3x3_pixel(const mn_conv_params *p, const int8_t *a, const int8_t *b,
+                           const int8_t *c, int8_t *y)
+{
+    const int cin = p->cin, cout = p->cout, c4 = cout & ~3;
+    const int8_t *w = p->w;
+    const int32_t *const be = p->bias_eff;
+    MN_PARAMS(p);
+    int o = 0, t;
+#if MN_SIMD32
+    const int cin2 = 2 * cin;
+#define MN_TAP(x)                                                                                 \
+    do {                                                                                          \
+        const int32_t xv = mn_rd32(x), wv = mn_rd32(w);                                           \
+        const int16x2_t xe = __sxtb16(xv), xo = mn_sxtb16_odd(xv);                                \
+        const int16x2_t we = __sxtb16(wv), wo = mn_sxtb16_odd(wv);                                \
+        s0 = __smlabb(xe, we, s0);                                                                \
+        s2 = __smlatt(xe, we, s2);                                                                \
+        s1 = __smlabb(xo, wo, s1);                                                                \
+        s3 = __smlatt(xo, wo, s3);                                                                \
+        w += 4;                                                                                   \
+    } while (0)
+    for (; o < c4; o += 4) {
+        int32_t s0 = be[o], s1 = be[o + 1], s2 = be[o + 2], s3 = be[o + 3];
+        MN_TAP(a);
+        MN_TAP(a + cin);
+        MN_TAP(a + cin2);
+        MN_TAP(b);
+        MN_TAP(b + cin);
+        MN_TAP(b + cin2);
+        MN_TAP(c);
+        MN_TAP(c + cin);
+        MN_TAP(c + cin2);
+        if (fast) {
+            y[o] = mn_sat(mn_rq_e(s0, m0[o], -sh[o], (1 << -sh[o]) >> 1) + zp, lo, hi);
+            y[o + 1] = mn_sat(mn_rq_e(s1, m0[o + 1], -sh[o + 1], (1 << -sh[o + 1]) >> 1) + zp, lo, hi);
+            y[o + 2] = mn_sat(mn_rq_e(s2, m0[o + 2], -sh[o + 2], (1 << -sh[o + 2]) >> 1) + zp, lo, hi);
+            y[o + 3] = mn_sat(mn_rq_e(s3, m0[o + 3], -sh[o + 3], (1 << -sh[o + 3]) >> 1) + zp, lo, hi);
+        } else {
+            y[o] = MN_OUT(s0, o);
+            y[o + 1] = MN_OUT(s1, o + 1);
+            y[o + 2] = MN_OUT(s2, o + 2);
+            y[o + 3] = MN_OUT(s3, o + 3);
+        }
+        a += 4;
+        b += 4;
+        c += 4;
+    }
+#undef MN_TAP
+#else
+    for (; o < c4; o += 4) {
+        int j;
+        for (j = 0; j < 4; ++j) {
+            int32_t acc = be[o + j];
+            for (t = 0; t < 3; ++t) {
+                acc += a[j + t * cin] * w[4 * t + j];
+                acc += b[j + t * cin] * w[4 * (t + 3) + j];
+                acc += c[j + t * cin] * w[4 * (t + 6) + j];
+            }
+            y[o + j] = MN_OUT(acc, o + j);
+        }
+        w += 36;
+        a += 4;
+        b += 4;
+        c += 4;
+    }
+#endif
+    for (; o < cout; ++o) {
+        const int n = cout - c4, j = o - c4;
+        int32_t acc = be[o];
+        for (t = 0; t < 3; ++t) {
+            acc += a[j + t * cin] * w[t * n + j];
+            acc += b[j + t * cin] * w[(t + 3) * n + j];
+            acc += c[j + t * cin] * w[(t + 6) * n + j];
+        }
+        y[o] = MN_OUT(acc, o);
+    }
+}
+
+/* Depthwise convolution, depth multiplier m: output channel o reads input channel o / m.
+ * Border pixels skip the taps outside the input (zero-point padding contributes nothing). */
+void mn_dw_row(const mn_conv_params *p, const int8_t *const *rows, int kh, int kw, int sw, int pl,
+               int in_w, int8_t *out, int out_w, int8_t *patch)
+{
+    const int cin = p->cin, cout = p->cout, m = p->mult;
+    const int32_t off = p->in_offset;
+    const int8_t *const wt = p->w;
+    const int32_t *const bias = p->bias;
+    MN_PARAMS(p);
+    int ox, o, ky, kx;
+    const int k3 = m == 1 && kh == 3 && kw == 3;
+    const int full_rows = k3 && rows[0] && rows[1] && rows[2];
+    for (ox = 0; ox < out_w; ++ox) {
+        const int ix0 = ox * sw - pl;
+        int8_t *y = out + (size_t)ox * cout;
+        if (full_rows && ix0 >= 0 && ix0 + 3 <= in_w) {
+            const size_t at = (size_t)ix0 * cin;
+            mn_dw3x3_pixel(p, rows[0] + at, rows[1] + at, rows[2] + at, y);
+            continue;
+        }
+        if (k3 && patch) { /* border: a 3x3 patch with zero-point padding (bias_eff cancels it) */
+            for (ky = 0; ky < 3; ++ky) {
+                for (kx = 0; kx < 3; ++kx) {
+                    const int ix = ix0 + kx;
+                    int8_t *dst = patch + (size_t)(ky * 3 + kx) * cin;
+                    if (rows[ky] && ix >= 0 && ix < in_w)
+                        memcpy(dst, rows[ky] + (size_t)ix * cin, (size_t)cin);
+                    else
+                        memset(dst, -off, (size_t)cin);
+                }
+            }
+            mn_dw3x3_pixel(p, patch, patch + 3 * (size_t)cin, patch + 6 * (size_t)cin, y);
+            continue;
+        }
+        for (o = 0; o < cout; ++o) {
+            const int ci = o / m;
+            int32_t acc = bias[o];
+            for (ky = 0; ky < kh; ++ky) {
+                const int8_t *row = rows[ky];
+                if (!row) continue;
+                for (kx = 0; kx < kw; ++kx) {
+                    const int ix = ix0 + kx;
+                    if (ix < 0 || ix >= in_w) continue;
+                    acc += (row[(size_t)ix * cin + ci] + off) * wt[mn_dw_widx(ky * kw + kx, o, cout, kh * kw)];
+                }
+            }
+            y[o] = MN_OUT(acc, o);
+        }
+    }
+}
+
+void mn_add_row(const mn_add_params *p, const int8_t *a, const int8_t *b, int8_t *out, int n)
+{
+    const int32_t oa = p->in1_offset, ob = p->in2_offset, zp = p->out_zp;
+    const int32_t lo = p->act_min, hi = p->act_max;
+    int i;
+    if (p->s1 <= 0 && p->s2 <= 0 && p->so <= 0) {
+        /* |(x - zp) << 20| < 2^28 and the rescaled sum < 2^29: the short exact path applies */
+        const int32_t m1 = p->m1, e1 = -p->s1, r1 = (1 << e1) >> 1;
+        const int32_t m2 = p->m2, e2 = -p->s2, r2 = (1 << e2) >> 1;
+        const int32_t mo = p->mo, eo = -p->so, ro = (1 << eo) >> 1;
+        for (i = 0; i < n; ++i) {
+            const int32_t sa = mn_rq_e0((a[i] + oa) * (1 << 20), m1, e1, r1);
+            const int32_t sb = mn_rq_e0((b[i] + ob) * (1 << 20), m2, e2, r2);
+            out[i] = mn_sat(mn_rq_e0(sa + sb, mo, eo, ro) + zp, lo, hi);
+        }
+        return;
+    }
+    for (i = 0; i < n; ++i) {
+        const int32_t sa = mn_requantize((a[i] + oa) * (1 << 20), p->m1, p->s1);
+        const int32_t sb = mn_requantize((b[i] + ob) * (1 << 20), p->m2, p->s2);
+        out[i] = mn_sat(mn_requantize(sa + sb, p->mo, p->so) + zp, lo, hi);
+    }
+}
+
+void mn_pool_row(const mn_pool_params *p, int32_t *acc, const int8_t *row, int w, int c, int first)
+{
+    int x, i;
+    const int32_t off = p->mode == 1 ? -p->in_zp : 0;
+    if (first)
+        for (i = 0; i < c; ++i) acc[i] = 0;
+    for (x = 0; x < w; ++x)
+        for (i = 0; i < c; ++i) acc[i] += row[(size_t)x * c + i] + off;
+}
+
+void mn_pool_finish(const mn_pool_params *p, const int32_t *acc, int8_t *out, int c)
+{
+    const int32_t n = p->count;
+    int i;
+    for (i = 0; i < c; ++i) {
+        int32_t v = acc[i];
+        if (p->mode == 1) v = mn_requantize(v, p->m0, p->shift);
+        v = v > 0 ? (v + n / 2) / n : (v - n / 2) / n;
+        if (p->mode == 1) v += p->out_zp;
+        if (v < p->act_min) v = p->act_min;
+        if (v > p->act_max) v = p->act_max;
+        out[i] = (int8_t)v;
+    }
+}
+
+/* ---- scheduler: compute rows on demand, as planner.simulate replays it ---- */
+
+static int8_t *mn_row(uint8_t *arena, const mn_tensor *t, int r)
+{
+    return (int8_t *)(arena + t->offset + (size_t)(r % t->ring) * (size_t)(t->w * t->c));
+}
+
+static int mn_needed(const mn_stage *s, int r, int in_h)
+{
+    int hi;
+    if (s->whole) return in_h - 1;
+    switch (s->kind) {
+    case MN_CONV:
+    case MN_DW:
+        hi = r * s->sh - s->pt + s->kh - 1;
+        return hi < in_h - 1 ? hi : in_h - 1;
+    case MN_FC:
+        return in_h - 1;
+    default:
+        return r;
+    }
+}
+
+static void mn_compute(const mn_net *net, uint8_t *arena, const mn_stage *s, int r)
+{
+    const mn_tensor *in = &net->tensors[s->in0], *ot = &net->tensors[s->out];
+    const int8_t *rows[7];
+    int ky;
+    switch (s->kind) {
+    case MN_CONV:
+    case MN_DW: {
+        const mn_conv_params *p = (const mn_conv_params *)s->params;
+        const int lo = r * s->sh - s->pt;
+        for (ky = 0; ky < s->kh; ++ky) {
+            const int y = lo + ky;
+            rows[ky] = (y >= 0 && y < in->h) ? mn_row(arena, in, y) : NULL;
+        }
+        if (s->kind == MN_DW)
+            mn_dw_row(p, rows, s->kh, s->kw, s->sw, s->pl, in->w, mn_row(arena, ot, r), ot->w,
+                      net->patch_offset >= 0 ? (int8_t *)(arena + net->patch_offset) : NULL);
+        else if (s->kh == 1 && s->kw == 1 && s->sh == 1 && s->sw == 1 && !s->pt && !s->pl)
+            mn_pointwise(p, rows[0], in->w, mn_row(arena, ot, r));
+        else
+            mn_conv_row(p, rows, s->kh, s->kw, s->sw, s->pl, in->w, mn_row(arena, ot, r), ot->w,
+                        net->patch_offset >= 0 ? (int8_t *)(arena + net->patch_offset) : NULL);
+        break;
+    }
+    case MN_ADD:
+        mn_add_row((const mn_add_params *)s->params, mn_row(arena, in, r),
+                   mn_row(arena, &net->tensors[s->in1], r), mn_row(arena, ot, r), ot->w * ot->c);
+        break;
+    case MN_POOL: {
+        const mn_pool_params *p = (const mn_pool_params *)s->params;
+        int32_t *acc = (int32_t *)(void *)(arena + p->acc_offset);
+        mn_pool_row(p, acc, mn_row(arena, in, r), in->w, in->c, r == 0);
+        if (r == ot->h - 1) mn_pool_finish(p, acc, mn_row(arena, ot, 0), in->c);
+        break;
+    }
+    default: /* MN_FC: one row from the whole input */
+        mn_pointwise((const mn_conv_params *)s->params, mn_row(arena, in, 0), 1,
+                     mn_row(arena, ot, 0));
+        break;
+    }
+}
+
+int mn_run(const mn_net *net, uint8_t *arena, int16_t *next, int16_t *stack)
+{
+    int i, d;
+    for (i = 0; i < net->n_tensors; ++i) next[i] = 0;
+    next[net->input] = (int16_t)net->tensors[net->input].h;
+    for (d = 0; d < net->n_drive; ++d) {
+        int sp = 0;
+        const int goal = net->drive[d];
+        stack[0] = (int16_t)goal;
+        stack[1] = (int16_t)(net->tensors[goal].h - 1);
+        sp = 1;
+        while (sp > 0) {
+            const int t = stack[2 * sp - 2], row = stack[2 * sp - 1];
+            const mn_stage *s;
+            int r, missing = 0;
+            if (next[t] > row) {
+                --sp;
+                continue;
+            }
+            s = &net->stages[net->tensors[t].producer];
+            r = next[t];
+            for (i = 0; i < 2 && !missing; ++i) {
+                const int in = i == 0 ? s->in0 : s->in1;
+                int need;
+                if (in < 0) continue;
+                need = mn_needed(s, r, net->tensors[in].h);
+                if (need >= 0 && next[in] <= need) {
+                    stack[2 * sp] = (int16_t)in;
+                    stack[2 * sp + 1] = (int16_t)need;
+                    ++sp;
+                    missing = 1;
+                }
+            }
+            if (missing) continue;
+            mn_compute(net, arena, s, r);
+            next[t] = (int16_t)(r + 1);
+        }
+    }
+    return 0;
+}

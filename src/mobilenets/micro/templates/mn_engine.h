@@ -1,0 +1,77 @@
+/* mobilenets int8 engine: row kernels and the demand-driven row scheduler.
+ * Written by mobilenets (https://github.com/...); integer only, no malloc, C99.
+ * Arithmetic follows the LiteRT int8 spec as TFLite Micro's reference kernels compute it. */
+#ifndef MN_ENGINE_H
+#define MN_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum { MN_CONV = 0, MN_DW = 1, MN_ADD = 2, MN_POOL = 3, MN_FC = 4 };
+
+/* Per-channel requantization of a conv, depthwise conv or fully connected op. */
+typedef struct {
+    int32_t cin, cout, mult; /* mult: depth multiplier of a depthwise conv */
+    int32_t in_offset;       /* -input zero point */
+    int32_t out_zp, act_min, act_max;
+    const int8_t *w;         /* conv OHWI (rows padded to a multiple of 4 when im2col runs,
+                              * see mn_conv_row), FC (O, I); depthwise: groups of 4 channels, each
+                              * holding its kh*kw taps of 4 bytes, then the last cout % 4
+                              * channels tap-major (see mn_dw_widx) */
+    const int32_t *bias;     /* int32 bias, scale s_in * s_w[c] */
+    const int32_t *bias_eff; /* bias - zp_in * sum(w): pointwise and FC fast path, else NULL */
+    const int32_t *m0;       /* Q31 multipliers */
+    const int32_t *shift;    /* power-of-two exponents (TFLite convention) */
+    int32_t fast;            /* 1: every shift <= 0 and |accumulator| < 2^30 (checked at
+                              * generation), so requantization takes the short exact path */
+} mn_conv_params;
+
+/* TFLite int8 ADD: both inputs shifted left by 20, rescaled, summed, rescaled. */
+typedef struct {
+    int32_t in1_offset, in2_offset, m1, s1, m2, s2, mo, so, out_zp, act_min, act_max;
+} mn_add_params;
+
+/* Global pooling: mode 0 = AVERAGE_POOL_2D (same scale in and out), 1 = MEAN. */
+typedef struct {
+    int32_t mode, count, in_zp, out_zp, m0, shift, act_min, act_max;
+    int32_t acc_offset; /* int32 sums, one per channel, in the arena */
+} mn_pool_params;
+
+typedef struct {
+    int32_t h, w, c;  /* rows of w * c bytes */
+    int32_t offset;   /* in the arena */
+    int32_t ring;     /* rows held: h for a whole tensor, fewer for a row ring */
+    int32_t producer; /* stage index, -1 for the model input */
+} mn_tensor;
+
+typedef struct {
+    uint8_t kind, kh, kw, sh, sw, pt, pl;
+    uint8_t whole; /* 1: row 0 needs every (virtual) row of in0, e.g. a pooled vector */
+    int16_t in0, in1, out;
+    const void *params;
+} mn_stage;
+
+typedef struct {
+    const mn_tensor *tensors;
+    const mn_stage *stages;
+    const int16_t *drive; /* tensors to complete, in order */
+    int32_t n_tensors, n_drive, input;
+    int32_t patch_offset; /* arena scratch (depthwise border patches, im2col rows), or -1 */
+} mn_net;
+
+int32_t mn_requantize(int32_t acc, int32_t m0, int32_t shift);
+
+void mn_conv_row(const mn_conv_params *p, const int8_t *const *rows, int kh, int kw, int sw,
+                 int pl, int in_w, int8_t *out, int out_w, int8_t *scratch);
+void mn_pointwise(const mn_conv_params *p, const int8_t *in, int npix, int8_t *out);
+void mn_dw_row(const mn_conv_params *p, const int8_t *const *rows, int kh, int kw, int sw, int pl,
+               int in_w, int8_t *out, int out_w, int8_t *patch);
+void mn_add_row(const mn_add_params *p, const int8_t *a, const int8_t *b, int8_t *out, int n);
+void mn_pool_row(const mn_pool_params *p, int32_t *acc, const int8_t *row, int w, int c, int first);
+void mn_pool_finish(const mn_pool_params *p, const int32_t *acc, int8_t *out, int c);
+
+/* Runs the network: ``next`` holds n_tensors counters and ``stack`` 2 * n_tensors entries
+ * (both on the caller's stack). Returns 0. */
+int mn_run(const mn_net *net, uint8_t *arena, int16_t *next, int16_t *stack);
+
+#endif
