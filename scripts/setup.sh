@@ -12,11 +12,14 @@ need_apt=()
 [ -d /usr/share/datasets/fashion-mnist ] || need_apt+=(dataset-fashion-mnist)
 # The study test renders report.html in headless Chromium (never `playwright install`).
 if [ "$extra" = test ] && ! command -v chromium >/dev/null; then need_apt+=(chromium); fi
-# C code generation: host gcc, and Cortex-M builds run under QEMU (tests skip without them)
+# C code generation: host gcc; the tests also build for Cortex-M and run under QEMU (they skip
+# without them, saying why).
 command -v gcc >/dev/null || need_apt+=(gcc libc6-dev)
 command -v make >/dev/null || need_apt+=(make)
-command -v arm-none-eabi-gcc >/dev/null || need_apt+=(gcc-arm-none-eabi libnewlib-arm-none-eabi)
-command -v qemu-system-arm >/dev/null || need_apt+=(qemu-system-arm)
+if [ "$extra" = test ]; then
+  command -v arm-none-eabi-gcc >/dev/null || need_apt+=(gcc-arm-none-eabi libnewlib-arm-none-eabi)
+  command -v qemu-system-arm >/dev/null || need_apt+=(qemu-system-arm)
+fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "setup: apt-get install ${need_apt[*]}"
