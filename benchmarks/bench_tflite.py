@@ -133,23 +133,21 @@ TEST_IMAGES: int | None = None  # --test-images (default: all 10,000)
 def _fashion(ck, n_calib: int = 512):
     from mobilenets.onnx_quant import calibration_inputs, test_batches
 
-    cfg = ck.config
-    calib = calibration_inputs("fashion-mnist", cfg, ck.mean, ck.std, ck.crop_pct, n_calib)
-    test = list(test_batches("fashion-mnist", cfg, ck.mean, ck.std, ck.crop_pct, TEST_IMAGES))
+    calib = calibration_inputs("fashion-mnist", ck.preprocess, n_calib)
+    test = list(test_batches("fashion-mnist", ck.preprocess, TEST_IMAGES))
     return calib, test
 
 
 def section_checkpoint(path: str, tmp: Path) -> None:
     from mobilenets.checkpoint import load_checkpoint
     from mobilenets.micro.tflite import read_tflite
-    from mobilenets.preprocess import Preprocess
 
     t0 = time.time()
     ck = load_checkpoint(path)
     cfg = ck.config
     calib, test = _fashion(ck)
     out = tmp / "ck.tflite"
-    prep = Preprocess(cfg.resolution, cfg.in_chans, ck.mean, ck.std, ck.crop_pct)
+    prep = ck.preprocess
     r = export_tflite(ck.model, out, int8=True, calib_data=calib, preprocess=prep)
     graph, _ = read_tflite(out)  # everything below runs on the file as written
     xq = np.concatenate([quantize_input(x, graph) for x, _ in test])

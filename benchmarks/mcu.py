@@ -186,9 +186,9 @@ def demo_model(path: str):
     from mobilenets.onnx_quant import calibration_inputs, test_batches
 
     ck = load_checkpoint(path)
-    calib = calibration_inputs("fashion-mnist", ck.config, ck.mean, ck.std, ck.crop_pct, 512)
+    calib = calibration_inputs("fashion-mnist", ck.preprocess, 512)
     qm = quantize_int8(ck.model, calib)
-    x, _ = next(test_batches("fashion-mnist", ck.config, ck.mean, ck.std, ck.crop_pct, 5))
+    x, _ = next(test_batches("fashion-mnist", ck.preprocess, 5))
     return ck.model, qm, quantize_input(x, qm)
 
 

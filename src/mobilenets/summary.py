@@ -57,11 +57,18 @@ def format_report(rep: Report, int8: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def planned_int8(model) -> dict:
+# Planning lowers the model with one real forward pass for its shapes: above this many
+# activation elements (16 MiB int8) no microcontroller could hold the model, so it is skipped.
+PLAN_MAX_ACTIVATION_ELEMS = 16 * 2**20
+
+
+def planned_int8(model, rep: Report | None = None) -> dict:
     """The C generator's static int8 memory plan of ``model`` (see ``micro.planner``)."""
     from .errors import MobilenetsError
     from .micro.planner import plan_model
 
+    if rep is not None and rep.peak_activation_elems > PLAN_MAX_ACTIVATION_ELEMS:
+        return {"arena_bytes": None, "reason": "over 16 MiB of int8 activations: not planned"}
     try:
         plan = plan_model(model)
     except MobilenetsError as e:  # baselines: max pooling is not planned
@@ -83,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = model_from_args(args, args.name)
     rep = profile(model)
-    int8 = planned_int8(model)
+    int8 = planned_int8(model, rep)
     if args.json:
         d = rep.to_dict()
         d["planned_int8_peak_bytes"] = int8["arena_bytes"]

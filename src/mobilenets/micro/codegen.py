@@ -474,24 +474,12 @@ def _load_qmodel(args: Any) -> tuple[QuantizedModel, np.ndarray | None]:
     if name not in ("mobilenet_v1", "mobilenet_v2"):
         raise UsageError(f"MODEL {path}: {name} is not supported (MobileNets only)")
     ck = load_checkpoint(path)
-    calib = calibration_inputs(
-        args.calib_data, ck.config, ck.mean, ck.std, ck.crop_pct, args.calib_samples, args.data_dir
-    )
+    calib = calibration_inputs(args.calib_data, ck.preprocess, args.calib_samples, args.data_dir)
     qm = quantize_int8(ck.model, calib)
     qm.class_names = list(ck.class_names)
     samples = None
     if args.sample_images > 0 and args.calib_data != "random":
-        x, _ = next(
-            test_batches(
-                args.calib_data,
-                ck.config,
-                ck.mean,
-                ck.std,
-                ck.crop_pct,
-                args.sample_images,
-                args.data_dir,
-            )
-        )
+        x, _ = next(test_batches(args.calib_data, ck.preprocess, args.sample_images, args.data_dir))
         samples = quantize_input(x, qm)
     return qm, samples
 
