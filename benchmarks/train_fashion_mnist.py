@@ -130,7 +130,7 @@ def main() -> int:
         out,
         args.epochs,
         args.batch_size,
-        width=args.width,
+        width_mult=args.width,
         small_input=True,
         recipe=args.recipe,
         lr=args.lr,

@@ -47,5 +47,5 @@ def test_bench_json_fields(capsys):
 def test_bench_rejects_bad_arguments(tmp_path, capsys):
     assert main(["bench", "mobilenet_v1", "--runtimes", "torch,tflite"]) == 2
     assert "tflite" in capsys.readouterr().err
-    assert main(["bench", str(tmp_path / "nothing.onnx")]) == 2
+    assert main(["bench", str(tmp_path / "nothing.onnx")]) == 1  # a missing file: exit 1
     assert main(["bench", "resnet50", "--width", "0.5"]) == 2

@@ -18,6 +18,7 @@ from mobilenets.checkpoint import save_checkpoint
 from mobilenets.cli import main
 from mobilenets.export import export_onnx, fold_bn, ort_session, read_metadata, run_ort
 from mobilenets.onnx_quant import quantize_onnx
+from mobilenets.preprocess import Preprocess
 from mobilenets.transforms import to_model_input
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -89,7 +90,10 @@ def exported(trained, tmp_path_factory):
     model, _, _, _, _ = trained
     path = tmp_path_factory.mktemp("onnx") / "model.onnx"
     info = export_onnx(
-        model, path, class_names=[f"class {i}" for i in range(10)], mean=MEAN, std=STD
+        model,
+        path,
+        class_names=[f"class {i}" for i in range(10)],
+        preprocess=Preprocess(RES, 1, MEAN, STD),
     )
     return path, info
 
@@ -117,9 +121,8 @@ def test_export_is_one_file_with_dynamic_batch_and_metadata(tmp_path):
     names = ["cat", "dog", "bird", "fish", "snail"]
     out = tmp_path / "a" / "m.onnx"
     out.parent.mkdir()
-    info = export_onnx(
-        model, out, class_names=names, mean=[0.5, 0.4, 0.3], std=[0.2, 0.25, 0.3], crop_pct=0.875
-    )
+    prep = Preprocess(48, 3, [0.5, 0.4, 0.3], [0.2, 0.25, 0.3], 0.875)
+    info = export_onnx(model, out, class_names=names, preprocess=prep)
     assert sorted(p.name for p in out.parent.iterdir()) == ["m.onnx"]  # no .onnx.data
     assert info["max_abs_diff"] <= 1e-4 and info["bytes"] == out.stat().st_size
 
@@ -148,8 +151,7 @@ def test_export_is_one_file_with_dynamic_batch_and_metadata(tmp_path):
         == model.config
     )
     assert meta["class_names"] == names
-    assert meta["mean"] == [0.5, 0.4, 0.3] and meta["std"] == [0.2, 0.25, 0.3]
-    assert meta["resolution"] == 48 and meta["crop_pct"] == 0.875
+    assert meta["preprocess"] == prep
     assert meta["architecture"] == "mobilenet_v2"
 
 
@@ -245,3 +247,30 @@ def test_cli_export_errors(trained, tmp_path, capsys):
     assert "--calib-data" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "missing"), "--out", str(tmp_path / "x.onnx")]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_int8_file_is_exact_in_onnxruntimes_fused_x86_kernels(exported, trained, tmp_path):
+    """The fused int8 kernels (graph optimizations on) give the unfused reference's logits.
+
+    With full 8-bit weights, onnxruntime's uint8 x int8 kernels saturate on x86 CPUs without
+    VNNI (AVX2); 7-bit weights (the default) cannot.
+    """
+    import onnxruntime as ort
+
+    _, _, xtr, xte, _ = trained
+    path, _ = exported
+    out = tmp_path / "q.onnx"
+    info = quantize_onnx(path, out, xtr[:64])
+    assert info["weight_bits"] == 7
+    x = to_model_input(xte[:64], RES, MEAN, STD).numpy()
+    logits = []
+    for level in (
+        ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    ):
+        so = ort.SessionOptions()
+        so.graph_optimization_level = level
+        sess = ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
+        logits.append(sess.run(None, {"input": x})[0])
+    scale = float(np.abs(logits[0]).max())
+    assert np.abs(logits[0] - logits[1]).max() <= 0.05 * scale

@@ -13,6 +13,7 @@ from mobilenets import Predictor, create_model
 from mobilenets.checkpoint import point_link, save_checkpoint
 from mobilenets.cli import main
 from mobilenets.export import export_onnx
+from mobilenets.preprocess import Preprocess
 from mobilenets.transforms import decode_image, to_model_input
 
 NAMES = ["apple", "banana", "cherry", "date", "elder", "fig"]
@@ -35,7 +36,7 @@ def models(tmp_path_factory):
     save_checkpoint(root / "step-10", model, NAMES, MEAN, STD, meta=meta)
     point_link(root / "last.ckpt", root / "step-10")
     onnx_path = root / "model.onnx"
-    export_onnx(model, onnx_path, class_names=NAMES, mean=MEAN, std=STD, crop_pct=0.875)
+    export_onnx(model, onnx_path, class_names=NAMES, preprocess=Preprocess(40, 3, MEAN, STD, 0.875))
     return model, root / "last.ckpt", onnx_path
 
 

@@ -96,7 +96,7 @@ def test_training_learns_and_writes_outputs(tmp_path, capsys):
     )
     ck = load_checkpoint(out / "last.ckpt")
     assert ck.class_names[0] == "T-shirt/top" and ck.mean[0] == pytest.approx(0.286, abs=0.003)
-    assert ck.meta["preprocess"]["crop_pct"] == 1.0 and ck.meta["epoch"] == 2
+    assert ck.preprocess.crop_pct == 1.0 and ck.meta["epoch"] == 2
     state = load_training_state(out / "last.ckpt")  # weights_only=True
     assert {"model", "optimizer", "scheduler", "ema", "rng", "epoch"} <= set(state)
     assert "top-1" in stdout and "%" in stdout
@@ -346,7 +346,7 @@ def test_imagefolder_bad_image_is_named_or_skipped(tmp_path, capsys):
     summary = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert summary["skipped_images"] == 1 and summary["eval_images"]["test"] == 4
     ck = load_checkpoint(tmp_path / "b" / "last.ckpt")
-    assert ck.class_names == ["circle", "square"] and ck.meta["preprocess"]["crop_pct"] == 0.875
+    assert ck.class_names == ["circle", "square"] and ck.preprocess.crop_pct == 0.875
     assert ck.mean == pytest.approx([0.485, 0.456, 0.406])
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import UsageError
+from .errors import MobilenetsError, UsageError
 
 RUNTIMES = ("torch", "torch-compile", "onnx", "onnx-int8")
 DEFAULT_RUNTIMES = ("torch", "onnx", "onnx-int8")
@@ -28,10 +27,9 @@ DEFAULT_RUNTIMES = ("torch", "onnx", "onnx-int8")
 
 def default_threads() -> int:
     """The CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
+    from .cli import usable_cpus
+
+    return usable_cpus()
 
 
 def time_fn(fn: Callable[[], Any], runs: int = 50, warmup: int = 10) -> np.ndarray:
@@ -72,9 +70,12 @@ def bench(
     warmup: int = 10,
     calib_data: torch.Tensor | None = None,
     export_kwargs: dict[str, Any] | None = None,
+    spin: bool = True,
 ) -> list[dict[str, Any]]:
     """Time ``model`` (a module with ``.config``, or an exported .onnx file) in each runtime.
 
+    ``threads``: 1 .. the usable cores (default all). ``spin``: onnxruntime's
+    ``session.intra_op.allow_spinning`` (False on a busy or shared machine).
     ``calib_data``: float model inputs for ``onnx-int8``; 64 random inputs when None.
     Returns one dict per runtime: runtime, median_ms, p90_ms, mean_ms, images_per_s, bytes, ...
     """
@@ -85,6 +86,16 @@ def bench(
     if unknown:
         raise UsageError(
             f"unknown runtime(s) {', '.join(unknown)}; choose from {', '.join(RUNTIMES)}"
+        )
+    if not runtimes:
+        raise UsageError(f"no runtime given; choose from {', '.join(RUNTIMES)}")
+    if threads is not None and not (
+        not isinstance(threads, bool)
+        and isinstance(threads, int)
+        and 1 <= threads <= default_threads()
+    ):
+        raise UsageError(
+            f"threads must be in 1..{default_threads()} (the usable CPU cores), got {threads!r}"
         )
     threads = threads or default_threads()
     onnx_file = None if isinstance(model, nn.Module) else Path(model)
@@ -103,6 +114,7 @@ def bench(
         "batch_size": batch_size,
         "threads": threads,
         "runs": runs,
+        "spin": spin,
     }
     results = []
     prev_threads = torch.get_num_threads()
@@ -131,7 +143,7 @@ def bench(
                             extra["note"] = "calibrated on random data: latency only, not accuracy"
                         q = quantize_onnx(fp32, path, data)
                         extra["scheme"] = q["scheme"]
-                    sess = ort_session(path, threads)
+                    sess = ort_session(path, threads, spin)
                     feed = {sess.get_inputs()[0].name: x.numpy()}
                     times = time_fn(lambda s=sess, f=feed: s.run(None, f), runs, warmup)
                     size = path.stat().st_size
@@ -153,7 +165,7 @@ def bench(
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from .cli import add_model_args, int_at_least
+    from .cli import add_data_args, add_model_args, add_runtime_args, int_at_least
 
     p = subparsers.add_parser(
         "bench",
@@ -167,9 +179,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_model_args(p)
     p.add_argument("--batch-size", type=int_at_least(1), default=1)
-    p.add_argument(
-        "--threads", type=int_at_least(1), default=None, help="default: all usable cores"
-    )
+    add_runtime_args(p)
     p.add_argument("--runs", type=int_at_least(1), default=50)
     p.add_argument("--warmup", type=int_at_least(0), default=10)
     p.add_argument(
@@ -177,10 +187,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=",".join(DEFAULT_RUNTIMES),
         help=f"comma-separated, from {','.join(RUNTIMES)} (default {','.join(DEFAULT_RUNTIMES)})",
     )
-    p.add_argument(
-        "--calib-data",
-        metavar="SPEC",
+    add_data_args(
+        p,
+        flag="--calib-data",
         help="int8 calibration data for a checkpoint (default: random)",
+        workers=False,
+        skip_bad_images=False,
     )
     p.add_argument("--calib-samples", type=int_at_least(1), default=256)
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per runtime")
@@ -188,30 +200,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _load(args: argparse.Namespace) -> tuple[nn.Module | Path, dict[str, Any]]:
-    from .cli import model_from_args
+    """The model to time and the export_onnx keywords (class_names, preprocess) it carries."""
+    from .cli import model_from_args, refuse_model_options
     from .config import MODEL_NAMES
+    from .export import default_preprocess
 
     if args.model in MODEL_NAMES:
-        return model_from_args(args, args.model), {}
+        model = model_from_args(args, args.model)
+        return model, {"preprocess": default_preprocess(model.config)}
+    refuse_model_options(args, f"{args.model} (a saved model keeps its own configuration)")
     path = Path(args.model)
     if path.suffix == ".onnx":
         if not path.is_file():
-            raise UsageError(f"{path}: no such ONNX file")
+            raise MobilenetsError(f"{path}: no such ONNX file")
         return path, {}
     if not path.exists():
-        raise UsageError(
+        raise MobilenetsError(
             f"{args.model!r} is neither a model name ({', '.join(MODEL_NAMES)}) nor a file"
         )
     from .checkpoint import load_checkpoint
 
     ck = load_checkpoint(path)
-    crop_pct = ck.crop_pct
-    kw = {"class_names": ck.class_names, "mean": ck.mean, "std": ck.std, "crop_pct": crop_pct}
-    return ck.model, kw
+    return ck.model, {"class_names": ck.class_names, "preprocess": ck.preprocess}
+
+
+def parse_runtimes(text: str) -> list[str]:
+    """``--runtimes`` as a list: known names, at least one."""
+    runtimes = [r.strip() for r in text.split(",") if r.strip()]
+    if not runtimes:
+        raise UsageError(f"--runtimes: no runtime given; choose from {','.join(RUNTIMES)}")
+    unknown = [r for r in runtimes if r not in RUNTIMES]
+    if unknown:
+        raise UsageError(
+            f"--runtimes: unknown {', '.join(unknown)}; choose from {','.join(RUNTIMES)}"
+        )
+    return runtimes
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+    runtimes = parse_runtimes(args.runtimes)
     model, export_kwargs = _load(args)
     calib = None
     if args.calib_data and "onnx-int8" in runtimes:
@@ -219,13 +246,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from .onnx_quant import calibration_inputs
 
         if isinstance(model, Path):
-            meta = read_metadata(model)
-            cfg, mean, std, crop = meta["config"], meta["mean"], meta["std"], meta["crop_pct"]
+            prep = read_metadata(model)["preprocess"]
         else:
-            cfg, c = model.config, model.config.in_chans
-            mean, std = export_kwargs.get("mean", [0.0] * c), export_kwargs.get("std", [1.0] * c)
-            crop = export_kwargs.get("crop_pct", 1.0)
-        calib = calibration_inputs(args.calib_data, cfg, mean, std, crop, args.calib_samples)
+            prep = export_kwargs["preprocess"]
+        calib = calibration_inputs(args.calib_data, prep, args.calib_samples, args.data_dir)
     results = bench(
         model,
         runtimes,
@@ -235,6 +259,7 @@ def run_bench(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         calib_data=calib,
         export_kwargs=export_kwargs,
+        spin=args.spin,
     )
     if args.json:
         print(json.dumps(results, indent=2))
@@ -242,7 +267,7 @@ def run_bench(args: argparse.Namespace) -> int:
     r0 = results[0]
     print(
         f"{r0['model']} width {r0['width']:g}, {r0['resolution']} px, batch {r0['batch_size']}, "
-        f"{r0['threads']} threads, {r0['runs']} runs"
+        f"{r0['threads']} threads{'' if r0['spin'] else ' (no spin)'}, {r0['runs']} runs"
     )
     print(f"{'runtime':<14}{'median ms':>10}{'p90 ms':>10}{'img/s':>10}{'MB':>9}")
     for r in results:

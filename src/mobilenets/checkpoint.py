@@ -22,7 +22,8 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from .config import ModelConfig
-from .errors import MobilenetsError
+from .errors import MobilenetsError, UsageError
+from .preprocess import Preprocess
 
 FORMAT = "mobilenets.checkpoint"
 FORMAT_VERSION = 1
@@ -38,15 +39,19 @@ class Checkpoint:
     model: nn.Module
     config: ModelConfig
     class_names: list[str]
-    mean: list[float]
-    std: list[float]
+    preprocess: Preprocess
     path: Path
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def crop_pct(self) -> float:
-        """Evaluation crop fraction recorded by training (1.0: resize the whole image)."""
-        return float(self.meta.get("preprocess", {}).get("crop_pct", 1.0))
+    def mean(self) -> list[float]:
+        """``preprocess.mean`` as a list."""
+        return list(self.preprocess.mean)
+
+    @property
+    def std(self) -> list[float]:
+        """``preprocess.std`` as a list."""
+        return list(self.preprocess.std)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -74,23 +79,40 @@ def save_checkpoint(
     meta: dict[str, Any] | None = None,
     training_state: dict[str, Any] | None = None,
     state_dict: dict[str, torch.Tensor] | None = None,
+    preprocess: Preprocess | None = None,
 ) -> Path:
     """Atomically write a checkpoint folder at ``path`` (replacing one that exists).
 
+    ``preprocess``: the record stored as config.json's one ``"preprocess"`` entry; when None it
+    is built from the model's resolution and channels, ``mean``/``std`` (default 0/1) and
+    ``meta["preprocess"]``'s crop_pct and interpolation (that meta entry is not stored twice).
     ``state_dict`` overrides the weights saved for inference (e.g. the EMA weights);
     ``training_state`` must hold only tensors and plain containers (``weights_only`` loadable).
     """
     path = Path(path)
     cfg: ModelConfig = model.config
     n = cfg.num_classes
+    meta = dict(meta or {})
+    old = meta.pop("preprocess", None) or {}
+    if preprocess is None:
+        preprocess = Preprocess(
+            cfg.resolution,
+            cfg.in_chans,
+            list(mean) if mean else [0.0] * cfg.in_chans,
+            list(std) if std else [1.0] * cfg.in_chans,
+            old.get("crop_pct", 1.0),
+            old.get("interpolation", "bilinear"),
+        )
+    names = list(class_names) if class_names else [str(i) for i in range(n)]
+    if len(names) != n:
+        raise UsageError(f"{len(names)} class names for a model with {n} classes")
     info = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model": cfg.to_dict(),
-        "class_names": list(class_names) if class_names else [str(i) for i in range(n)],
-        "mean": list(mean) if mean else [0.0] * cfg.in_chans,
-        "std": list(std) if std else [1.0] * cfg.in_chans,
-        "meta": meta or {},
+        "class_names": names,
+        "preprocess": preprocess.to_dict(),
+        "meta": meta,
     }
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     if tmp.exists():
@@ -160,42 +182,126 @@ def read_info(path: str | Path) -> dict[str, Any]:
     return info
 
 
+def _legacy_preprocess(info: dict[str, Any], cfg: ModelConfig) -> dict[str, Any]:
+    """The preprocess entry of a checkpoint written before it had one (top-level mean/std,
+    ``meta.preprocess.crop_pct``)."""
+    old = info.get("meta", {}).get("preprocess", {}) if isinstance(info.get("meta"), dict) else {}
+    old = old if isinstance(old, dict) else {}
+    return {
+        "resolution": cfg.resolution,
+        "in_chans": cfg.in_chans,
+        "mean": info.get("mean", [0.0] * cfg.in_chans),
+        "std": info.get("std", [1.0] * cfg.in_chans),
+        "crop_pct": old.get("crop_pct", 1.0),
+        "interpolation": old.get("interpolation", "bilinear"),
+    }
+
+
+def parse_info(info: dict[str, Any], where: str) -> tuple[ModelConfig, list[str], Preprocess]:
+    """Validate a config.json: (model config, class names, preprocess), or MobilenetsError
+    naming the field at fault."""
+    try:
+        cfg = ModelConfig.from_dict(info.get("model"))
+    except (UsageError, TypeError, ValueError) as e:
+        raise MobilenetsError(f"{where}: model: {e}") from None
+    names = info.get("class_names")
+    if (
+        not isinstance(names, list)
+        or not all(isinstance(c, str) for c in names)
+        or len(names) != cfg.num_classes
+    ):
+        raise MobilenetsError(
+            f"{where}: class_names must be a list of {cfg.num_classes} strings (num_classes), "
+            f"got {str(names)[:80]}"
+        )
+    raw = info["preprocess"] if "preprocess" in info else _legacy_preprocess(info, cfg)
+    try:
+        prep = Preprocess.from_dict(raw)
+    except UsageError as e:
+        raise MobilenetsError(f"{where}: {e}") from None
+    if (prep.resolution, prep.in_chans) != (cfg.resolution, cfg.in_chans):
+        raise MobilenetsError(
+            f"{where}: preprocess is for {prep.resolution} px x {prep.in_chans} channels, "
+            f"the model takes {cfg.resolution} px x {cfg.in_chans}"
+        )
+    if not isinstance(info.get("meta", {}), dict):
+        raise MobilenetsError(f"{where}: meta must be a JSON object")
+    return cfg, names, prep
+
+
+def _check_shapes(model: nn.Module, sd: dict[str, torch.Tensor], where: Path, name: str) -> None:
+    """One line naming the first missing, unexpected or wrongly shaped tensor."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    if missing or unexpected:
+        raise MobilenetsError(
+            f"{where}: weights do not match {name} "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    for k, t in own.items():
+        if tuple(sd[k].shape) != tuple(t.shape):
+            raise MobilenetsError(
+                f"{where}: {k} has shape {tuple(sd[k].shape)}, but the config.json model "
+                f"({name}) needs {tuple(t.shape)}"
+            )
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load a checkpoint folder (or ``last.ckpt``/``best.ckpt``) as a model ready for inference."""
+    """Load a checkpoint folder (or ``last.ckpt``/``best.ckpt``) as a model ready for inference.
+
+    config.json is validated first: a bad field gives one MobilenetsError line naming it.
+    """
     from .models import build_from_config
 
     p = resolve(path)
     info = read_info(p)
-    cfg = ModelConfig.from_dict(info["model"])
+    cfg, names, prep = parse_info(info, str(p / CONFIG))
     model = build_from_config(cfg)
     try:
         sd = load_file(p / WEIGHTS)
     except Exception as e:  # safetensors raises its own error types
         raise MobilenetsError(f"{p / WEIGHTS}: unreadable weights ({e})") from None
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise MobilenetsError(
-            f"{p / WEIGHTS}: weights do not match {cfg.name} "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
+    _check_shapes(model, sd, p / WEIGHTS, cfg.name)
+    model.load_state_dict(sd)
     model.eval().to(device)
-    return Checkpoint(
-        model, cfg, info["class_names"], info["mean"], info["std"], p, info.get("meta", {})
-    )
+    return Checkpoint(model, cfg, names, prep, p, info.get("meta", {}))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def safe_torch_load(path: str | Path) -> Any:
-    """``torch.load(weights_only=True)``, turning a pickled object into a clear refusal."""
+    """``torch.load(weights_only=True)``, turning a pickled object into a clear refusal.
+
+    An empty file, or bytes that are neither a torch zip archive nor a pickle, get their own
+    one-line message (they are not "pickled objects").
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise MobilenetsError(f"{path}: unreadable file ({e.strerror or e})") from None
+    if not head:
+        raise MobilenetsError(f"{path}: the file is empty")
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise MobilenetsError(
+            f"{path}: not a PyTorch file (neither a torch.save zip archive nor a pickle; "
+            "a .safetensors file needs that suffix)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        if "Weights only load failed" not in str(e):
+            raise MobilenetsError(f"{path}: damaged PyTorch file ({_first_line(e)})") from None
         raise MobilenetsError(
             f"{path}: refusing to load, it carries a pickled Python object "
-            f"(only tensors and plain containers are allowed). {first}"
+            f"(only tensors and plain containers are allowed). {_first_line(e)}"
         ) from None
-    except (OSError, RuntimeError, EOFError) as e:
-        raise MobilenetsError(f"{path}: unreadable file ({str(e).splitlines()[0]})") from None
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
+        raise MobilenetsError(f"{path}: unreadable file ({_first_line(e)})") from None
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:

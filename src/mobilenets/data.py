@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import MobilenetsError, UsageError
-from .transforms import adapt_channels, decode_image, to_model_input
+from .preprocess import Preprocess
+from .transforms import adapt_channels, decode_image, preprocess_images, to_model_input
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top",
@@ -433,22 +434,6 @@ def random_crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.T
     return torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
 
 
-@dataclass
-class Preprocess:
-    """How images become model inputs (what a checkpoint stores for ``predict``)."""
-
-    resolution: int
-    in_chans: int
-    mean: list[float]
-    std: list[float]
-    crop_pct: float
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return to_model_input(
-            images, self.resolution, self.mean, self.std, self.in_chans, self.crop_pct
-        )
-
-
 def train_batches(
     ds: Dataset,
     split: Split,
@@ -507,7 +492,10 @@ def eval_batches(
     idx = indices if indices is not None else torch.arange(len(split))
     if split.images is not None:
         for chunk in idx.split(batch_size):
-            yield prep(split.images[chunk].to(device)), split.labels[chunk].to(device)
+            yield (
+                preprocess_images(prep, split.images[chunk].to(device)),
+                split.labels[chunk].to(device),
+            )
         return
     bad = bad if bad is not None else BadImages(False)
     fds = _FileDataset(

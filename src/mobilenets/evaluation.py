@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +73,11 @@ def tally(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
         logits = logits.float()
+        if not bool(torch.isfinite(logits).all()):
+            raise MobilenetsError(
+                f"the model gives non-finite outputs (NaN/inf) after {n} images: "
+                "its weights are broken (was training diverging?)"
+            )
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         pred = logits.topk(k, 1).indices
         top1 += (pred[:, 0] == y).sum()
@@ -107,8 +114,10 @@ def evaluate(
         ``class_names``, ``split``, ``data``, ``checkpoint``; accuracies are fractions.
     """
     from .checkpoint import load_checkpoint
-    from .data import BadImages, Preprocess, eval_batches, holdout, load_dataset
+    from .data import BadImages, eval_batches, holdout, load_dataset
 
+    if out is not None:
+        check_writable_folder(out)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ckpt = load_checkpoint(checkpoint, dev)
     meta = ckpt.meta
@@ -130,8 +139,7 @@ def evaluate(
         raise MobilenetsError(
             f"{ckpt.path}: the model has {cfg.num_classes} classes but {ds.name} has {len(ds.class_names)}"
         )
-    crop_pct = float(meta.get("preprocess", {}).get("crop_pct", ds.crop_pct))
-    prep = Preprocess(cfg.resolution, cfg.in_chans, ckpt.mean, ckpt.std, crop_pct)
+    prep = ckpt.preprocess
     model = ckpt.model
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -181,8 +189,31 @@ def evaluate(
     return result
 
 
+def check_writable_folder(folder: str | Path) -> None:
+    """Raise MobilenetsError unless ``folder`` is (or can be made) a writable folder."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise MobilenetsError(f"--out {folder}: exists and is not a folder")
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise MobilenetsError(f"--out {folder}: {probe} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise MobilenetsError(
+            f"--out {folder}: cannot write in {probe} ({e.strerror or e}); pass --out DIR"
+        ) from None
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise MobilenetsError(f"--out {folder}: {probe} is not writable; pass --out DIR")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``eval`` subcommand."""
+    from .cli import add_batch_size_arg, add_data_args, add_device_args
+
     p = subparsers.add_parser(
         "eval", help="top-1/top-5/per-class accuracy and confusion matrix of a checkpoint"
     )
@@ -191,25 +222,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="CHECKPOINT",
         help="checkpoint folder, or RUN/last.ckpt, RUN/best.ckpt",
     )
-    p.add_argument("--data", metavar="SPEC", help="dataset (default: the one it was trained on)")
-    p.add_argument("--data-dir", metavar="DIR")
+    add_data_args(p, help="dataset (default: the one it was trained on)")
     p.add_argument("--split", choices=("test", "val", "train"), default="test")
     p.add_argument(
         "--out", metavar="DIR", help="where to write the confusion matrix (default: RUN/eval-SPLIT)"
     )
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", choices=("cpu", "cuda"))
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers (ImageFolder)")
-    p.add_argument("--skip-bad-images", action="store_true")
+    add_batch_size_arg(p, 256)
+    add_device_args(p)
     p.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
     from .checkpoint import resolve
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available")
     out = args.out or resolve(args.checkpoint).parent / f"eval-{args.split}"
     r = evaluate(
         args.checkpoint,

@@ -1,7 +1,9 @@
 """ONNX export: fold BN, export ONE self-contained .onnx file, verify it in onnxruntime.
 
 The file carries everything ``predict`` needs in its ``metadata_props``: the model config
-(:meth:`ModelConfig.to_json`), class names, mean/std, resolution, architecture and crop_pct.
+(:meth:`ModelConfig.to_json`), the class names and the one ``preprocess`` record
+(:class:`mobilenets.preprocess.Preprocess`). Files written before that record (five separate
+props: resolution, in_chans, mean, std, crop_pct) still load.
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ import torch
 from torch import nn
 
 from .errors import MobilenetsError, UsageError
+from .preprocess import Preprocess
 
 DEFAULT_OPSET = 18
+MIN_OPSET = 17
+FORMAT_VERSION = "2"  # 1: five separate preprocessing props; 2: one "preprocess" record
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 FP32_ATOL = 1e-4
@@ -90,12 +95,15 @@ def fold_bn(model: nn.Module) -> nn.Module:
 # ---------------------------------------------------------------- metadata
 
 
+def default_preprocess(cfg: Any) -> Preprocess:
+    """Identity normalization at the model's resolution (mean 0, std 1, whole image)."""
+    return Preprocess(cfg.resolution, cfg.in_chans, [0.0] * cfg.in_chans, [1.0] * cfg.in_chans)
+
+
 def model_metadata(
     model: nn.Module,
     class_names: Sequence[str] | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    crop_pct: float = 1.0,
+    preprocess: Preprocess | None = None,
 ) -> dict[str, str]:
     """The ``metadata_props`` written into exported files (all values are strings, JSON inside)."""
     cfg = getattr(model, "config", None)
@@ -103,28 +111,96 @@ def model_metadata(
         raise UsageError(
             "export needs a mobilenets model (with a .config); build it with create_model"
         )
-    n, c = cfg.num_classes, cfg.in_chans
+    n = cfg.num_classes
     names = list(class_names) if class_names else [str(i) for i in range(n)]
     if len(names) != n:
         raise UsageError(f"{len(names)} class names for a model with {n} classes")
+    prep = preprocess or default_preprocess(cfg)
+    if (prep.resolution, prep.in_chans) != (cfg.resolution, cfg.in_chans):
+        raise UsageError(
+            f"preprocess is for {prep.resolution} px x {prep.in_chans} channels, "
+            f"the model takes {cfg.resolution} px x {cfg.in_chans}"
+        )
     return {
-        "mobilenets.format_version": "1",
+        "mobilenets.format_version": FORMAT_VERSION,
         "config": cfg.to_json(),
         "architecture": cfg.name,
-        "resolution": str(cfg.resolution),
-        "in_chans": str(c),
         "class_names": json.dumps(names),
-        "mean": json.dumps([float(v) for v in (mean if mean is not None else [0.0] * c)]),
-        "std": json.dumps([float(v) for v in (std if std is not None else [1.0] * c)]),
-        "crop_pct": repr(float(crop_pct)),
+        "preprocess": json.dumps(prep.to_dict()),
+    }
+
+
+def _legacy_preprocess(props: dict[str, str], cfg: Any) -> dict[str, Any]:
+    """The preprocess record of a format-1 file (five separate props)."""
+    d: dict[str, Any] = {"in_chans": cfg.in_chans}
+    d["resolution"] = int(props.get("resolution", cfg.resolution))
+    d["mean"] = json.loads(props.get("mean", "null")) or [0.0] * cfg.in_chans
+    d["std"] = json.loads(props.get("std", "null")) or [1.0] * cfg.in_chans
+    d["crop_pct"] = float(props.get("crop_pct", 1.0))
+    return d
+
+
+def parse_metadata(props: dict[str, str], where: str) -> dict[str, Any]:
+    """config, architecture, class_names, preprocess and quantization from ``metadata_props``;
+    MobilenetsError naming the prop at fault."""
+    from .config import ModelConfig
+
+    def bad(key: str, why: Any) -> MobilenetsError:
+        return MobilenetsError(f"{where}: metadata {key!r} is damaged ({why})")
+
+    if "config" not in props:
+        raise MobilenetsError(
+            f"{where}: no mobilenets metadata (export it with `mobilenets export`)"
+        )
+    try:
+        cfg = ModelConfig.from_json(props["config"])
+    except (UsageError, TypeError, ValueError) as e:
+        raise bad("config", e) from None
+    try:
+        names = json.loads(props.get("class_names", "null")) or [
+            str(i) for i in range(cfg.num_classes)
+        ]
+    except ValueError as e:
+        raise bad("class_names", e) from None
+    if (
+        not isinstance(names, list)
+        or len(names) != cfg.num_classes
+        or not all(isinstance(c, str) for c in names)
+    ):
+        raise bad("class_names", f"needs a list of {cfg.num_classes} strings")
+    key = "preprocess" if "preprocess" in props else "mean/std/resolution/crop_pct"
+    try:
+        raw = (
+            json.loads(props["preprocess"])
+            if key == "preprocess"
+            else _legacy_preprocess(props, cfg)
+        )
+        prep = Preprocess.from_dict(raw)
+    except (UsageError, TypeError, ValueError) as e:
+        raise bad(key, e) from None
+    if (prep.resolution, prep.in_chans) != (cfg.resolution, cfg.in_chans):
+        raise bad(
+            key,
+            f"{prep.resolution} px x {prep.in_chans} channels, the model takes "
+            f"{cfg.resolution} px x {cfg.in_chans}",
+        )
+    try:
+        quant = json.loads(props["quantization"]) if "quantization" in props else None
+    except ValueError as e:
+        raise bad("quantization", e) from None
+    return {
+        "config": cfg,
+        "architecture": cfg.name,
+        "class_names": names,
+        "preprocess": prep,
+        "quantization": quant,
     }
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """Preprocessing and labels from an exported file: config, class_names, mean, std, crop_pct..."""
+    """config, class_names, preprocess (a :class:`Preprocess`), architecture and quantization
+    of an exported file (format 1 files, with five separate preprocessing props, too)."""
     import onnx
-
-    from .config import ModelConfig
 
     try:
         proto = onnx.load(str(path), load_external_data=False)
@@ -132,24 +208,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise MobilenetsError(
             f"{path}: not a readable ONNX file ({str(e).splitlines()[0]})"
         ) from None
-    props = {p.key: p.value for p in proto.metadata_props}
-    if "config" not in props:
-        raise MobilenetsError(
-            f"{path}: no mobilenets metadata (export it with `mobilenets export`)"
-        )
-    cfg = ModelConfig.from_json(props["config"])
-    return {
-        "config": cfg,
-        "architecture": props.get("architecture", cfg.name),
-        "resolution": int(props.get("resolution", cfg.resolution)),
-        "in_chans": cfg.in_chans,
-        "class_names": json.loads(props.get("class_names", "null"))
-        or [str(i) for i in range(cfg.num_classes)],
-        "mean": json.loads(props.get("mean", "null")) or [0.0] * cfg.in_chans,
-        "std": json.loads(props.get("std", "null")) or [1.0] * cfg.in_chans,
-        "crop_pct": float(props.get("crop_pct", 1.0)),
-        "quantization": json.loads(props["quantization"]) if "quantization" in props else None,
-    }
+    return parse_metadata({p.key: p.value for p in proto.metadata_props}, str(path))
 
 
 def write_onnx(proto: Any, path: str | Path) -> Path:
@@ -179,16 +238,31 @@ def set_metadata(proto: Any, props: dict[str, str]) -> None:
 # ---------------------------------------------------------------- onnxruntime
 
 
-def ort_session(path: str | Path, threads: int | None = None) -> Any:
-    """A CPU onnxruntime session with all graph optimizations (``threads``: intra-op threads)."""
+def ort_session(path: str | Path, threads: int | None = None, spin: bool = True) -> Any:
+    """A CPU onnxruntime session with all graph optimizations.
+
+    ``threads``: intra-op threads. ``spin``: let idle threads busy-wait for the next op
+    (onnxruntime's default, fastest on an idle machine); False on a busy or shared machine,
+    where spinning threads steal the cores the work needs.
+    """
     import onnxruntime as ort
 
+    from .cli import usable_cpus
+
+    if threads is not None and not (
+        not isinstance(threads, bool) and isinstance(threads, int) and 1 <= threads <= usable_cpus()
+    ):
+        raise UsageError(
+            f"threads must be in 1..{usable_cpus()} (the usable CPU cores), got {threads!r}"
+        )
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
     try:
         return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     except Exception as e:
@@ -211,24 +285,71 @@ def run_ort(session: Any, x: np.ndarray | torch.Tensor, batch_size: int = 64) ->
 # ---------------------------------------------------------------- export
 
 
+def max_opset() -> int:
+    """The newest ONNX opset the installed ``onnx`` package knows."""
+    import onnx
+
+    return int(onnx.defs.onnx_opset_version())
+
+
+def file_opset(proto: Any) -> int:
+    """The default-domain opset a model proto declares."""
+    return max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
+def _to_onnx(folded: nn.Module, cfg: Any, opset: int) -> Any:
+    """The model proto of ``folded`` at ``opset`` (torch.export + the dynamo exporter)."""
+    import contextlib
+    import io
+
+    res = cfg.resolution
+    example = torch.randn(2, cfg.in_chans, res, res)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            program = torch.onnx.export(
+                folded,
+                (example,),
+                None,
+                dynamo=True,
+                verbose=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch},),
+            )
+    except Exception as e:
+        raise MobilenetsError(f"ONNX export failed: {str(e).strip().splitlines()[0]}") from None
+    proto = program.model_proto
+    got = file_opset(proto)
+    if got != opset:
+        raise MobilenetsError(
+            f"ONNX export: the converter could not produce opset {opset} (it gave {got}); "
+            f"choose --opset in {MIN_OPSET}..{got}"
+        )
+    return proto
+
+
 def export_onnx(
     model: nn.Module,
     path: str | Path,
     *,
     class_names: Sequence[str] | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    crop_pct: float = 1.0,
+    preprocess: Preprocess | None = None,
     opset: int = DEFAULT_OPSET,
     verify_inputs: torch.Tensor | None = None,
     atol: float | None = FP32_ATOL,
 ) -> dict[str, Any]:
     """Fold BN and export ``model`` to ONE self-contained ONNX file with a dynamic batch dimension.
 
+    The file appears at ``path`` only once onnxruntime ran it and agreed with PyTorch.
+
     Args:
         path: the ``.onnx`` file to write (no ``.onnx.data`` beside it).
-        class_names, mean, std, crop_pct: preprocessing and labels stored in the metadata.
-        opset: ONNX opset (>= 17).
+        class_names, preprocess: labels and the preprocessing record stored in the metadata
+            (default: class indices, identity normalization at the model's resolution).
+        opset: ONNX opset, from 17 to the installed onnx's newest.
         verify_inputs: float model inputs (N, C, H, W) to compare onnxruntime with PyTorch on;
             4 random inputs when None.
         atol: raise MobilenetsError when the max abs logit difference exceeds
@@ -236,47 +357,43 @@ def export_onnx(
             absolute 1e-4; larger ones a relative 1e-4 (float32 accumulation order differs).
 
     Returns:
-        ``{"path", "bytes", "max_abs_diff", "max_abs_logit", "opset"}``.
+        ``{"path", "bytes", "max_abs_diff", "max_abs_logit", "opset"}`` (the file's real opset).
     """
-    if opset < 17:
-        raise UsageError(f"opset must be >= 17, got {opset}")
+    if (
+        isinstance(opset, bool)
+        or not isinstance(opset, int)
+        or not (MIN_OPSET <= opset <= max_opset())
+    ):
+        raise UsageError(
+            f"--opset must be in {MIN_OPSET}..{max_opset()} (the installed onnx's newest), "
+            f"got {opset!r}"
+        )
     cfg = getattr(model, "config", None)
-    meta = model_metadata(model, class_names, mean, std, crop_pct)
-    res = cfg.resolution
-    folded = fold_bn(model)
-    example = torch.randn(2, cfg.in_chans, res, res)
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    try:
-        program = torch.onnx.export(
-            folded,
-            (example,),
-            None,
-            dynamo=True,
-            verbose=False,
-            opset_version=opset,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: batch},),
-        )
-    except Exception as e:
-        raise MobilenetsError(f"ONNX export failed: {str(e).strip().splitlines()[0]}") from None
-    proto = program.model_proto
+    meta = model_metadata(model, class_names, preprocess)
+    proto = _to_onnx(fold_bn(model), cfg, opset)
     set_metadata(proto, meta)
-    path = write_onnx(proto, path)
-    x = verify_inputs if verify_inputs is not None else torch.randn(4, cfg.in_chans, res, res)
-    diff, scale = max_abs_diff(model, path, x, with_scale=True)
-    limit = None if atol is None else atol * max(1.0, scale)
-    if limit is not None and not diff <= limit:
-        raise MobilenetsError(
-            f"{path}: onnxruntime and PyTorch logits differ by {diff:.3g} "
-            f"(> {atol:g} x max(1, largest |logit| {scale:.3g}))"
-        )
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.unverified-{os.getpid()}.onnx")
+    try:
+        write_onnx(proto, tmp)
+        res = cfg.resolution
+        x = verify_inputs if verify_inputs is not None else torch.randn(4, cfg.in_chans, res, res)
+        diff, scale = max_abs_diff(model, tmp, x, with_scale=True)
+        limit = None if atol is None else atol * max(1.0, scale)
+        if limit is not None and not diff <= limit:
+            raise MobilenetsError(
+                f"{path}: not written: onnxruntime and PyTorch logits differ by {diff:.3g} "
+                f"(> {atol:g} x max(1, largest |logit| {scale:.3g}))"
+            )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return {
         "path": str(path),
         "bytes": path.stat().st_size,
         "max_abs_diff": diff,
         "max_abs_logit": scale,
-        "opset": opset,
+        "opset": file_opset(proto),
     }
 
 
@@ -302,6 +419,7 @@ def max_abs_diff(
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from .cli import add_data_args, int_at_least
     from .onnx_quant import ACTIVATION_TYPES, CALIB_METHODS
 
     p = subparsers.add_parser(
@@ -318,21 +436,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
     p.add_argument(
         "--opset",
-        type=int,
+        type=int_at_least(MIN_OPSET),
         default=DEFAULT_OPSET,
-        help=f"ONNX opset >= 17 (default {DEFAULT_OPSET})",
+        help=f"ONNX opset, {MIN_OPSET}..the installed onnx's newest (default {DEFAULT_OPSET})",
     )
     p.add_argument("--int8", action="store_true", help="also write a static int8 (QDQ) model")
     p.add_argument("--int8-out", metavar="FILE", help="int8 file (default: FILE with .int8.onnx)")
-    p.add_argument(
-        "--calib-data",
-        metavar="SPEC",
-        help="fashion-mnist, cifar10:PATH, imagefolder:PATH or random",
+    add_data_args(
+        p,
+        flag="--calib-data",
+        help="calibration and test images: fashion-mnist, cifar10:PATH, imagefolder:PATH or random",
+        workers=False,
+        skip_bad_images=False,
     )
-    p.add_argument("--data-dir", help="where --calib-data looks for its files")
     p.add_argument(
         "--calib-samples",
-        type=int,
+        type=int_at_least(1),
         default=512,
         metavar="N",
         help="training images to calibrate on (default 512)",
@@ -345,8 +464,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="uint8: fastest on x86 onnxruntime (default); int8: the LiteRT/TFLite-Micro scheme",
     )
     p.add_argument(
-        "--eval-samples",
+        "--weight-bits",
         type=int,
+        choices=(7, 8),
+        default=7,
+        help="int8 weight range: 7 bits (default) is exact in onnxruntime on every x86 CPU; "
+        "8 bits saturates on x86 CPUs without VNNI (use it for ARM/VNNI targets)",
+    )
+    p.add_argument(
+        "--eval-samples",
+        type=int_at_least(1),
         default=None,
         metavar="N",
         help="test images for top-1 (default: all)",
@@ -371,25 +498,23 @@ def run_export(args: argparse.Namespace) -> int:
         raise UsageError(
             "--int8 needs --calib-data SPEC (fashion-mnist, cifar10:PATH, imagefolder:PATH or random)"
         )
-    if args.calib_samples < 1:
-        raise UsageError(f"--calib-samples must be >= 1, got {args.calib_samples}")
     if not out.parent.is_dir():
         raise UsageError(f"--out: folder {out.parent} does not exist")
+    if out.is_dir():
+        raise UsageError(f"--out {out}: is a folder; name the .onnx file to write")
     ck = load_checkpoint(args.checkpoint)
-    crop_pct = ck.crop_pct
+    prep = ck.preprocess
     data = args.calib_data if args.calib_data and args.calib_data != "random" else None
 
     def tests(n: int | None = args.eval_samples):
-        return test_batches(data, ck.config, ck.mean, ck.std, crop_pct, n, args.data_dir)
+        return test_batches(data, prep, n, args.data_dir)
 
     verify = next(tests(64))[0] if data else None  # real images when there are some
     res = export_onnx(
         ck.model,
         out,
         class_names=ck.class_names,
-        mean=ck.mean,
-        std=ck.std,
-        crop_pct=crop_pct,
+        preprocess=prep,
         opset=args.opset,
         verify_inputs=verify,
     )
@@ -400,11 +525,14 @@ def run_export(args: argparse.Namespace) -> int:
     sessions = {"fp32": ort_session(out)}
     if args.int8:
         q_out = Path(args.int8_out) if args.int8_out else _int8_path(out)
-        calib = calibration_inputs(
-            args.calib_data, ck.config, ck.mean, ck.std, crop_pct, args.calib_samples, args.data_dir
-        )
+        calib = calibration_inputs(args.calib_data, prep, args.calib_samples, args.data_dir)
         qinfo = quantize_onnx(
-            out, q_out, calib, activation_type=args.activation_type, calib_method=args.calib_method
+            out,
+            q_out,
+            calib,
+            activation_type=args.activation_type,
+            calib_method=args.calib_method,
+            reduce_range=args.weight_bits == 7,
         )
         sessions["int8"] = ort_session(q_out)
         report.update(

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from .errors import MobilenetsError, UsageError
-from .transforms import decode_image, to_model_input
+from .preprocess import Preprocess
+from .transforms import decode_image, preprocess_images
 
 ImageLike = str | Path | torch.Tensor | np.ndarray  # or a PIL image
 
@@ -27,10 +28,18 @@ class Predictor:
     """A model ready to classify images: ``Predictor(path).predict(images_or_paths, top_k)``.
 
     ``path`` is a checkpoint folder (or ``last.ckpt``/``best.ckpt``) run in PyTorch, or an
-    exported ``.onnx`` file (fp32 or int8) run in onnxruntime.
+    exported ``.onnx`` file (fp32 or int8) run in onnxruntime (``threads`` intra-op threads,
+    ``spin``: onnxruntime's ``session.intra_op.allow_spinning``; False on a busy machine).
+    Its ``preprocessing`` is the :class:`Preprocess` record stored with the model.
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None, batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        threads: int | None = None,
+        batch_size: int = 32,
+        spin: bool = True,
+    ) -> None:
         self.path = Path(path)
         self.batch_size = batch_size
         member = self.path.name in ("config.json", "model.safetensors", "training_state.pt")
@@ -40,12 +49,11 @@ class Predictor:
             if not self.path.is_file():
                 raise MobilenetsError(f"{path}: no such ONNX file")
             meta = read_metadata(self.path)
-            self.session = ort_session(self.path, threads)
+            self.session = ort_session(self.path, threads, spin)
             self.model = None
             self.config = meta["config"]
             self.class_names: list[str] = meta["class_names"]
-            self.mean, self.std, self.crop_pct = meta["mean"], meta["std"], meta["crop_pct"]
-            self.resolution = meta["resolution"]
+            self.preprocessing: Preprocess = meta["preprocess"]
         else:
             from .checkpoint import load_checkpoint
 
@@ -54,9 +62,7 @@ class Predictor:
             self.model = ck.model.eval()
             self.config = ck.config
             self.class_names = ck.class_names
-            self.mean, self.std = ck.mean, ck.std
-            self.crop_pct = ck.crop_pct
-            self.resolution = ck.config.resolution
+            self.preprocessing = ck.preprocess
         self.in_chans = self.config.in_chans
 
     def load(self, image: ImageLike) -> torch.Tensor:
@@ -76,18 +82,23 @@ class Predictor:
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 (C, H, W) -> the model's float input (1, in_chans, R, R)."""
-        return to_model_input(
-            image[None], self.resolution, self.mean, self.std, self.in_chans, self.crop_pct
-        )
+        return preprocess_images(self.preprocessing, image[None])
 
     @torch.inference_mode()
     def logits(self, x: torch.Tensor) -> np.ndarray:
-        """Logits for preprocessed float inputs (N, C, R, R)."""
+        """Logits for preprocessed float inputs (N, C, R, R); MobilenetsError if any is NaN/inf."""
         if self.session is not None:
             from .export import run_ort
 
-            return run_ort(self.session, x, self.batch_size)
-        return torch.cat([self.model(c) for c in x.split(self.batch_size)]).numpy()
+            out = run_ort(self.session, x, self.batch_size)
+        else:
+            out = torch.cat([self.model(c) for c in x.split(self.batch_size)]).numpy()
+        if not np.isfinite(out).all():
+            raise MobilenetsError(
+                f"{self.path}: the model gives non-finite outputs (NaN/inf); its weights are "
+                "broken (was training diverging?)"
+            )
+        return out
 
     def predict(
         self, images: ImageLike | Sequence[ImageLike], top_k: int = 5
@@ -134,17 +145,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "model", metavar="MODEL", help="checkpoint folder (or last.ckpt/best.ckpt) or .onnx file"
     )
+    from .cli import add_runtime_args, int_at_least
+
     p.add_argument("images", metavar="IMAGE", nargs="+")
-    p.add_argument("--top-k", type=int, default=5, metavar="K")
+    p.add_argument("--top-k", type=int_at_least(1), default=5, metavar="K")
     p.add_argument("--json", action="store_true", help="print one JSON list")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    add_runtime_args(p)
     p.set_defaults(func=run_predict)
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    if args.top_k < 1:
-        raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
-    pred = Predictor(args.model, threads=args.threads)
+    pred = Predictor(args.model, threads=args.threads, spin=args.spin)
     results: list[dict[str, Any]] = [{"image": path} for path in args.images]
     batch: list[tuple[int, torch.Tensor]] = []
 

@@ -160,10 +160,34 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
+def _shapes(model: nn.Module, in_chans: int, res: int) -> fx.GraphModule:
+    """A traced copy of ``model`` whose nodes carry their output shapes.
+
+    The copy lives on the ``meta`` device (its weights and activations have shapes but no
+    memory, so a 10000 px input costs nothing) and runs in eval mode: the caller's model is
+    never moved, run or switched between train and eval (fx tracing alone shares its modules).
+    """
+    import copy
+    import itertools
+
+    gm = fx.symbolic_trace(model)
+    memo: dict[int, Any] = {}
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        meta = torch.empty_like(t, device="meta")
+        memo[id(t)] = nn.Parameter(meta, t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    shadow = copy.deepcopy(gm, memo).eval()
+    with torch.no_grad():
+        ShapeProp(shadow).propagate(torch.zeros(1, in_chans, res, res, device="meta"))
+    return shadow
+
+
 def profile(
     model: nn.Module, resolution: int | None = None, dtype: torch.dtype = torch.float32
 ) -> Report:
     """Trace ``model`` on one image and count params, MACs and activation memory.
+
+    Shapes are computed with fake tensors: no activation memory is allocated, and ``model``
+    (its weights, device and train/eval mode) is left exactly as it was.
 
     Args:
         resolution: input size; defaults to ``model.config.resolution`` (else 224).
@@ -178,12 +202,7 @@ def profile(
     lo = min_resolution(bool(cfg and cfg.small_input))
     if isinstance(res, bool) or not isinstance(res, int) or res < lo:
         raise UsageError(f"resolution must be an integer >= {lo}, got {res!r}")
-    gm = fx.symbolic_trace(model)
-    was_training = model.training
-    gm.eval()
-    with torch.no_grad():
-        ShapeProp(gm).propagate(torch.zeros(1, in_chans, res, res))
-    model.train(was_training)
+    gm = _shapes(model, in_chans, res)
     modules = dict(gm.named_modules())
 
     ops: list[Op] = []

@@ -220,12 +220,12 @@ class TrainArgs:
     out: str
     epochs: int
     batch_size: int = 256
-    width: float = 1.0
+    width_mult: float | None = None  # MobileNets only; default 1.0
     resolution: int | None = None
     small_input: bool = False
     in_chans: int | None = None
     num_classes: int | None = None
-    activation: str = "relu6"
+    activation: str | None = None  # MobileNets only; default relu6
     data_dir: str | None = None
     recipe: str = "modern"
     lr: float | None = None  # for the global batch; default: the recipe's, scaled
@@ -295,7 +295,7 @@ def fit(
         model: ``mobilenet_v1``, ``mobilenet_v2``, ``resnet50`` or ``vgg16``.
         data: ``fashion-mnist``, ``cifar10:PATH``, ``cifar100:PATH`` or ``imagefolder:PATH``.
         batch_size: the global batch (split across ranks under torchrun).
-        options: any other :class:`TrainArgs` field (width, resolution, recipe, lr, seed,
+        options: any other :class:`TrainArgs` field (width_mult, resolution, recipe, lr, seed,
             resume, val_split, max_train_samples, pretrained, ...).
 
     Returns:
@@ -492,11 +492,13 @@ class Trainer:
         res = a.resolution or ds.resolution
         # Small-image datasets use the stride-8 network unless upscaled to ImageNet-like sizes.
         small = a.small_input or (ds.small_input and res <= 64)
-        opts: dict[str, Any] = {"activation": a.activation}
+        opts: dict[str, Any] = {}
         if a.model in ("mobilenet_v1", "mobilenet_v2"):
-            opts["width_mult"] = a.width
-        elif a.width != 1.0:
-            raise UsageError(f"--width does not apply to {a.model}")
+            opts["width_mult"] = a.width_mult if a.width_mult is not None else 1.0
+            opts["activation"] = a.activation or "relu6"
+        elif a.width_mult is not None or a.activation is not None:
+            flags = [f for f, v in (("--width", a.width_mult), ("--activation", a.activation)) if v]
+            raise UsageError(f"{', '.join(flags)} apply only to MobileNets, not to {a.model}")
         return create_model(
             a.model,
             resolution=res,
@@ -1106,7 +1108,7 @@ class Trainer:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` subcommand."""
-    from .cli import add_model_args, int_at_least, positive_float
+    from .cli import add_data_args, add_device_args, add_model_args, int_at_least, positive_float
     from .config import MODEL_NAMES
 
     p = subparsers.add_parser(
@@ -1117,13 +1119,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", required=True, choices=MODEL_NAMES)
     add_model_args(p)
-    p.add_argument(
-        "--data",
-        required=True,
-        metavar="SPEC",
-        help="fashion-mnist | cifar10:PATH | cifar100:PATH | imagefolder:PATH",
-    )
-    p.add_argument("--data-dir", metavar="DIR", help="where to look for Fashion-MNIST first")
+    add_data_args(p, required=True, workers_default=min(8, os.cpu_count() or 1))
+    add_device_args(p)
     p.add_argument("--epochs", type=int_at_least(1), required=True)
     p.add_argument(
         "--batch-size", type=int_at_least(1), default=256, help="global batch (split across ranks)"
@@ -1151,7 +1148,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--ema-decay", type=_option_type("ema_decay"), help="in [0, 1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=("cpu", "cuda"))
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.ckpt")
     p.add_argument(
         "--pretrained", metavar="PATH", help="initial weights (torchvision/timm/mobilenets)"
@@ -1170,15 +1166,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="quick runs: evaluate on N images",
     )
-    p.add_argument("--skip-bad-images", action="store_true")
     p.add_argument("--sync-bn", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument(
-        "--workers",
-        type=int_at_least(0),
-        default=min(8, os.cpu_count() or 1),
-        help="DataLoader workers (ImageFolder)",
-    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_main)
 

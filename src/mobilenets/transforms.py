@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .errors import MobilenetsError
+
+if TYPE_CHECKING:
+    from .preprocess import Preprocess
 
 
 def decode_image(path: str | Path, in_chans: int) -> torch.Tensor:
@@ -112,8 +116,12 @@ def to_model_input(
     std: Sequence[float],
     in_chans: int | None = None,
     crop_pct: float = 1.0,
+    interpolation: str = "bilinear",
 ) -> torch.Tensor:
     """uint8 (N, C, H, W) -> normalized float (N, in_chans, resolution, resolution)."""
+    kw = {"mode": interpolation}
+    if interpolation != "nearest":
+        kw.update(antialias=True, align_corners=False)
     x = images if in_chans is None else adapt_channels(images, in_chans)
     x = x.float().div_(255.0)
     h, w = x.shape[-2:]
@@ -121,14 +129,25 @@ def to_model_input(
         short = round(resolution / crop_pct)
         scale = short / min(h, w)
         size = (max(resolution, round(h * scale)), max(resolution, round(w * scale)))
-        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        x = F.interpolate(x, size=size, **kw)
         top = (size[0] - resolution) // 2
         left = (size[1] - resolution) // 2
         x = x[..., top : top + resolution, left : left + resolution]
     elif (h, w) != (resolution, resolution):
-        x = F.interpolate(
-            x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False
-        )
+        x = F.interpolate(x, size=(resolution, resolution), **kw)
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return (x - m) / s
+
+
+def preprocess_images(prep: Preprocess, images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) images -> the model input that the record ``prep`` describes."""
+    return to_model_input(
+        images,
+        prep.resolution,
+        prep.mean,
+        prep.std,
+        prep.in_chans,
+        prep.crop_pct,
+        prep.interpolation,
+    )

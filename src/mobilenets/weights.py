@@ -224,6 +224,12 @@ def _detect(sd: dict[str, torch.Tensor], path: str | Path) -> str:
     if "features.0.0.weight" in sd and "features.1.conv.0.0.weight" in sd:
         return "torchvision_mobilenet_v2"
     if "conv1.weight" in sd and "layer1.0.conv1.weight" in sd:
+        if "layer1.0.conv3.weight" not in sd:  # basic blocks: resnet18/34, not bottlenecks
+            depth = "resnet18" if "layer3.2.conv1.weight" not in sd else "resnet34"
+            raise MobilenetsError(
+                f"{path}: torchvision {depth} weights (basic blocks); only resnet50 "
+                "(bottleneck blocks) is a baseline here"
+            )
         return "torchvision_resnet50"
     if "features.0.weight" in sd and "classifier.6.weight" in sd:
         return "torchvision_vgg16"
@@ -340,6 +346,11 @@ def _load(
                 new[key] = ours
                 continue
             raise MobilenetsError(f"{path}: missing key {key!r} in the {layout} weights")
+        if ours.is_floating_point() and not theirs.is_floating_point():
+            raise MobilenetsError(
+                f"{path}: {origin[key]!r} holds {str(theirs.dtype).removeprefix('torch.')} "
+                "values; weights must be floating point"
+            )
         src = tuple(theirs.shape)
         in_chans_only = src[:1] + src[2:] == tuple(ours.shape[:1] + ours.shape[2:])
         if key == stem and src != ours.shape and in_chans_only:  # (out, in, k, k): in differs
