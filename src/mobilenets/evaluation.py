@@ -59,8 +59,13 @@ def tally(
     num_classes: int,
     device: torch.device,
     amp: bool = False,
+    refuse_non_finite: bool = True,
 ) -> Tally:
-    """Run ``model`` (already in eval mode) over ``batches`` of preprocessed inputs."""
+    """Run ``model`` (already in eval mode) over ``batches`` of preprocessed inputs.
+
+    ``refuse_non_finite=False`` (training) lets a NaN/inf reach the loss, for the caller to
+    report with its own context (the epoch, the last good checkpoint).
+    """
     k = min(5, num_classes)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     top1 = torch.zeros((), dtype=torch.int64, device=device)
@@ -73,7 +78,7 @@ def tally(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
         logits = logits.float()
-        if not bool(torch.isfinite(logits).all()):
+        if refuse_non_finite and not bool(torch.isfinite(logits).all()):
             raise MobilenetsError(
                 f"the model gives non-finite outputs (NaN/inf) after {n} images: "
                 "its weights are broken (was training diverging?)"
