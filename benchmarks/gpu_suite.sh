@@ -6,7 +6,7 @@
 # --data-dir: a folder with the four Fashion-MNIST IDX files (gzipped or not).
 # --smoke:    every code path at tiny settings (<= 60 s on a GPU); the full suite runs it first
 #             and stops if it fails. --device cpu --smoke proves the paths on a machine without
-#             a GPU (the figures then mean nothing).
+#             a GPU (the figures then mean nothing; --compile uses the aot_eager backend there).
 # Timing rows run alone on the GPU; the two accuracy-only rows run at the same time, last.
 #
 # Rows (benchmark names):
@@ -45,6 +45,9 @@ row() {  # row NAME ARGS...: one benchmark run, its JSON line on stdout (and in 
 }
 
 if [ "$SMOKE" = 1 ]; then
+  if [ "$DEVICE" = cpu ]; then  # the compiled-step path, traced without minutes of C++ builds
+    export MOBILENETS_COMPILE_BACKEND="${MOBILENETS_COMPILE_BACKEND:-aot_eager}"
+  fi
   T=(--width 0.25 --max-train-samples 2048 --max-eval-samples 500)
   row speed_b256_eager --recipe modern --epochs 2 "${T[@]}" --peer --peer-steps 6
   row speed_b1024_fast --recipe fast --epochs 2 "${T[@]}" --peer --peer-steps 3
