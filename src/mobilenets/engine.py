@@ -80,10 +80,12 @@ RECIPES: dict[str, Recipe] = {
     # images, batch 128, 2,000 test images) 0.1 / 0.2 / 0.4 per 256 reached 78.1 / 80.8 / 81.5%;
     # we keep the middle value as the safer default for longer runs and wider models.
     # Warm-up: 1 epoch, at most 10% of the run, but at least 100 steps or a quarter of a short
-    # run: a 1-epoch run of 32 steps warmed up in 3.2 steps and diverged (train loss 5.27, 9.3%
-    # test top-1 on an H200, issue 10); it now warms up over 8. Runs of >= 1,000 steps (the
-    # demo: 1,406) keep their 10%. Half a short run was too long: an 80-step run (V1 alpha
-    # 0.25, 2,560 images, batch 64) fell from > 35% to 31.6% test top-1 with 40 warm-up steps.
+    # run (runs of >= 1,000 steps, the demo's 1,406 included, keep their 10%). A 1-epoch run of
+    # 32 steps (V2 alpha 0.5, 8,192 images, batch 256) warmed up in 3.2 steps and diverged on an
+    # H200 (train loss 5.27, 9.3% test top-1, issue 10); on the CPU it diverges with a 16-step
+    # warm-up too (train loss 5.54, 10.0%): lr 0.2 is too high for that run, see the engine
+    # report. Half a short run was too long elsewhere: an 80-step run (V1 alpha 0.25, 2,560
+    # images, batch 64) fell from > 35% to 31.6% test top-1 with 40 warm-up steps.
     "modern": Recipe(
         "modern",
         "sgd",
