@@ -68,6 +68,7 @@ from .engine import (  # noqa: F401 - re-exported: the recipes and optimizer liv
     lr_at,
     make_train_step,
     param_groups,
+    recalibrate_bn,
     train_one_epoch,
 )
 from .errors import MobilenetsError, UsageError
@@ -76,6 +77,7 @@ KILL_AT_STEP = "MOBILENETS_KILL_AT_STEP"  # tests: SIGKILL the run after that op
 # --compile's torch.compile backend (default inductor); CPU smoke runs use aot_eager, which
 # traces the same whole step in seconds instead of minutes of C++ compilation.
 COMPILE_BACKEND = "MOBILENETS_COMPILE_BACKEND"
+PRECISE_BN_IMAGES = 2048  # training images that re-estimate BN statistics after each epoch
 
 
 def _opt(default: Any = None, help: str | None = None, **argparse_kw: Any) -> Any:
@@ -826,6 +828,10 @@ class Trainer:
         p.train_s += stats.seconds
         p.train_images += stats.images
         eval_model = run.ema.module if run.ema is not None else run.model
+        if data.train_images is not None:  # 2,048 fixed training images (Precise BN)
+            n = min(len(data.train_images), PRECISE_BN_IMAGES)
+            x = data.train_images.x[:n].contiguous(memory_format=torch.channels_last)
+            recalibrate_bn(eval_model, x, self.batch // self.world)
         sel = self._evaluate(eval_model, data.sel)
         if epoch == a.epochs:
             p.test = sel if data.test is data.sel else self._evaluate(eval_model, data.test)
