@@ -114,19 +114,6 @@ def int_at_least(lo: int):
     return parse
 
 
-# The options add_model_args defines, and their "not given" values.
-MODEL_OPTIONS = {
-    "width_mult": None,
-    "resolution": None,
-    "small_input": False,
-    "in_chans": None,
-    "num_classes": None,
-    "activation": None,
-    "padding": None,
-}
-MOBILENET_ONLY = ("width_mult", "activation", "padding")
-
-
 def int_range(lo: int, hi: int):
     """An argparse type accepting integers in lo..hi."""
 
@@ -143,44 +130,106 @@ def int_range(lo: int, hi: int):
     return parse
 
 
-def add_model_args(p: argparse.ArgumentParser, name_positional: bool = False) -> None:
-    """The model options shared by summary, train and bench (``--width`` is ``width_mult``)."""
-    from .config import MODEL_NAMES
+# ModelConfig fields that only MobileNets have (baselines refuse them).
+MOBILENET_ONLY = (
+    "width_mult",
+    "activation",
+    "conv_type",
+    "bottleneck_activation",
+    "shortcut",
+    "padding",
+)
+# Help text per ModelConfig field; a field without one still gets a flag.
+MODEL_HELP = {
+    "width_mult": f"width multiplier alpha in (0, {MAX_WIDTH_MULT:g}] (MobileNets; default 1)",
+    "resolution": "input size in px",
+    "num_classes": "output classes",
+    "in_chans": "input channels",
+    "small_input": "total stride 8 (not 32) for 28-64 px data",
+    "activation": "MobileNets (default relu6)",
+    "bn_eps": "BatchNorm epsilon",
+    "bn_momentum": "BatchNorm running-statistics momentum (PyTorch's convention)",
+    "drop_rate": "dropout before the classifier, in [0, 1)",
+    "conv_type": "MobileNetV1: depthwise separable or full convolutions (paper Table 4)",
+    "bottleneck_activation": "MobileNetV2: linear bottlenecks or ReLU6 (paper Fig. 6a)",
+    "shortcut": "MobileNetV2: shortcut between bottlenecks, expansions or none (paper Fig. 6b)",
+}
+
+
+def model_flag(option: str) -> str:
+    """The command-line flag of a ModelConfig field (``width_mult`` is ``--width``)."""
+    return {"width_mult": "--width", "name": "--model"}.get(option, "--" + option.replace("_", "-"))
+
+
+def model_options() -> list[str]:
+    """The ModelConfig fields that are flags: all but ``name`` and ``schema_version``."""
+    import dataclasses
+
+    from .config import ModelConfig
+
+    return [
+        f.name for f in dataclasses.fields(ModelConfig) if f.name not in ("name", "schema_version")
+    ]
+
+
+def _model_option_type(option: str, default) -> dict:
+    """argparse keywords for one ModelConfig field, from its default and its choices."""
+    from .config import _CHOICES
+
+    if option in _CHOICES:
+        return {"choices": _CHOICES[option]}
+    if isinstance(default, bool):
+        return {"action": argparse.BooleanOptionalAction}
+    special = {
+        "width_mult": width_mult,
+        "drop_rate": float_range(0, 1, hi_open=True),
+        "bn_momentum": float_range(0, 1),
+    }
+    if option in special:
+        return {"type": special[option]}
+    if isinstance(default, int):
+        return {"type": int_at_least(1)}
+    if isinstance(default, float):
+        return {"type": positive_float}
+    return {"type": str}
+
+
+def add_model_args(
+    p: argparse.ArgumentParser, name_positional: bool = False, name_flag: bool = False
+) -> None:
+    """One flag per :class:`ModelConfig` field, generated from the fields so the two cannot drift.
+
+    The flag is the field name with dashes (``width_mult`` is ``--width``; ``name`` is the
+    positional NAME or ``--model``); booleans get ``--x/--no-x``; the schema version is no
+    flag. Every flag defaults to None ("not given"), so commands can tell given options apart.
+    """
+    import dataclasses
+
+    from .config import MODEL_NAMES, ModelConfig
 
     if name_positional:
         p.add_argument("name", metavar="NAME", help=f"one of {', '.join(MODEL_NAMES)}")
-    p.add_argument(
-        "--width",
-        dest="width_mult",
-        type=width_mult,
-        default=None,
-        help=f"width multiplier alpha in (0, {MAX_WIDTH_MULT:g}] (MobileNets; default 1)",
-    )
-    p.add_argument("--resolution", type=int_at_least(1), default=None, help="input size in px")
-    p.add_argument("--small-input", action="store_true", help="total stride 8 for 28-64 px data")
-    p.add_argument("--in-chans", type=int_at_least(1), default=None)
-    p.add_argument("--num-classes", type=int_at_least(1), default=None)
-    p.add_argument(
-        "--activation", choices=("relu", "relu6"), default=None, help="MobileNets (default relu6)"
-    )
-    p.add_argument(
-        "--padding",
-        choices=("symmetric", "same"),
-        default=None,
-        help="MobileNets: symmetric (PyTorch, default) or same (TensorFlow SAME: exports to "
-        ".tflite without PAD ops, less TFLite Micro arena)",
-    )
+    if name_flag:
+        p.add_argument("--model", required=True, choices=MODEL_NAMES)
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    for option in model_options():
+        p.add_argument(
+            model_flag(option),
+            dest=option,
+            default=None,
+            help=MODEL_HELP.get(option, f"ModelConfig.{option} (default {defaults[option]})"),
+            **_model_option_type(option, defaults[option]),
+        )
 
 
-def _flag(option: str) -> str:
-    return "--width" if option == "width_mult" else "--" + option.replace("_", "-")
+def given_model_args(args: argparse.Namespace) -> dict:
+    """The ModelConfig fields given on the command line, as ``{field: value}``."""
+    return {k: getattr(args, k) for k in model_options() if getattr(args, k, None) is not None}
 
 
 def given_model_options(args: argparse.Namespace) -> list[str]:
     """The add_model_args flags given on the command line."""
-    return [
-        _flag(k) for k, unset in MODEL_OPTIONS.items() if getattr(args, k, unset) not in (unset,)
-    ]
+    return [model_flag(k) for k in given_model_args(args)]
 
 
 def refuse_model_options(args: argparse.Namespace, why: str) -> None:
@@ -262,25 +311,14 @@ def model_from_args(args: argparse.Namespace, name: str, **defaults):
     """create_model from the shared options; ``defaults`` fill the options left unset."""
     from .models import create_model
 
-    kw = dict(defaults)
-    for key, attr in (
-        ("resolution", "resolution"),
-        ("in_chans", "in_chans"),
-        ("num_classes", "num_classes"),
-    ):
-        if getattr(args, attr, None) is not None:
-            kw[key] = getattr(args, attr)
+    given = given_model_args(args)
+    if name not in ("mobilenet_v1", "mobilenet_v2"):
+        wrong = [model_flag(k) for k in MOBILENET_ONLY if k in given]
+        if wrong:
+            raise UsageError(f"{', '.join(wrong)} apply only to MobileNets, not to {name}")
+    kw = {**defaults, **given}
     kw.setdefault("resolution", 224)
-    opts = {"small_input": args.small_input or kw.pop("small_input", False)}
-    if name in ("mobilenet_v1", "mobilenet_v2"):
-        opts["width_mult"] = args.width_mult if args.width_mult is not None else 1.0
-        opts["activation"] = args.activation or "relu6"
-        opts["padding"] = getattr(args, "padding", None) or "symmetric"
-    else:
-        given = [_flag(k) for k in MOBILENET_ONLY if getattr(args, k, None) is not None]
-        if given:
-            raise UsageError(f"{', '.join(given)} apply only to MobileNets, not to {name}")
-    return create_model(name, **kw, **opts)
+    return create_model(name, **kw)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -59,12 +59,12 @@ def tally(
     num_classes: int,
     device: torch.device,
     amp: bool = False,
-    check_finite: bool = True,
+    refuse_non_finite: bool = True,
 ) -> Tally:
     """Run ``model`` (already in eval mode) over ``batches`` of preprocessed inputs.
 
-    ``check_finite`` stops at the first non-finite output; training passes False and checks the
-    epoch's losses and weights itself, so its message names the epoch.
+    ``refuse_non_finite=False`` (training) lets a NaN/inf reach the loss, for the caller to
+    report with its own context (the epoch, the last good checkpoint).
     """
     k = min(5, num_classes)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -78,7 +78,7 @@ def tally(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
         logits = logits.float()
-        if check_finite and not bool(torch.isfinite(logits).all()):
+        if refuse_non_finite and not bool(torch.isfinite(logits).all()):
             raise MobilenetsError(
                 f"the model gives non-finite outputs (NaN/inf) after {n} images: "
                 "its weights are broken (was training diverging?)"

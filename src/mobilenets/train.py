@@ -30,8 +30,7 @@ Outputs in ``--out``: ``metrics.jsonl`` (one line per epoch), ``curves.png``, ch
 from __future__ import annotations
 
 import argparse
-import copy
-import functools
+import dataclasses
 import json
 import math
 import os
@@ -49,211 +48,139 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .config import MOBILENETS, ModelConfig
+from .engine import (  # noqa: F401 - re-exported: the recipes and optimizer live in the engine
+    RECIPES,
+    DeviceImages,
+    EpochStats,
+    EvalSet,
+    ModelEma,
+    Recipe,
+    RMSpropTF,
+    RunState,
+    bad_step_error,
+    build_optimizer,
+    check_finite_epoch,
+    cross_entropy,
+    device_batches,
+    ema_decay_at,
+    evaluate_split,
+    lr_at,
+    make_train_step,
+    param_groups,
+    recalibrate_bn,
+    train_one_epoch,
+)
 from .errors import MobilenetsError, UsageError
 
-
-@dataclass(frozen=True)
-class Recipe:
-    """Training hyperparameters; ``lr`` is for a global batch of ``lr_batch`` images, scaled linearly."""
-
-    name: str
-    optimizer: str  # "rmsprop_tf" or "sgd"
-    lr: float
-    lr_batch: int
-    momentum: float
-    weight_decay: float  # L2, not on BN, biases or depthwise filters
-    schedule: str  # "exponential" (per epoch) or "cosine" (per step, after a linear warmup)
-    lr_decay: float = 1.0
-    warmup_epochs: float = 0.0
-    warmup_max_frac: float = 0.1  # short runs: warm up for at most this share of all steps
-    label_smoothing: float = 0.0
-    ema_decay: float | None = None
-    rmsprop_decay: float = 0.9
-    rmsprop_eps: float = 1.0
-    nesterov: bool = False
+KILL_AT_STEP = "MOBILENETS_KILL_AT_STEP"  # tests: SIGKILL the run after that optimizer step
+# --compile's torch.compile backend (default inductor); CPU smoke runs use aot_eager, which
+# traces the same whole step in seconds instead of minutes of C++ compilation.
+COMPILE_BACKEND = "MOBILENETS_COMPILE_BACKEND"
+PRECISE_BN_IMAGES = 2048  # training images that re-estimate BN statistics after each epoch
 
 
-RECIPES: dict[str, Recipe] = {
-    # MobileNetV2 paper (Sandler et al. 2018, Sec. 6.1), also used for V1 (Howard et al. 2017,
-    # Sec. 4: "RMSprop ... similar to Inception V3"): TensorFlow RMSPropOptimizer with decay and
-    # momentum 0.9, lr 0.045 for batch 96 per worker, decayed x0.98 per epoch, weight decay 4e-5.
-    # epsilon = 1.0 is TF-slim's train_image_classifier default (--opt_epsilon), which timm's
-    # RMSpropTF also uses; V1 applies little or no weight decay on the depthwise filters.
-    # The TF-slim README adds label smoothing 0.1 and an EMA of 0.9999: pass --label-smoothing
-    # and --ema for those; the paper recipe itself has neither.
-    "paper": Recipe(
-        "paper",
-        "rmsprop_tf",
-        lr=0.045,
-        lr_batch=96,
-        momentum=0.9,
-        weight_decay=4e-5,
-        schedule="exponential",
-        lr_decay=0.98,
-    ),
-    # Today's short-schedule recipe: SGD + Nesterov momentum 0.9 with linear lr scaling from
-    # batch 256 (Goyal et al. 2017), linear warmup + cosine decay (Loshchilov & Hutter 2017),
-    # label smoothing 0.1 (Szegedy et al. 2016), weight decay 4e-5 as torchvision's MobileNetV2
-    # reference, and an EMA of the weights (TF-slim, timm) with timm's warmup of the decay.
-    # lr 0.2 per 256, above ResNet's 0.1: on Fashion-MNIST (V1 alpha 0.25, 2 epochs on 12,800
-    # images, batch 128, 2,000 test images) 0.1 / 0.2 / 0.4 per 256 reached 78.1 / 80.8 / 81.5%;
-    # we keep the middle value as the safer default for longer runs and wider models.
-    "modern": Recipe(
-        "modern",
-        "sgd",
-        lr=0.2,
-        lr_batch=256,
-        momentum=0.9,
-        weight_decay=4e-5,
-        schedule="cosine",
-        warmup_epochs=1.0,
-        label_smoothing=0.1,
-        ema_decay=0.9998,
-        nesterov=True,
-    ),
-}
+def _opt(default: Any = None, help: str | None = None, **argparse_kw: Any) -> Any:
+    """A TrainArgs field with its flag's argparse keywords (the one definition of both)."""
+    meta = {"help": help, **argparse_kw}
+    if callable(default) and not isinstance(default, type):
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
-class RMSpropTF(torch.optim.Optimizer):
-    """TensorFlow's RMSProp, as the MobileNet papers trained with.
-
-    Unlike ``torch.optim.RMSprop``: epsilon sits inside the square root, the mean square starts
-    at 1, and the learning rate is applied inside the momentum buffer::
-
-        ms  = decay * ms + (1 - decay) * g^2
-        mom = momentum * mom + lr * g / sqrt(ms + eps)
-        p  -= mom
-
-    With eps = 1.0 outside the root (PyTorch's form) the step is not bounded the same way
-    and training diverges at the paper's learning rate.
-    """
-
-    def __init__(
-        self,
-        params,
-        lr: float,
-        decay: float = 0.9,
-        momentum: float = 0.9,
-        eps: float = 1.0,
-        weight_decay: float = 0.0,
-    ) -> None:
-        super().__init__(
-            params,
-            {
-                "lr": lr,
-                "decay": decay,
-                "momentum": momentum,
-                "eps": eps,
-                "weight_decay": weight_decay,
-            },
-        )
-
-    @torch.no_grad()
-    def step(self, closure=None):  # noqa: D102
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                if group["weight_decay"]:
-                    g = g.add(p, alpha=group["weight_decay"])
-                state = self.state[p]
-                if not state:
-                    state["square_avg"] = torch.ones_like(p)
-                    state["momentum_buffer"] = torch.zeros_like(p)
-                ms, mom = state["square_avg"], state["momentum_buffer"]
-                ms.mul_(group["decay"]).addcmul_(g, g, value=1 - group["decay"])
-                mom.mul_(group["momentum"]).addcdiv_(
-                    g, (ms + group["eps"]).sqrt_(), value=group["lr"]
-                )
-                p.sub_(mom)
-        return loss
+def _cpus() -> int:
+    return min(8, os.cpu_count() or 1)
 
 
-class ModelEma:
-    """Exponential moving average of a model's weights and BN statistics (timm's ModelEmaV2 with warmup)."""
+def _types():
+    from .cli import float_range, int_at_least, positive_float
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        self.decay = decay
-        self.updates = 0
-        self._pairs: (
-            tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]
-            | None
-        ) = None
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        if self._pairs is None:
-            ef, mf, ei, mi = [], [], [], []
-            for e, m in zip(
-                self.module.state_dict().values(), model.state_dict().values(), strict=True
-            ):
-                (ef if e.dtype.is_floating_point else ei).append(e)
-                (mf if e.dtype.is_floating_point else mi).append(m)
-            self._pairs = (ef, mf, ei, mi)
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        ef, mf, ei, mi = self._pairs
-        torch._foreach_lerp_(ef, mf, 1.0 - d)
-        for e, m in zip(ei, mi, strict=True):
-            e.copy_(m)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"module": self.module.state_dict(), "updates": self.updates}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.module.load_state_dict(state["module"])
-        self.updates = int(state["updates"])
+    return float_range, int_at_least, positive_float
 
 
 @dataclass
 class TrainArgs:
-    """Everything a training run needs (the CLI flags, as Python values)."""
+    """Everything a training run needs: the CLI flags, as Python values, defined once.
 
-    model: str
-    data: str
+    ``model`` is a model name (with ``model_options``: ModelConfig fields, the flags that
+    :func:`mobilenets.cli.add_model_args` generates) or a whole :class:`ModelConfig`.
+    ``data`` is a ``--data`` spec or an already loaded :class:`mobilenets.data.Dataset`.
+    The flags of the other fields come from their metadata (see :func:`register`).
+    """
+
+    model: str | ModelConfig
+    data: Any  # str | Dataset
     out: str
     epochs: int
-    batch_size: int = 256
-    width_mult: float | None = None  # MobileNets only; default 1.0
-    resolution: int | None = None
-    small_input: bool = False
-    in_chans: int | None = None
-    num_classes: int | None = None
-    activation: str | None = None  # MobileNets only; default relu6
-    padding: str = "symmetric"
-    # The papers' ablations (ModelConfig fields; V1: conv_type, V2: the other two).
-    conv_type: str = "separable"
-    bottleneck_activation: str = "linear"
-    shortcut: str = "bottleneck"
+    batch_size: int | None = _opt(
+        None,
+        "global batch, split across ranks (default: the recipe's, 256; fast: 1024)",
+        type="int>=1",
+    )
+    model_options: dict[str, Any] = field(default_factory=dict)
     data_dir: str | None = None
-    recipe: str = "modern"
-    lr: float | None = None  # for the global batch; default: the recipe's, scaled
-    weight_decay: float | None = None
-    label_smoothing: float | None = None
-    ema: bool | None = None
-    ema_decay: float | None = None
-    seed: int = 0
+    recipe: str = _opt(
+        "modern",
+        "modern: SGD Nesterov, warm-up + cosine, label smoothing 0.1, EMA; long: modern + random erasing and weight decay 5e-4 for long runs on small data; fast: batch 1024, lr scaled to 0.8; paper: TF RMSprop, lr 0.045 per 96 images x0.98 per epoch",
+        choices=tuple(RECIPES),
+    )
+    lr: float | None = _opt(
+        None,
+        "peak learning rate for the global batch (default: the recipe's, scaled)",
+        type="positive",
+    )
+    weight_decay: float | None = _opt(None, ">= 0", type="weight_decay")
+    label_smoothing: float | None = _opt(None, "in [0, 1)", type="label_smoothing")
+    ema: bool | None = _opt(
+        None, "EMA of the weights (default: per recipe)", action=argparse.BooleanOptionalAction
+    )
+    ema_decay: float | None = _opt(None, "in [0, 1)", type="ema_decay")
+    ema_every: int | None = _opt(
+        None,
+        "update the EMA every K optimizer steps (default: the recipe's)",
+        type="int>=1",
+        metavar="K",
+    )
+    seed: int = _opt(0, None, type=int)
     device: str | None = None
-    resume: bool = False
-    pretrained: str | None = None
-    val_split: int = 0
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None  # quick runs: evaluate on a seeded subset
+    resume: bool = _opt(False, "continue the run in --out from last.ckpt", action="store_true")
+    pretrained: str | None = _opt(
+        None, "initial weights (torchvision/timm/mobilenets)", metavar="PATH"
+    )
+    val_split: int = _opt(
+        0, "hold out N training images for model selection", type="int>=0", metavar="N"
+    )
+    max_train_samples: int | None = _opt(None, None, type="int>=1", metavar="N")
+    max_eval_samples: int | None = _opt(
+        None, "quick runs: evaluate on N images", type="int>=1", metavar="N"
+    )
     skip_bad_images: bool = False
-    sync_bn: bool = False
-    compile: bool = False
-    workers: int = 4
-    quiet: bool = False
+    sync_bn: bool = _opt(False, None, action="store_true")
+    compile: bool = _opt(False, "torch.compile the whole training step", action="store_true")
+    save_every: int = _opt(
+        1, "write a checkpoint every N epochs (and after the last)", type="int>=1", metavar="N"
+    )
+    plots: str = _opt("end", "curves.png after the last epoch, or never", choices=("end", "none"))
+    workers: int = field(default_factory=_cpus)
+    quiet: bool = _opt(False, None, action="store_true")
     command: list[str] = field(default_factory=list)
 
 
-MAX_WIDTH = 10.0  # alpha beyond this gives layers of tens of thousands of channels
+# TrainArgs fields whose flags come from the CLI's shared helpers, or that are no flags.
+SHARED_FLAGS = ("model", "data", "data_dir", "workers", "skip_bad_images", "device")
+NOT_FLAGS = ("model_options", "command")
+
+
+def _arg_type(name: str):
+    float_range, int_at_least, positive_float = _types()
+    if name.startswith("int>="):
+        return int_at_least(int(name[5:]))
+    if name == "positive":
+        return positive_float
+    return _option_type(name)
+
+
+MAX_WIDTH = 4.0  # alpha beyond this gives layers of thousands of channels (cli.MAX_WIDTH_MULT)
 
 
 def option_error(name: str, value: float | None) -> str | None:
@@ -292,28 +219,53 @@ def _option_type(name: str):
 
 
 def fit(
-    model: str, data: str, out: str | Path, epochs: int, batch_size: int = 256, **options: Any
+    config: ModelConfig | str,
+    data: Any,
+    out: str | Path,
+    epochs: int,
+    batch_size: int | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
-    """Train ``model`` on ``data`` for ``epochs``, writing checkpoints and logs to ``out``.
+    """Train a model on a dataset for ``epochs``, writing checkpoints and logs to ``out``.
+
+    Runs in-process, as many times as wanted (a grid of runs on one loaded dataset): each call
+    releases its lock, threads and device memory, and restores the global settings it changed.
 
     Args:
-        model: ``mobilenet_v1``, ``mobilenet_v2``, ``resnet50`` or ``vgg16``.
-        data: ``fashion-mnist``, ``cifar10:PATH``, ``cifar100:PATH`` or ``imagefolder:PATH``.
-        batch_size: the global batch (split across ranks under torchrun).
-        options: any other :class:`TrainArgs` field (width_mult, resolution, recipe, lr, seed,
-            resume, val_split, max_train_samples, pretrained, ...).
+        config: a :class:`ModelConfig`, or a model name (``mobilenet_v1``, ``mobilenet_v2``,
+            ``resnet50``, ``vgg16``) whose options are given as ModelConfig keywords below
+            (``width_mult``, ``resolution``, ``small_input``, ``conv_type``, ...; unset ones
+            take the dataset's defaults).
+        data: an already loaded :class:`mobilenets.data.Dataset` (``load_dataset(spec)``), or
+            a spec: ``fashion-mnist``, ``cifar10:PATH``, ``cifar100:PATH``, ``imagefolder:PATH``.
+        batch_size: the global batch (split across ranks under torchrun); default: the recipe's.
+        options: ModelConfig fields (when ``config`` is a name) and any other :class:`TrainArgs`
+            field (recipe, lr, seed, resume, val_split, max_train_samples, pretrained, ...).
 
     Returns:
         The run summary (also written to ``out/summary.json``); accuracies are fractions.
     """
-    unknown = sorted(set(options) - set(TrainArgs.__dataclass_fields__))
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"name", "schema_version"}
+    model_options = {k: options.pop(k) for k in list(options) if k in model_fields}
+    unknown = sorted(
+        set(options) - set(TrainArgs.__dataclass_fields__) | ({"model_options"} & set(options))
+    )
     if unknown:
         raise UsageError(f"unknown training option(s): {', '.join(unknown)}")
-    return Trainer(
-        TrainArgs(
-            model=model, data=data, out=str(out), epochs=epochs, batch_size=batch_size, **options
+    if isinstance(config, ModelConfig) and model_options:
+        raise UsageError(
+            f"give the model options ({', '.join(sorted(model_options))}) in the ModelConfig"
         )
-    ).run()
+    args = TrainArgs(
+        model=config,
+        data=data,
+        out=str(out),
+        epochs=epochs,
+        batch_size=batch_size,
+        model_options=model_options,
+        **options,
+    )
+    return Trainer(args).run()
 
 
 # ---------------------------------------------------------------- helpers
@@ -355,26 +307,6 @@ def _seed(*parts: int) -> int:
     )
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on conv/linear weights only: not on BN, biases or depthwise filters."""
-    decay, no_decay = [], []
-    for m in model.modules():
-        for p in m.parameters(recurse=False):
-            if not p.requires_grad:
-                continue
-            depthwise = isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
-            (decay if p.ndim > 1 and not depthwise else no_decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-def make_criterion(label_smoothing: float):
-    """The training loss: cross-entropy with label smoothing."""
-    return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-
-
 def _rng_state() -> dict[str, Any]:
     """Every RNG state as tensors and plain values (loadable with ``weights_only=True``)."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -411,6 +343,12 @@ def _set_rng_state(s: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------- the trainer
 
+
+def make_criterion(label_smoothing: float):
+    """The training loss: cross-entropy with label smoothing."""
+    return cross_entropy(label_smoothing)
+
+
 # What a checkpoint's training_state.pt must hold to be resumed.
 STATE_KEYS = (
     "epoch",
@@ -425,6 +363,32 @@ STATE_KEYS = (
     "global_batch",
     "train_images",
 )
+
+
+@dataclass
+class RunData:
+    """The run's data: the training split (on the device when in memory) and the eval sets."""
+
+    train: Any  # data.Split
+    train_images: DeviceImages | None
+    sel: EvalSet
+    test: EvalSet
+    bad: Any  # data.BadImages
+
+
+@dataclass
+class Progress:
+    """What the epoch loop has reached (restored on resume)."""
+
+    start_epoch: int = 0
+    best: float = -1.0
+    best_epoch: int = 0
+    best_saved: float = -1.0  # the best saved epoch's selection top-1 (best.ckpt's)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_s: float = 0.0
+    train_images: int = 0
+    last_row: dict[str, Any] = field(default_factory=dict)
+    test: dict[str, float] | None = None
 
 
 class Trainer:
@@ -457,19 +421,28 @@ class Trainer:
         a = self.args
         if a.recipe not in RECIPES:
             raise UsageError(f"unknown recipe {a.recipe!r}; choose from {', '.join(RECIPES)}")
-        if a.epochs < 1 or a.batch_size < 1:
+        if a.epochs < 1 or (a.batch_size is not None and a.batch_size < 1):
             raise UsageError("--epochs and --batch-size must be >= 1")
-        if a.batch_size % self.world:
-            raise UsageError(
-                f"--batch-size {a.batch_size} (global) is not divisible by {self.world} ranks"
-            )
         if a.lr is not None and not 0 < a.lr < math.inf:
             raise UsageError(f"--lr must be a finite number > 0, got {a.lr}")
+        if a.plots not in ("end", "none"):
+            raise UsageError(f"--plots must be end or none, got {a.plots!r}")
+        for name in ("save_every", "ema_every"):
+            v = getattr(a, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise UsageError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
+        values = {**a.model_options, **vars(a)}
         for name in ("width_mult", "weight_decay", "label_smoothing", "ema_decay"):
-            err = option_error(name, getattr(a, name))
+            err = option_error(name, values.get(name))
             if err:
-                flag = "--width" if name == "width_mult" else f"--{name.replace('_', '-')}"
-                raise UsageError(f"{flag} {err}")
+                from .cli import model_flag
+
+                raise UsageError(f"{model_flag(name)} {err}")
+        self.batch = a.batch_size or RECIPES[a.recipe].batch_size
+        if self.batch % self.world:
+            raise UsageError(
+                f"--batch-size {self.batch} (global) is not divisible by {self.world} ranks"
+            )
 
     def _resolve_recipe(self) -> Recipe:
         a, r = self.args, RECIPES[self.args.recipe]
@@ -478,6 +451,8 @@ class Trainer:
             changes["weight_decay"] = a.weight_decay
         if a.label_smoothing is not None:
             changes["label_smoothing"] = a.label_smoothing
+        if a.ema_every is not None:
+            changes["ema_every"] = a.ema_every
         if a.ema is False:
             changes["ema_decay"] = None
         elif a.ema or a.ema_decay is not None:
@@ -486,37 +461,42 @@ class Trainer:
             )
         return replace(r, **changes)
 
-    def _build_model(self, ds) -> nn.Module:
+    def _model_config(self, ds) -> tuple[ModelConfig, str]:
+        """The model's config and why small_input is what it is (for the log and summary)."""
+        a, n = self.args, len(ds.class_names)
+        if isinstance(a.model, ModelConfig):
+            if a.model.num_classes != n:
+                raise UsageError(
+                    f"the ModelConfig has {a.model.num_classes} classes but {ds.name} has {n}"
+                )
+            return a.model, "set by the given ModelConfig"
+        opts = dict(a.model_options)
+        if a.model not in MOBILENETS:
+            from .cli import MOBILENET_ONLY, model_flag
+
+            wrong = [model_flag(k) for k in MOBILENET_ONLY if k in opts]
+            if wrong:
+                raise UsageError(f"{', '.join(wrong)} apply only to MobileNets, not to {a.model}")
+        if opts.get("num_classes", n) != n:
+            raise UsageError(
+                f"--num-classes {opts['num_classes']} does not match {ds.name}'s {n} classes"
+            )
+        opts.update(num_classes=n)
+        opts.setdefault("resolution", ds.resolution)
+        opts.setdefault("in_chans", ds.channels)
+        if "small_input" in opts:
+            why = f"--{'' if opts['small_input'] else 'no-'}small-input given"
+        else:
+            opts["small_input"] = ds.small_input
+            kind = "small-image" if ds.small_input else "full-size"
+            why = f"{ds.name}'s default (a {kind} dataset), at any resolution"
+        return ModelConfig(name=a.model, **opts), why
+
+    def _build_model(self, cfg: ModelConfig) -> nn.Module:
         from .models import create_model
 
-        a = self.args
-        n = len(ds.class_names)
-        if a.num_classes is not None and a.num_classes != n:
-            raise UsageError(
-                f"--num-classes {a.num_classes} does not match {ds.name}'s {n} classes"
-            )
-        res = a.resolution or ds.resolution
-        # Small-image datasets use the stride-8 network unless upscaled to ImageNet-like sizes.
-        small = a.small_input or (ds.small_input and res <= 64)
-        opts: dict[str, Any] = {}
-        if a.model in ("mobilenet_v1", "mobilenet_v2"):
-            opts["width_mult"] = a.width_mult if a.width_mult is not None else 1.0
-            opts["activation"] = a.activation or "relu6"
-        elif a.width_mult is not None or a.activation is not None:
-            flags = [f for f, v in (("--width", a.width_mult), ("--activation", a.activation)) if v]
-            raise UsageError(f"{', '.join(flags)} apply only to MobileNets, not to {a.model}")
-        for k in ("conv_type", "bottleneck_activation", "shortcut", "padding"):
-            if getattr(a, k) not in (None, TrainArgs.__dataclass_fields__[k].default):
-                opts[k] = getattr(a, k)  # ModelConfig says which model each applies to
-        return create_model(
-            a.model,
-            resolution=res,
-            num_classes=n,
-            in_chans=a.in_chans or ds.channels,
-            small_input=small,
-            pretrained=a.pretrained,
-            **opts,
-        )
+        kw = {k: v for k, v in cfg.to_dict().items() if k != "schema_version"}
+        return create_model(kw.pop("name"), pretrained=self.args.pretrained, **kw)
 
     def _record(self, cfg, recipe: Recipe, lr: float, ds) -> dict[str, Any]:
         """The values that define this run (see :mod:`mobilenets.runfolder`)."""
@@ -531,7 +511,7 @@ class Trainer:
             "recipe": asdict(recipe),
             "lr": lr,
             "seed": a.seed,
-            "batch_size": a.batch_size,
+            "batch_size": self.batch,
             "val_split": a.val_split,
             "max_train_samples": a.max_train_samples,
             "max_eval_samples": a.max_eval_samples,
@@ -604,31 +584,64 @@ class Trainer:
         self._check_args()
         distributed = self.world > 1
         self.device = self._device()
-        if distributed and not dist.is_initialized():
+        created_group = distributed and not dist.is_initialized()
+        if created_group:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        benchmark = torch.backends.cudnn.benchmark
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: autotuning pays after a few steps
         try:
             return self._run()
         finally:
+            torch.backends.cudnn.benchmark = benchmark
             if self.lock is not None:
                 self.lock.release()
-            if distributed and dist.is_initialized():
+            if created_group and dist.is_initialized():
                 dist.destroy_process_group()
 
-    def _run(self) -> dict[str, Any]:  # noqa: C901 - the training loop reads best in one piece
-        from .data import (
-            BadImages,
-            Preprocess,
-            check_images,
-            eval_batches,
-            holdout,
-            load_dataset,
-            train_batches,
-        )
-        from .evaluation import Tally, tally
+    def _run(self) -> dict[str, Any]:
+        from .data import Dataset, load_dataset
 
-        a, dev = self.args, self.device
-        recipe = self._resolve_recipe()
-        ds = load_dataset(a.data, a.data_dir)
+        a = self.args
+        self.recipe = self._resolve_recipe()
+        ds = a.data if isinstance(a.data, Dataset) else load_dataset(a.data, a.data_dir)
+        self.ds = ds
+        cfg, small_why = self._model_config(ds)
+        torch.manual_seed(a.seed)
+        model = self._build_model(cfg)
+        self.cfg, self.small_why = model.config, small_why
+        train_split, sel_split, test_split = self._splits(ds)
+        self.n_train = len(train_split)
+        steps = self.n_train // self.batch
+        if steps == 0:
+            raise UsageError(
+                f"--batch-size {self.batch} is larger than the {self.n_train} training images"
+            )
+        self.lr = a.lr if a.lr is not None else self.recipe.lr * self.batch / self.recipe.lr_batch
+        self.steps = steps
+        run = self._run_state(model, steps)
+        record = self._record(self.cfg, self.recipe, self.lr, ds)
+        state = self._open_run(record)
+        progress = Progress()
+        if state is not None:
+            done = self._finished_summary(int(state["epoch"]))
+            if done is not None:
+                self._log(f"{self.out} is complete ({a.epochs} epochs); nothing to do")
+                return done
+            progress = self._restore(run, state)
+        self._prepare_folder(record, state, progress)
+        data = self._data(train_split, sel_split, test_split)
+        self._wrap(run)
+        self._log_start(run)
+        for epoch in range(progress.start_epoch + 1, a.epochs + 1):
+            self._epoch(run, data, progress, epoch)
+        return self._end(run, data, progress)
+
+    def _splits(self, ds):
+        """(train, selection, test) splits after --val-split and the sample limits."""
+        from .data import holdout
+
+        a = self.args
         train_split, test_split = ds.split("train"), ds.split("test")
         val_split = None
         if a.val_split:
@@ -640,87 +653,116 @@ class Trainer:
             train_split = train_split.subset(pick[: a.max_train_samples].sort().values)
         if a.max_eval_samples:
             test_split = self._eval_subset(test_split, a.max_eval_samples, 2)
-            val_split = (
-                self._eval_subset(val_split, a.max_eval_samples, 3)
-                if val_split is not None
-                else None
-            )
-        sel_name = "val" if val_split is not None else "test"
-        sel_split = val_split if val_split is not None else test_split
+            if val_split is not None:
+                val_split = self._eval_subset(val_split, a.max_eval_samples, 3)
+        self.sel_name = "val" if val_split is not None else "test"
+        return train_split, (val_split if val_split is not None else test_split), test_split
 
-        torch.manual_seed(a.seed)
-        model = self._build_model(ds)
-        cfg = model.config
-        mean, std = ds.stats(cfg.in_chans)
-        prep = Preprocess(cfg.resolution, cfg.in_chans, mean, std, ds.crop_pct)
-        criterion = make_criterion(recipe.label_smoothing)
+    def _preprocess(self, crop_pct: float):
+        from .preprocess import Preprocess
 
-        B, b = a.batch_size, a.batch_size // self.world
-        n_train = len(train_split)
-        steps = n_train // B
-        if steps == 0:
-            raise UsageError(f"--batch-size {B} is larger than the {n_train} training images")
-        total_steps = steps * a.epochs
-        lr = a.lr if a.lr is not None else recipe.lr * B / recipe.lr_batch
+        cfg = self.cfg
+        if not hasattr(self, "_stats"):
+            self._stats = self.ds.stats(cfg.in_chans)
+        mean, std = self._stats
+        return Preprocess(cfg.resolution, cfg.in_chans, mean, std, crop_pct)
 
-        model.to(dev)
-        if dev.type == "cuda":
-            model.to(memory_format=torch.channels_last)
-        groups = param_groups(model, recipe.weight_decay)
-        if recipe.optimizer == "rmsprop_tf":
-            opt: torch.optim.Optimizer = RMSpropTF(
-                groups, lr, recipe.rmsprop_decay, recipe.momentum, recipe.rmsprop_eps
-            )
-        else:
-            opt = torch.optim.SGD(groups, lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
-        warmup = min(recipe.warmup_epochs * steps, recipe.warmup_max_frac * total_steps)
+    def _run_state(self, model: nn.Module, steps: int) -> RunState:
+        a, dev = self.args, self.device
+        # channels-last on the CPU too: oneDNN's kernels train V1 alpha 0.25 at 28 px in
+        # 3.0-3.2 instead of 4.0-4.8 ms of CPU time per image (batch 128, one thread)
+        model.to(dev).to(memory_format=torch.channels_last)
+        recipe = self.recipe
+        compiled_sgd = a.compile and recipe.optimizer == "sgd"
+        ema = None
+        if recipe.ema_decay is not None:
+            ema = ModelEma(model, recipe.ema_decay, recipe.ema_every)
+        return RunState(
+            model=model,
+            net=model,
+            optimizer=build_optimizer(model, recipe, self.lr, tensor_lr=compiled_sgd),
+            criterion=make_criterion(recipe.label_smoothing),
+            recipe=recipe,
+            peak_lr=self.lr,
+            steps_per_epoch=steps,
+            total_steps=steps * a.epochs,
+            device=dev,
+            ema=ema,
+            amp=dev.type == "cuda",
+            world=self.world,
+            # On CPU every step is checked for a non-finite loss; on CUDA that would stall the
+            # GPU, so the first bad step is kept on the device and read every 50 steps.
+            check_every=1 if dev.type == "cpu" else 50,
+            kill_at_step=int(os.environ.get(KILL_AT_STEP) or 0),
+        )
 
-        def lr_factor(step: int) -> float:  # step = optimizer steps taken so far
-            if recipe.schedule == "exponential":
-                return recipe.lr_decay ** (step // steps)
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
+    def _restore(self, run: RunState, state: dict[str, Any]) -> Progress:
+        """Load a verified training state into ``run``; the progress it had reached."""
+        self._check_state(state, self.cfg, self.batch, self.n_train)
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.step = int(state["scheduler"].get("last_epoch", 0))  # optimizer steps taken
+        if run.ema is not None and state.get("ema") is not None:
+            run.ema.load_state_dict(state["ema"])
+        _set_rng_state(state["rng"])
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        p = Progress(int(state["epoch"]), float(state["best_val_top1"]), int(state["best_epoch"]))
+        p.best_saved = float(state.get("best_saved", p.best))
+        self._log(f"resuming {self.out} after epoch {p.start_epoch}")
+        return p
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-        ema = ModelEma(model, recipe.ema_decay) if recipe.ema_decay is not None else None
+    def _prepare_folder(self, record, state, progress: Progress) -> None:
+        """Rank 0: remove leftovers, record the run, keep the metrics of the resumed epochs."""
+        if not self.main:
+            return
+        from . import runfolder
 
-        # ---- the run folder: lock (rank 0), resume point, record
-        record = self._record(cfg, recipe, lr, ds)
-        start_epoch, best, best_epoch, elapsed_before = 0, -1.0, 0, 0.0
-        state = self._open_run(record)
+        runfolder.clean_leftovers(self.out)
+        runfolder.write_record(self.out, record, self.args.epochs, self._runtime())
         if state is not None:
-            done = self._finished_summary(int(state["epoch"]))
-            if done is not None:
-                self._log(f"{self.out} is complete ({a.epochs} epochs); nothing to do")
-                return done
-            self._check_state(state, cfg, B, n_train)
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            if ema is not None and state.get("ema") is not None:
-                ema.load_state_dict(state["ema"])
-            _set_rng_state(state["rng"])
-            start_epoch, best, best_epoch = (
-                int(state["epoch"]),
-                float(state["best_val_top1"]),
-                int(state["best_epoch"]),
+            progress.history = runfolder.read_metrics(self.out, progress.start_epoch)
+            runfolder.write_metrics(self.out, progress.history)
+            progress.train_s = sum(h.get("train_s", 0.0) for h in progress.history)
+            progress.train_images = sum(h.get("train_images", 0) for h in progress.history)
+
+    def _data(self, train_split, sel_split, test_split) -> RunData:
+        """Check the evaluation images, move in-memory data to the device (normalized once)."""
+        from .data import BadImages, check_images
+
+        a, dev = self.args, self.device
+        bad = BadImages(a.skip_bad_images)
+        for split in {id(s): s for s in (sel_split, test_split)}.values():
+            check_images(split, bad, a.workers)  # before an epoch is spent training
+        train_images = None
+        if train_split.images is not None:
+            prep = self._preprocess(1.0)
+            train_images = DeviceImages(
+                train_split.images, train_split.labels, prep, self.ds.pad, dev
             )
-            elapsed_before = float(state.get("elapsed_s", 0.0))
-            self.elapsed_before = elapsed_before
-            self._log(f"resuming {self.out} after epoch {start_epoch}")
+        sel = self._eval_set(self.sel_name, sel_split, bad)
+        test = sel if test_split is sel_split else self._eval_set("test", test_split, bad)
+        return RunData(train_split, train_images, sel, test, bad)
 
-        history: list[dict[str, Any]] = []
-        if self.main:
-            from . import runfolder
+    def _eval_set(self, name: str, split, bad) -> EvalSet:
+        from .data import eval_batches
+        from .transforms import preprocess_images
 
-            runfolder.clean_leftovers(self.out)
-            runfolder.write_record(self.out, record, a.epochs, self._runtime())
-            if state is not None:
-                history = runfolder.read_metrics(self.out, start_epoch)
-                runfolder.write_metrics(self.out, history)
+        prep, dev = self._preprocess(self.ds.crop_pct), self.device
+        if split.images is not None:
+            x = torch.cat([preprocess_images(prep, c.to(dev)) for c in split.images.split(4096)])
+            x = x.contiguous(memory_format=torch.channels_last)
+            return EvalSet(name, len(split), x, split.labels.to(dev))
+        workers = self.args.workers
 
-        net: nn.Module = model
+        def batches(idx: torch.Tensor):
+            return eval_batches(split, prep, 512, dev, idx, workers, bad)
+
+        return EvalSet(name, len(split), batches=batches)
+
+    def _wrap(self, run: RunState) -> None:
+        """Sync-BN, DDP and --compile around the model."""
+        a, dev = self.args, self.device
+        net: nn.Module = run.model
         if a.sync_bn:
             if dev.type != "cuda":
                 raise UsageError(
@@ -731,215 +773,210 @@ class Trainer:
             net = nn.parallel.DistributedDataParallel(
                 net, device_ids=[dev.index] if dev.type == "cuda" else None
             )
-        if a.compile:
-            net = torch.compile(net)
-        amp = dev.type == "cuda"
-        images_dev = train_split.images.to(dev) if train_split.images is not None else None
-        bad = BadImages(a.skip_bad_images)
-        for split in {id(s): s for s in (sel_split, test_split)}.values():
-            check_images(split, bad, a.workers)  # before an epoch is spent training
-        self._log(
-            f"{cfg.name} alpha={cfg.width_mult} {cfg.resolution}px in_chans={cfg.in_chans} small_input={cfg.small_input} | "
-            f"{ds.name}: {n_train} train, {len(sel_split)} {sel_name} | recipe {recipe.name}, lr {lr:.4g}, "
-            f"batch {B} ({self.world} x {b}), {a.epochs} epochs, {dev.type}"
-        )
-        # On CPU every step is checked for a non-finite loss; on CUDA that would stall the GPU,
-        # so the first bad step is recorded on the device and read every `sync_every` steps.
-        sync_every = 1 if dev.type == "cpu" else 25
-        train_time = sum(h.get("train_s", 0.0) for h in history)
-        train_images = sum(h.get("train_images", 0) for h in history)
-        last_row: dict[str, Any] = {}
-        test_metrics: dict[str, float] | None = None
+        run.net = net
+        run.train_step = make_train_step(run)
+        if a.compile:  # the whole step: forward, loss, backward and the optimizer update
+            backend = os.environ.get(COMPILE_BACKEND, "inductor")
+            run.train_step = torch.compile(run.train_step, backend=backend)
 
-        for epoch in range(start_epoch + 1, a.epochs + 1):
-            torch.manual_seed(
-                _seed(a.seed, epoch, self.rank)
-            )  # dropout etc.: a function of (seed, epoch, rank)
-            perm = torch.randperm(
-                n_train, generator=torch.Generator().manual_seed(_seed(a.seed, epoch))
-            )
+    def _log_start(self, run: RunState) -> None:
+        cfg, a = self.cfg, self.args
+        self._log(
+            f"{cfg.name} alpha={cfg.width_mult} {cfg.resolution}px in_chans={cfg.in_chans} "
+            f"small_input={cfg.small_input} ({self.small_why}) | {self.ds.name}: {self.n_train} "
+            f"train | recipe {self.recipe.name}, lr {self.lr:.4g}, batch {self.batch} "
+            f"({self.world} x {self.batch // self.world}), {a.epochs} epochs, {self.device.type}"
+        )
+
+    # ---- one epoch
+
+    def _epoch_batches(self, run: RunState, data: RunData, epoch: int):
+        """This rank's augmented batches of ``epoch`` (a function of seed, epoch and rank)."""
+        from .data import train_batches
+
+        a, dev, B = self.args, self.device, self.batch
+        b = B // self.world
+        torch.manual_seed(_seed(a.seed, epoch, self.rank))  # dropout: a function of the epoch
+        perm = torch.randperm(
+            self.n_train, generator=torch.Generator().manual_seed(_seed(a.seed, epoch))
+        )
+        steps = run.steps_per_epoch
+        if data.train_images is None:  # image files: a DataLoader decodes and augments
             batches = [
                 perm[s * B + self.rank * b : s * B + (self.rank + 1) * b] for s in range(steps)
             ]
             self._debug_shard(epoch, batches)
-            aug_gen = torch.Generator().manual_seed(_seed(a.seed, epoch, self.rank, 1))
-            net.train()
-            sums = torch.zeros(3, dtype=torch.float64, device=dev)  # loss sum, correct, count
-            first_bad = torch.full((), -1, dtype=torch.int64, device=dev)
-            t_epoch = time.time()
-            bar = self._bar(epoch, steps)
-            it = train_batches(
-                ds, train_split, batches, prep, aug_gen, dev, images_dev, a.workers, bad
+            gen = torch.Generator().manual_seed(_seed(a.seed, epoch, self.rank, 1))
+            prep = self._preprocess(self.ds.crop_pct)
+            return train_batches(
+                self.ds, data.train, batches, prep, gen, dev, None, a.workers, data.bad
             )
-            for step, (x, y) in enumerate(it, 1):
-                if dev.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                    logits = net(x)
-                    loss = criterion(logits.float(), y)
-                ok = torch.isfinite(loss.detach())
-                first_bad = torch.where((first_bad < 0) & ~ok, step, first_bad)
-                if step % sync_every == 0 or step == steps:
-                    self._check_finite(first_bad, epoch, steps)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                if ema is not None:
-                    ema.update(model)
-                with torch.no_grad():
-                    sums += torch.stack(
-                        [
-                            loss.detach().double() * len(y),
-                            (logits.argmax(1) == y).sum().double(),
-                            torch.tensor(float(len(y)), dtype=torch.float64, device=dev),
-                        ]
-                    )
-                if bar is not None and (step % 10 == 0 or step == steps):
-                    s = sums.tolist()
-                    rate = s[2] * self.world / max(time.time() - t_epoch, 1e-9)
-                    bar.set_postfix(
-                        loss=f"{s[0] / s[2]:.3f}",
-                        acc=f"{100 * s[1] / s[2]:.1f}%",
-                        img_s=f"{rate:.0f}",
-                    )
-                    bar.update(step - bar.n)
-            self._check_finite(first_bad, epoch, steps)
-            if bar is not None:
-                bar.close()
-            if self.world > 1:
-                dist.all_reduce(sums)
-            epoch_s = time.time() - t_epoch
-            train_time += epoch_s
-            s = sums.tolist()
-            train_images += int(s[2])
+        perm = perm[: steps * B].view(steps, self.world, b)[:, self.rank].to(dev)
+        self._debug_shard(epoch, list(perm))
+        gen = torch.Generator(device=dev).manual_seed(_seed(a.seed, epoch, self.rank, 1))
+        return device_batches(data.train_images, list(perm), gen, self.recipe.random_erasing)
 
-            eval_model = ema.module if ema is not None else model
-            eval_model.eval()
-
-            evaluate_on = functools.partial(
-                self._eval,
-                eval_model,
-                prep=prep,
-                dev=dev,
-                amp=amp,
-                num_classes=cfg.num_classes,
-                bad=bad,
-                eval_batches=eval_batches,
-                tally=tally,
-                Tally=Tally,
+    def _epoch(self, run: RunState, data: RunData, p: Progress, epoch: int) -> None:
+        a = self.args
+        batches = self._epoch_batches(run, data, epoch)
+        bar = self._bar(epoch, run.steps_per_epoch)
+        stats = train_one_epoch(
+            run, batches, epoch, self._check_finite, self._progress(bar, run.steps_per_epoch)
+        )
+        if bar is not None:
+            bar.close()
+        p.train_s += stats.seconds
+        p.train_images += stats.images
+        eval_model = run.ema.module if run.ema is not None else run.model
+        if data.train_images is not None:  # 2,048 fixed training images (Precise BN)
+            n = min(len(data.train_images), PRECISE_BN_IMAGES)
+            x = data.train_images.x[:n].contiguous(memory_format=torch.channels_last)
+            recalibrate_bn(eval_model, x, self.batch // self.world)
+        sel = self._evaluate(eval_model, data.sel)
+        if epoch == a.epochs:
+            p.test = sel if data.test is data.sel else self._evaluate(eval_model, data.test)
+        losses = [(f"{self.sel_name} (selection)", sel)]
+        if p.test is not None and p.test is not sel:
+            losses.append(("test", p.test))
+        what = check_finite_epoch(run.model, run.ema, losses)
+        if what:
+            raise MobilenetsError(
+                f"{', '.join(what)} at epoch {epoch}; stopped before saving it ({self._last_good()})"
             )
-            sel = evaluate_on(sel_split)
-            if epoch == a.epochs:
-                test_metrics = sel if val_split is None else evaluate_on(test_split)
-            self._check_finite_epoch(epoch, sel, test_metrics, model, ema)
-            improved = sel["top1"] > best
-            if improved:
-                best, best_epoch = sel["top1"], epoch
-            row = {
-                "epoch": epoch,
-                "train_loss": s[0] / s[2],
-                "train_top1": s[1] / s[2],
-                "val_loss": sel["loss"],
-                "val_top1": sel["top1"],
-                "val_top5": sel["top5"],
-                "eval_set": sel_name,
-                "lr": opt.param_groups[0]["lr"],
-                "images_per_s": s[2] / epoch_s,
-                "train_s": epoch_s,
-                "train_images": int(s[2]),
-                "elapsed_s": elapsed_before + time.time() - self.t0,
-                "time": time.time(),
-            }
-            if len(bad):
-                row["skipped_images"] = len(bad)
-            last_row = row
-            if self.main:
-                history.append(row)
-                state = {
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "ema": ema.state_dict() if ema is not None else None,
-                    "rng": _rng_state(),
-                    "best_val_top1": best,
-                    "best_epoch": best_epoch,
-                    "config": cfg.to_dict(),
-                    "global_batch": B,
-                    "train_images": n_train,
-                    "elapsed_s": row["elapsed_s"],
-                }
-                meta = {
-                    "epoch": epoch,
-                    "data": ds.spec,
-                    "data_dir": a.data_dir,
-                    "preprocess": {
-                        "resolution": cfg.resolution,
-                        "crop_pct": ds.crop_pct,
-                        "interpolation": "bilinear",
-                    },
-                    "val_split": a.val_split,
-                    "split_seed": a.seed,
-                    "recipe": recipe.name,
-                    "ema": ema is not None,
-                    "metrics": {
-                        k: row[k] for k in ("val_top1", "val_top5", "val_loss", "eval_set")
-                    },
-                }
-                self._write_epoch(
-                    epoch,
-                    model,
-                    ds.class_names,
-                    mean,
-                    std,
-                    meta,
-                    state,
-                    ema.module.state_dict() if ema is not None else None,
-                    history,
-                    improved,
-                )
-            self._log(
-                f"epoch {epoch}/{a.epochs}  train loss {row['train_loss']:.4f} top-1 {100 * row['train_top1']:.2f}%  "
-                f"{sel_name} loss {row['val_loss']:.4f} top-1 {100 * row['val_top1']:.2f}% top-5 {100 * row['val_top5']:.2f}%  "
-                f"lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  {row['elapsed_s']:.0f}s"
-            )
-        if start_epoch >= a.epochs:  # killed after the last checkpoint, before summary.json
-            eval_model = ema.module if ema is not None else model
-            last_row = history[-1] if history else {}
-            test_metrics = self._eval(
-                eval_model.eval(),
-                test_split,
-                prep,
-                dev,
-                amp,
-                cfg.num_classes,
-                bad,
-                eval_batches,
-                tally,
-                Tally,
-            )
-        if len(bad):
-            self._log(f"skipped {len(bad)} unreadable image(s), e.g. {sorted(bad.paths)[0]}")
-        return self._finish(
-            a,
-            cfg,
-            recipe,
-            lr,
-            history,
-            last_row,
-            test_metrics,
-            best,
-            best_epoch,
-            train_time,
-            train_images,
-            len(bad),
-            sel_name,
-            len(sel_split),
-            len(test_split),
+        if sel["top1"] > p.best:
+            p.best, p.best_epoch = sel["top1"], epoch
+        row = self._row(epoch, stats, sel, data.bad)
+        p.last_row = row
+        if self.main:
+            p.history.append(row)
+            if epoch % a.save_every == 0 or epoch == a.epochs:
+                # best.ckpt: the best of the saved epochs (all of them without --save-every)
+                improved = sel["top1"] > p.best_saved
+                p.best_saved = max(p.best_saved, sel["top1"])
+                self.save_epoch(epoch, run, p, improved)
+        self._log(
+            f"epoch {epoch}/{a.epochs}  train loss {row['train_loss']:.4f} top-1 "
+            f"{100 * row['train_top1']:.2f}%  {self.sel_name} loss {row['val_loss']:.4f} top-1 "
+            f"{100 * row['val_top1']:.2f}% top-5 {100 * row['val_top5']:.2f}%  lr {row['lr']:.4g}"
+            f"  {row['images_per_s']:.0f} img/s  {row['elapsed_s']:.0f}s"
         )
 
-    # ---- pieces of the loop
+    def _evaluate(self, model: nn.Module, split: EvalSet) -> dict[str, float]:
+        cuda = self.device.type == "cuda"
+        return evaluate_split(
+            model,
+            split,
+            self.cfg.num_classes,
+            self.device,
+            cuda,
+            self.rank,
+            self.world,
+            batch_size=1024 if cuda else 128,
+        )
+
+    def _row(self, epoch: int, stats: EpochStats, sel: dict[str, float], bad) -> dict[str, Any]:
+        row = {
+            "epoch": epoch,
+            "train_loss": stats.loss,
+            "train_top1": stats.top1,
+            "val_loss": sel["loss"],
+            "val_top1": sel["top1"],
+            "val_top5": sel["top5"],
+            "eval_set": self.sel_name,
+            "lr": stats.lr,
+            "images_per_s": stats.images / max(stats.seconds, 1e-9),
+            "train_s": stats.seconds,
+            "train_images": stats.images,
+            "elapsed_s": self.elapsed_before + time.time() - self.t0,
+            "time": time.time(),
+        }
+        if len(bad):
+            row["skipped_images"] = len(bad)
+        return row
+
+    def _progress(self, bar, steps: int):
+        if bar is None:
+            return None
+        t0 = time.time()
+
+        def show(step: int, sums: torch.Tensor) -> None:
+            if step % 10 == 0 or step == steps:
+                s = sums.tolist()
+                rate = s[2] * self.world / max(time.time() - t0, 1e-9)
+                bar.set_postfix(
+                    loss=f"{s[0] / s[2]:.3f}", acc=f"{100 * s[1] / s[2]:.1f}%", img_s=f"{rate:.0f}"
+                )
+                bar.update(step - bar.n)
+
+        return show
+
+    def _check_finite(self, first_bad: torch.Tensor, epoch: int) -> None:
+        flag = first_bad.clone()
+        if self.world > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank stops together
+        step = int(flag)
+        if step >= 0:
+            raise bad_step_error(epoch, step, self.steps, self._last_good())
+
+    # ---- checkpoints and the summary
+
+    def save_epoch(self, epoch: int, run: RunState, p: Progress, improved: bool) -> None:
+        """Checkpoint folder, then metrics.jsonl, best.ckpt, last.ckpt: each step atomic."""
+        from . import checkpoint as ck
+        from . import runfolder
+
+        row = p.history[-1]
+        state = {
+            "epoch": epoch,
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": {"last_epoch": run.step},  # optimizer steps taken (LambdaLR's name)
+            "ema": run.ema.state_dict() if run.ema is not None else None,
+            "rng": _rng_state(),
+            "best_val_top1": p.best,
+            "best_epoch": p.best_epoch,
+            "best_saved": p.best_saved,
+            "config": self.cfg.to_dict(),
+            "global_batch": self.batch,
+            "train_images": self.n_train,
+            "elapsed_s": row["elapsed_s"],
+        }
+        meta = {
+            "epoch": epoch,
+            "data": self.ds.spec,
+            "data_dir": self.args.data_dir,
+            "val_split": self.args.val_split,
+            "split_seed": self.args.seed,
+            "recipe": self.recipe.name,
+            "ema": run.ema is not None,
+            "metrics": {k: row[k] for k in ("val_top1", "val_top5", "val_loss", "eval_set")},
+        }
+        weights = run.ema.module.state_dict() if run.ema is not None else None
+        folder = self.out / f"epoch-{epoch:04d}.ckpt"
+        try:
+            ck.save_checkpoint(
+                folder,
+                run.model,
+                self.ds.class_names,
+                meta=meta,
+                training_state=state,
+                state_dict=weights,
+                preprocess=self._preprocess(self.ds.crop_pct),
+            )
+            runfolder.write_metrics(self.out, p.history)
+            if improved:
+                ck.point_link(self.out / "best.ckpt", folder)
+            ck.point_link(self.out / "last.ckpt", folder)
+            self._debug_event(f"checkpoint {folder.name}")
+            self._prune()
+        except OSError as e:
+            cause = e.strerror or str(e)
+            raise MobilenetsError(
+                f"could not write {folder.name} at epoch {epoch}: {cause}"
+                f"{f' ({e.filename})' if e.filename else ''}; stopped ({self._last_good()})"
+            ) from None
+
+    # ---- small pieces
 
     def _eval_subset(self, split, n: int, salt: int):
         if n >= len(split):
@@ -956,82 +993,11 @@ class Trainer:
 
         return tqdm(total=steps, desc=f"epoch {epoch}/{self.args.epochs}", unit="step", leave=False)
 
-    def _check_finite(self, first_bad: torch.Tensor, epoch: int, steps: int) -> None:
-        flag = first_bad.clone()
-        if self.world > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank stops together
-        step = int(flag)
-        if step >= 0:
-            raise MobilenetsError(
-                f"non-finite loss at epoch {epoch} step {step}/{steps}; stopped ({self._last_good()})"
-            )
-
     def _last_good(self) -> str:
         last = self.out / "last.ckpt"
         if last.is_symlink() and last.exists():
             return f"last good checkpoint: {last} -> {os.readlink(last)}"
         return "no checkpoint was written yet"
-
-    def _check_finite_epoch(self, epoch, sel, test, model, ema) -> None:
-        """Stop before saving when the evaluation loss or any weight is NaN or infinite."""
-        what = [f"{sel['loss']} validation loss"] if not math.isfinite(sel["loss"]) else []
-        if test is not None and not math.isfinite(test["loss"]):
-            what.append(f"{test['loss']} test loss")
-        for name, m in (("weights", model), ("EMA weights", ema.module if ema else None)):
-            if m is not None:
-                ts = [t for t in m.state_dict().values() if t.is_floating_point()]
-                if not bool(torch.stack([t.isfinite().all() for t in ts]).all()):
-                    what.append(f"non-finite {name}")
-        if what:
-            raise MobilenetsError(
-                f"{', '.join(what)} at epoch {epoch}; stopped before saving it "
-                f"({self._last_good()})"
-            )
-
-    def _write_epoch(
-        self, epoch, model, class_names, mean, std, meta, state, weights, history, improved
-    ) -> None:
-        """Checkpoint folder, then metrics.jsonl, best.ckpt, last.ckpt: each step atomic."""
-        from . import checkpoint as ck
-        from . import runfolder
-        from .plots import plot_curves
-
-        folder = self.out / f"epoch-{epoch:04d}.ckpt"
-        try:
-            ck.save_checkpoint(
-                folder, model, class_names, mean, std, meta, state, state_dict=weights
-            )
-            runfolder.write_metrics(self.out, history)
-            if improved:
-                ck.point_link(self.out / "best.ckpt", folder)
-            ck.point_link(self.out / "last.ckpt", folder)
-            self._debug_event(f"checkpoint {folder.name}")
-            self._prune()
-            plot_curves(history, self.out / "curves.png")
-        except OSError as e:
-            cause = e.strerror or str(e)
-            raise MobilenetsError(
-                f"could not write {folder.name} at epoch {epoch}: {cause}"
-                f"{f' ({e.filename})' if e.filename else ''}; stopped ({self._last_good()})"
-            ) from None
-
-    def _eval(
-        self, model, split, prep, dev, amp, num_classes, bad, eval_batches, tally, Tally
-    ) -> dict[str, float]:
-        idx = torch.arange(self.rank, len(split), self.world)  # each rank a shard, summed below
-        t = tally(
-            model,
-            eval_batches(split, prep, 512, dev, idx, self.args.workers, bad),
-            num_classes,
-            dev,
-            amp,
-            check_finite=False,
-        )
-        if self.world > 1:
-            v = t.as_tensor().to(dev)
-            dist.all_reduce(v)
-            t = Tally.from_tensor(v, num_classes)
-        return t.metrics()
 
     def _debug_shard(self, epoch: int, batches: list[torch.Tensor]) -> None:
         """With ``MOBILENETS_DEBUG_SHARDS=DIR`` each rank records the sample indices it trains on."""
@@ -1056,57 +1022,61 @@ class Trainer:
             if folder.resolve() not in keep:
                 shutil.rmtree(folder, ignore_errors=True)
 
-    def _finish(
-        self,
-        a,
-        cfg,
-        recipe,
-        lr,
-        history,
-        row,
-        test,
-        best,
-        best_epoch,
-        train_time,
-        train_images,
-        skipped,
-        sel_name,
-        n_sel,
-        n_test,
-    ) -> dict[str, Any]:
+    def _end(self, run: RunState, data: RunData, p: Progress) -> dict[str, Any]:
+        """Plots, the test figures of a run killed before its summary, then the summary."""
+        if p.test is None:  # killed after the last checkpoint, before summary.json
+            eval_model = run.ema.module if run.ema is not None else run.model
+            p.last_row = p.history[-1] if p.history else {}
+            p.test = self._evaluate(eval_model, data.test)
+        if self.main and self.args.plots == "end" and p.history:
+            from .plots import plot_curves
+
+            try:
+                plot_curves(p.history, self.out / "curves.png")
+            except OSError as e:
+                self._log(f"curves.png not written: {e}")
+        if len(data.bad):
+            self._log(
+                f"skipped {len(data.bad)} unreadable image(s), e.g. {sorted(data.bad.paths)[0]}"
+            )
+        return self._finish(p, len(data.bad), data.sel.n, data.test.n)
+
+    def _finish(self, p: Progress, skipped: int, n_sel: int, n_test: int) -> dict[str, Any]:
+        a, row, test, history = self.args, p.last_row, p.test, p.history
         summary = {
             "final_val_top1": row.get("val_top1", history[-1]["val_top1"] if history else None),
             "final_val_top5": row.get("val_top5", history[-1]["val_top5"] if history else None),
             "final_test_top1": test["top1"] if test else None,
             "final_test_top5": test["top5"] if test else None,
-            "best_val_top1": best,
-            "best_epoch": best_epoch,
-            "eval_set": sel_name,
-            "eval_images": {sel_name: n_sel, "test": n_test},
+            "best_val_top1": p.best,
+            "best_epoch": p.best_epoch,
+            "eval_set": self.sel_name,
+            "eval_images": {self.sel_name: n_sel, "test": n_test},
             "epochs": a.epochs,
             "wall_s": self.elapsed_before + time.time() - self.t0,
-            "train_s": train_time,
-            "images_per_s": train_images / train_time if train_time else None,
+            "train_s": p.train_s,
+            "images_per_s": p.train_images / p.train_s if p.train_s else None,
             "world_size": self.world,
-            "global_batch": a.batch_size,
-            "lr": lr,
-            "recipe": asdict(recipe),
-            "data": a.data,
+            "global_batch": self.batch,
+            "lr": self.lr,
+            "recipe": asdict(self.recipe),
+            "data": self.ds.spec,
+            "small_input": {"value": self.cfg.small_input, "why": self.small_why},
             "skipped_images": skipped,
             "hardware": hardware(self.device),
             "versions": versions(),
-            "config": cfg.to_dict(),
+            "config": self.cfg.to_dict(),
             "command": a.command,
         }
         if self.main:
             from .runfolder import write_atomic
 
             write_atomic(self.out / "summary.json", json.dumps(summary, indent=2))
-            t = test or {}
-            if t:
+            if test:
                 self._log(
-                    f"final test top-1 {100 * t['top1']:.2f}% top-5 {100 * t['top5']:.2f}% "
-                    f"(best {sel_name} top-1 {100 * best:.2f}% at epoch {best_epoch}); {self.out}"
+                    f"final test top-1 {100 * test['top1']:.2f}% top-5 {100 * test['top5']:.2f}% "
+                    f"(best {self.sel_name} top-1 {100 * p.best:.2f}% at epoch {p.best_epoch}); "
+                    f"{self.out}"
                 )
         if self.world > 1:
             dist.barrier()
@@ -1117,9 +1087,8 @@ class Trainer:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``train`` subcommand."""
-    from .cli import add_data_args, add_device_args, add_model_args, int_at_least, positive_float
-    from .config import MODEL_NAMES
+    """Add the ``train`` subcommand: model flags from ModelConfig, the rest from TrainArgs."""
+    from .cli import add_data_args, add_device_args, add_model_args
 
     p = subparsers.add_parser(
         "train",
@@ -1127,70 +1096,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train a model on a dataset, in one process or many (torchrun).",
         epilog="Multi-process and multi-node: see `python -c 'import mobilenets.train; help(mobilenets.train)'`.",
     )
-    p.add_argument("--model", required=True, choices=MODEL_NAMES)
-    add_model_args(p)
-    add_data_args(p, required=True, workers_default=min(8, os.cpu_count() or 1))
+    add_model_args(p, name_flag=True)
+    add_data_args(p, required=True, workers_default=_cpus())
     add_device_args(p)
-    p.add_argument("--conv-type", choices=("separable", "full"), default="separable", help="V1")
-    p.add_argument(
-        "--bottleneck-activation", choices=("linear", "relu6"), default="linear", help="V2"
-    )
-    p.add_argument(
-        "--shortcut", choices=("bottleneck", "expansion", "none"), default="bottleneck", help="V2"
-    )
-    p.add_argument("--epochs", type=int_at_least(1), required=True)
-    p.add_argument(
-        "--batch-size", type=int_at_least(1), default=256, help="global batch (split across ranks)"
-    )
+    p.add_argument("--epochs", type=_types()[1](1), required=True)
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument(
-        "--recipe",
-        choices=tuple(RECIPES),
-        default="modern",
-        help="modern: SGD Nesterov, warmup + cosine, label smoothing 0.1, EMA; "
-        "paper: TF RMSprop, lr 0.045 per 96 images x0.98 per epoch, weight decay 4e-5",
-    )
-    p.add_argument(
-        "--lr",
-        type=positive_float,
-        help="learning rate for the global batch (default: the recipe's, scaled)",
-    )
-    p.add_argument("--weight-decay", type=_option_type("weight_decay"), help=">= 0")
-    p.add_argument("--label-smoothing", type=_option_type("label_smoothing"), help="in [0, 1)")
-    p.add_argument(
-        "--ema",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="EMA of the weights (default: per recipe)",
-    )
-    p.add_argument("--ema-decay", type=_option_type("ema_decay"), help="in [0, 1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.ckpt")
-    p.add_argument(
-        "--pretrained", metavar="PATH", help="initial weights (torchvision/timm/mobilenets)"
-    )
-    p.add_argument(
-        "--val-split",
-        type=int_at_least(0),
-        default=0,
-        metavar="N",
-        help="hold out N training images for model selection",
-    )
-    p.add_argument("--max-train-samples", type=int_at_least(1), metavar="N")
-    p.add_argument(
-        "--max-eval-samples",
-        type=int_at_least(1),
-        metavar="N",
-        help="quick runs: evaluate on N images",
-    )
-    p.add_argument("--sync-bn", action="store_true")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--quiet", action="store_true")
+    for f in dataclasses.fields(TrainArgs):
+        if f.name in (*SHARED_FLAGS, *NOT_FLAGS, "epochs", "out"):
+            continue
+        kw = dict(f.metadata)
+        if isinstance(kw.get("type"), str):
+            kw["type"] = _arg_type(kw["type"])
+        p.add_argument("--" + f.name.replace("_", "-"), default=f.default, **kw)
     p.set_defaults(func=_main)
 
 
+def args_from_namespace(ns: argparse.Namespace, command: list[str]) -> TrainArgs:
+    """The TrainArgs of a parsed ``train`` command line."""
+    from .cli import given_model_args
+
+    fields = set(TrainArgs.__dataclass_fields__) - {"command", "model_options"}
+    kw = {k: v for k, v in vars(ns).items() if k in fields}
+    return TrainArgs(**kw, model_options=given_model_args(ns), command=command)
+
+
 def _main(args: argparse.Namespace) -> int:
-    fields = set(TrainArgs.__dataclass_fields__) - {"command"}
-    kw = {k: v for k, v in vars(args).items() if k in fields}
-    summary = Trainer(TrainArgs(**kw, command=["mobilenets", *sys.argv[1:]])).run()
+    summary = Trainer(args_from_namespace(args, ["mobilenets", *sys.argv[1:]])).run()
     return 0 if summary else 1

@@ -12,8 +12,6 @@ independent ``mobilenets train ...`` command, derived from the same options that
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -296,24 +294,6 @@ def variant_factory(res: int, small: bool):
 # ---------------------------------------------------------------- the adapter to training
 
 
-@contextmanager
-def dataset_loaded_once(dataset: Any) -> Iterator[None]:
-    """While active, ``fit()`` receives ``dataset`` instead of reading its ``--data`` again.
-
-    Interim: today's ``fit()`` loads the dataset itself on every call. Once ``fit()`` takes an
-    already loaded dataset (the training-engine issue), :func:`run_cell` passes it directly and
-    this context manager goes away.
-    """
-    from .. import data as data_module
-
-    original = data_module.load_dataset
-    data_module.load_dataset = lambda spec, data_dir=None: dataset
-    try:
-        yield
-    finally:
-        data_module.load_dataset = original
-
-
 def run_cell(cell: Cell, training: Training, out: str | Path, dataset: Any) -> dict[str, Any]:
     """Train one cell with ``mobilenets.fit`` on an already loaded ``dataset``; its summary.
 
@@ -322,5 +302,5 @@ def run_cell(cell: Cell, training: Training, out: str | Path, dataset: Any) -> d
     from ..train import fit
 
     kw = cell.fit_kwargs(training, out)
-    with dataset_loaded_once(dataset):
-        return fit(kw.pop("model"), kw.pop("data"), kw.pop("out"), **kw)
+    kw.pop("data")  # the spec: the plan's commands load it; here it is already loaded
+    return fit(kw.pop("model"), dataset, kw.pop("out"), **kw)

@@ -1,0 +1,603 @@
+"""The training engine: recipes, optimizer, LR schedule, EMA, the device pipeline and one epoch.
+
+In the shape of timm's ``train_one_epoch`` / ``validate``, with every hyperparameter in one place
+(:data:`RECIPES`, airbench's style). :mod:`mobilenets.train` drives these pieces for a run folder
+(resume, checkpoints, logs); nothing here touches the file system.
+
+- :func:`build_optimizer` and :func:`lr_at` (the schedule as a pure function of the step);
+- :class:`ModelEma` with :func:`ema_decay_at` (its warm-up), updated every ``ema_every`` steps;
+- :class:`DeviceImages`: an in-memory split moved to the device and normalized ONCE; random
+  crop, flip and erasing run there in batches from a device generator (no host work per step);
+- :func:`train_one_epoch` -> :class:`EpochStats`, :func:`evaluate_split` (``evaluation.tally``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import MobilenetsError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Training hyperparameters; ``lr`` is for a global batch of ``lr_batch`` images, scaled linearly."""
+
+    name: str
+    optimizer: str  # "rmsprop_tf" or "sgd"
+    lr: float
+    lr_batch: int
+    momentum: float
+    weight_decay: float  # L2, not on BN, biases or depthwise filters
+    schedule: str  # "exponential" (per epoch) or "cosine" (per step, after a linear warmup)
+    lr_decay: float = 1.0
+    warmup_epochs: float = 0.0
+    warmup_max_frac: float = 0.1  # long runs: warm up for at most this share of all steps
+    warmup_min_steps: int = 100  # ... but for at least this many (at most a quarter of the run)
+    label_smoothing: float = 0.0
+    ema_decay: float | None = None
+    ema_every: int = 1  # update the EMA every k optimizer steps (with the decay to the power k)
+    rmsprop_decay: float = 0.9
+    rmsprop_eps: float = 1.0
+    nesterov: bool = False
+    batch_size: int = 256  # the global batch when --batch-size is not given
+    random_erasing: float = 0.0  # probability per image (in-memory datasets)
+
+
+RECIPES: dict[str, Recipe] = {
+    # MobileNetV2 paper (Sandler et al. 2018, Sec. 6.1), also used for V1 (Howard et al. 2017,
+    # Sec. 4: "RMSprop ... similar to Inception V3"): TensorFlow RMSPropOptimizer with decay and
+    # momentum 0.9, lr 0.045 for batch 96 per worker, decayed x0.98 per epoch, weight decay 4e-5.
+    # epsilon = 1.0 is TF-slim's train_image_classifier default (--opt_epsilon), which timm's
+    # RMSpropTF also uses; V1 applies little or no weight decay on the depthwise filters.
+    # The TF-slim README adds label smoothing 0.1 and an EMA of 0.9999: pass --label-smoothing
+    # and --ema for those; the paper recipe itself has neither.
+    "paper": Recipe(
+        "paper",
+        "rmsprop_tf",
+        lr=0.045,
+        lr_batch=96,
+        momentum=0.9,
+        weight_decay=4e-5,
+        schedule="exponential",
+        lr_decay=0.98,
+    ),
+    # Today's short-schedule recipe: SGD + Nesterov momentum 0.9 with linear lr scaling from
+    # batch 256 (Goyal et al. 2017), linear warmup + cosine decay (Loshchilov & Hutter 2017),
+    # label smoothing 0.1 (Szegedy et al. 2016), weight decay 4e-5 as torchvision's MobileNetV2
+    # reference, and an EMA of the weights (TF-slim, timm) with timm's warmup of the decay.
+    # lr 0.2 per 256, above ResNet's 0.1: on Fashion-MNIST (V1 alpha 0.25, 2 epochs on 12,800
+    # images, batch 128, 2,000 test images) 0.1 / 0.2 / 0.4 per 256 reached 78.1 / 80.8 / 81.5%;
+    # we keep the middle value as the safer default for longer runs and wider models.
+    # Warm-up: 1 epoch, at most 10% of the run, but at least 100 steps or a quarter of a short
+    # run (runs of >= 1,000 steps, the demo's 1,406 included, keep their 10%). A 1-epoch run of
+    # 32 steps (V2 alpha 0.5, 8,192 images, batch 256) warmed up in 3.2 steps and diverged on an
+    # H200 (train loss 5.27, 9.3% test top-1, issue 10); on the CPU it diverges with a 16-step
+    # warm-up too (train loss 5.54, 10.0%). With Precise BN (recalibrate_bn) the same CPU run
+    # reaches 30.97 / 62.53 / 58.28 / 49.57% test top-1 at lr 0.2 / 0.1 / 0.05 / 0.03: lr 0.2
+    # is too high for 32 steps, and none reaches issue 10's 70% yet. Half a short run was too
+    # long elsewhere: an 80-step run (V1 alpha 0.25, 2,560 images, batch 64) fell from > 35%
+    # to 31.6% test top-1 with 40 warm-up steps.
+    "modern": Recipe(
+        "modern",
+        "sgd",
+        lr=0.2,
+        lr_batch=256,
+        momentum=0.9,
+        weight_decay=4e-5,
+        schedule="cosine",
+        warmup_epochs=1.0,
+        label_smoothing=0.1,
+        ema_decay=0.9998,
+        nesterov=True,
+    ),
+    # Long runs (>= 10 epochs) on small datasets: "modern" overfits a 3.5 M-parameter V2 on
+    # Fashion-MNIST's 60,000 images (40 epochs: 96.8% train vs 93.91% test top-1, issue 10).
+    # - random erasing p = 0.5, area 2-40%, aspect 0.3-3.3, random-value fill: Zhong et al.
+    #   2017 ("Random Erasing Data Augmentation", Sec. 4.1 and Table 1), whose Fashion-MNIST
+    #   result it is (WRN-28-10: 4.01% -> 3.65% test error);
+    # - weight decay 5e-4: the CIFAR/Fashion-MNIST-scale value of the same paper's training
+    #   (after Zagoruyko & Komodakis 2016, WRN), 12.5x ImageNet's 4e-5 for ~20x fewer images;
+    # - the rest as "modern". Named by benchmarks/train_fashion_mnist.py's 40-epoch run; kept
+    #   out of "modern" so that the 3-epoch demo keeps its accuracy (regularization costs
+    #   accuracy in runs too short to overfit). Not yet measured on a GPU: gpu_suite.sh does.
+    "long": Recipe(
+        "long",
+        "sgd",
+        lr=0.2,
+        lr_batch=256,
+        momentum=0.9,
+        weight_decay=5e-4,
+        schedule="cosine",
+        warmup_epochs=1.0,
+        label_smoothing=0.1,
+        ema_decay=0.9998,
+        nesterov=True,
+        random_erasing=0.5,
+    ),
+    # Time to accuracy on one GPU: batch 1024 (the plain-loop throughput knee on an H200:
+    # 11,347 images/s at 256, 37,248 at 1024, 39,782 at 2048, issue 10), lr scaled linearly
+    # from "modern"'s 0.2 per 256 (Goyal et al. 2017) to 0.8, a short warm-up (1 epoch = 58
+    # steps), EMA 0.999 (about 1,000-step horizon: a 15-epoch run has
+    # 870 steps, 0.9998 would average the untrained start) updated every 4 steps. Not yet
+    # measured on a GPU: gpu_suite.sh's time-to-95% row does.
+    "fast": Recipe(
+        "fast",
+        "sgd",
+        lr=0.2,
+        lr_batch=256,
+        momentum=0.9,
+        weight_decay=5e-5,
+        schedule="cosine",
+        warmup_epochs=1.0,
+        label_smoothing=0.1,
+        ema_decay=0.999,
+        ema_every=4,
+        nesterov=True,
+        batch_size=1024,
+    ),
+}
+
+
+def warmup_steps(recipe: Recipe, steps_per_epoch: int, total_steps: int) -> float:
+    """Linear warm-up length: ``warmup_epochs``, but at most ``warmup_max_frac`` of the run,
+    and at least ``warmup_min_steps`` or a quarter of the run, whichever is shorter."""
+    floor = min(recipe.warmup_min_steps, total_steps / 4)
+    cap = max(recipe.warmup_max_frac * total_steps, floor)
+    return min(recipe.warmup_epochs * steps_per_epoch, cap)
+
+
+def lr_at(step: int, recipe: Recipe, steps_per_epoch: int, total_steps: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based), as a fraction of the peak lr.
+
+    ``exponential``: ``lr_decay ** epoch`` (the papers). ``cosine``: linear warm-up from
+    ``1 / (W + 1)`` to 1 over W = :func:`warmup_steps`, then a half cosine to 0 at the last step.
+    """
+    if recipe.schedule == "exponential":
+        return recipe.lr_decay ** (step // steps_per_epoch)
+    warmup = warmup_steps(recipe, steps_per_epoch, total_steps)
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's lr (a tensor lr, used by the compiled step, is filled in place)."""
+    for g in optimizer.param_groups:
+        if isinstance(g["lr"], torch.Tensor):
+            g["lr"].fill_(lr)
+        else:
+            g["lr"] = lr
+
+
+class RMSpropTF(torch.optim.Optimizer):
+    """TensorFlow's RMSProp, as the MobileNet papers trained with.
+
+    Unlike ``torch.optim.RMSprop``: epsilon sits inside the square root, the mean square starts
+    at 1, and the learning rate is applied inside the momentum buffer::
+
+        ms  = decay * ms + (1 - decay) * g^2
+        mom = momentum * mom + lr * g / sqrt(ms + eps)
+        p  -= mom
+
+    With eps = 1.0 outside the root (PyTorch's form) the step is not bounded the same way
+    and training diverges at the paper's learning rate.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float,
+        decay: float = 0.9,
+        momentum: float = 0.9,
+        eps: float = 1.0,
+        weight_decay: float = 0.0,
+    ) -> None:
+        defaults = {"lr": lr, "decay": decay, "momentum": momentum, "eps": eps}
+        super().__init__(params, {**defaults, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if group["weight_decay"]:
+                    g = g.add(p, alpha=group["weight_decay"])
+                state = self.state[p]
+                if not state:
+                    state["square_avg"] = torch.ones_like(p)
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                ms, mom = state["square_avg"], state["momentum_buffer"]
+                ms.mul_(group["decay"]).addcmul_(g, g, value=1 - group["decay"])
+                mom.mul_(group["momentum"]).addcdiv_(
+                    g, (ms + group["eps"]).sqrt_(), value=float(group["lr"])
+                )
+                p.sub_(mom)
+        return loss
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on conv/linear weights only: not on BN, biases or depthwise filters."""
+    decay, no_decay = [], []
+    for m in model.modules():
+        for p in m.parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            depthwise = isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+            (decay if p.ndim > 1 and not depthwise else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(
+    model: nn.Module, recipe: Recipe, lr: float, tensor_lr: bool = False
+) -> torch.optim.Optimizer:
+    """The recipe's optimizer at peak ``lr``; ``tensor_lr`` (compiled SGD step) keeps lr a tensor
+    so that the schedule changes no compiled graph."""
+    groups = param_groups(model, recipe.weight_decay)
+    if recipe.optimizer == "rmsprop_tf":
+        return RMSpropTF(groups, lr, recipe.rmsprop_decay, recipe.momentum, recipe.rmsprop_eps)
+    peak: float | torch.Tensor = torch.tensor(lr) if tensor_lr else lr
+    return torch.optim.SGD(groups, peak, momentum=recipe.momentum, nesterov=recipe.nesterov)
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """The EMA decay after ``step`` optimizer steps: timm's warm-up ``(1 + t) / (10 + t)``,
+    capped at ``decay``, so that the average never reaches back further than about a tenth
+    of the steps taken (a 1-epoch run's EMA follows the model instead of its random start)."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+class ModelEma:
+    """Exponential moving average of a model's weights and BN statistics (timm's ModelEmaV2).
+
+    ``update`` is called every ``every`` optimizer steps and applies the decay of those steps
+    at once (``ema_decay_at(step) ** every``), which saves the per-step pass over the weights.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, every: int = 1) -> None:
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+        self.every = every
+        self.updates = 0
+        self._pairs: tuple[list, list, list, list] | None = None
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        if self._pairs is None:
+            ef, mf, ei, mi = [], [], [], []
+            for e, m in zip(
+                self.module.state_dict().values(), model.state_dict().values(), strict=True
+            ):
+                (ef if e.dtype.is_floating_point else ei).append(e)
+                (mf if e.dtype.is_floating_point else mi).append(m)
+            self._pairs = (ef, mf, ei, mi)
+        self.updates += 1
+        d = ema_decay_at(self.updates * self.every, self.decay) ** self.every
+        ef, mf, ei, mi = self._pairs
+        torch._foreach_lerp_(ef, mf, 1.0 - d)
+        for e, m in zip(ei, mi, strict=True):
+            e.copy_(m)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"module": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
+        self.updates = int(state["updates"])
+
+
+# ---------------------------------------------------------------- the device pipeline
+
+
+class DeviceImages:
+    """An in-memory split on the training device, normalized once to the model's input.
+
+    Training batches are random crops (zero padding ``pad`` px at the native size, scaled to
+    the model's), horizontal flips and optionally random erasing, all on the device from a
+    device generator: nothing per step runs on the host or waits for the device.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, prep, pad: int, device):
+        from .transforms import preprocess_images
+
+        native = images.shape[-1]
+        chunks = [
+            preprocess_images(prep, c.to(device)) for c in images.split(4096)
+        ]  # eval preprocessing (crop_pct 1: the whole image at the model's resolution)
+        self.x = torch.cat(chunks) if chunks else torch.empty(0, device=device)
+        self.y = labels.to(device)
+        self.pad = round(pad * prep.resolution / native)
+        mean = torch.tensor(prep.mean, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(prep.std, device=device).view(1, -1, 1, 1)
+        self.fill = (0 - mean) / std  # a zero pixel, as the uint8 padding was
+        del chunks
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def batch(
+        self, idx: torch.Tensor, gen: torch.Generator, erasing: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augmented images ``idx`` (a device tensor) and their labels."""
+        x = crop_flip(self.x[idx], self.pad, self.fill, gen)
+        if erasing:
+            x = random_erasing(x, erasing, gen)
+        return x, self.y[idx]
+
+
+def crop_flip(x: torch.Tensor, pad: int, fill: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random crop of (N, C, H, W) padded by ``pad`` with ``fill``, and a random horizontal flip,
+    as one gather on the device (random numbers from ``gen``, a generator on ``x``'s device)."""
+    n, c, h, w = x.shape
+    dev = x.device
+    flip = torch.rand(n, generator=gen, device=dev) < 0.5
+    oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=dev)
+    ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=dev)
+    if pad:
+        xp = fill.expand(n, c, h + 2 * pad, w + 2 * pad).clone()
+        xp[..., pad : pad + h, pad : pad + w] = x
+    else:
+        xp = x
+    ar_h, ar_w = torch.arange(h, device=dev), torch.arange(w, device=dev)
+    cols = torch.where(flip[:, None], ar_w.flip(0)[None], ar_w[None]) + ox[:, None]
+    rows = (oy[:, None] + ar_h)[:, None, :, None]
+    b = torch.arange(n, device=dev)[:, None, None, None]
+    ch = torch.arange(c, device=dev)[None, :, None, None]
+    return xp[b, ch, rows, cols[:, None, None, :]]
+
+
+def random_erasing(
+    x: torch.Tensor,
+    p: float,
+    gen: torch.Generator,
+    area: tuple[float, float] = (0.02, 0.4),
+    aspect: tuple[float, float] = (0.3, 1 / 0.3),
+) -> torch.Tensor:
+    """Zhong et al. 2017: with probability ``p`` per image, one rectangle of ``area`` (fraction)
+    and ``aspect`` ratio is filled with N(0, 1) noise (normalized inputs); on the device."""
+    n, c, h, w = x.shape
+    dev = x.device
+    u = torch.rand(n, 6, generator=gen, device=dev)
+    s = (area[0] + (area[1] - area[0]) * u[:, 0]) * h * w
+    log_r = math.log(aspect[0]) + (math.log(aspect[1]) - math.log(aspect[0])) * u[:, 1]
+    eh = (s * log_r.exp()).sqrt().round().clamp(1, h)
+    ew = (s / log_r.exp()).sqrt().round().clamp(1, w)
+    top = (u[:, 2] * (h - eh + 1)).floor()
+    left = (u[:, 3] * (w - ew + 1)).floor()
+    ys = torch.arange(h, device=dev)[None, :]
+    xs = torch.arange(w, device=dev)[None, :]
+    in_y = (ys >= top[:, None]) & (ys < (top + eh)[:, None])
+    in_x = (xs >= left[:, None]) & (xs < (left + ew)[:, None])
+    mask = (in_y[:, :, None] & in_x[:, None, :]) & (u[:, 4] < p)[:, None, None]
+    noise = torch.randn(x.shape, generator=gen, device=dev, dtype=x.dtype)
+    return torch.where(mask[:, None], noise, x)
+
+
+# ---------------------------------------------------------------- one epoch
+
+
+@dataclass
+class EpochStats:
+    """What one training epoch measured (summed over ranks)."""
+
+    loss: float
+    top1: float
+    images: int
+    seconds: float
+    lr: float
+
+
+@dataclass
+class RunState:
+    """Everything the epoch loop carries, instead of long argument lists."""
+
+    model: nn.Module  # the raw model (EMA source, checkpoints)
+    net: nn.Module  # what trains: the model, or its DDP / sync-BN wrapper
+    optimizer: torch.optim.Optimizer
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    recipe: Recipe
+    peak_lr: float
+    steps_per_epoch: int
+    total_steps: int
+    device: torch.device
+    ema: ModelEma | None = None
+    amp: bool = False
+    world: int = 1
+    step: int = 0  # optimizer steps taken
+    check_every: int = 1  # read the non-finite flag every k steps (1 on CPU)
+    kill_at_step: int = 0  # tests: SIGKILL this process after that optimizer step
+    train_step: Callable | None = None  # (x, y) -> (loss, correct), possibly compiled
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def make_train_step(state: RunState) -> Callable:
+    """One optimization step (forward, loss, backward, optimizer) as a function of (x, y),
+    the unit that ``--compile`` compiles whole."""
+    net, opt, criterion = state.net, state.optimizer, state.criterion
+    amp, dev = state.amp, state.device.type
+
+    def train_step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=amp):
+            logits = net(x)
+            loss = criterion(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach(), (logits.detach().argmax(1) == y).sum()
+
+    return train_step
+
+
+def train_one_epoch(
+    state: RunState,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    epoch: int,
+    on_bad_step: Callable[[torch.Tensor, int], None],
+    progress: Callable[[int, torch.Tensor], None] | None = None,
+) -> EpochStats:
+    """Train one epoch over ``batches``; ``on_bad_step(first_bad, epoch)`` stops the run when a
+    loss was not finite (it is given the device flag: -1, or the first bad step)."""
+    dev, steps = state.device, state.steps_per_epoch
+    step_fn = state.train_step or make_train_step(state)
+    state.net.train()
+    sums = torch.zeros(3, dtype=torch.float64, device=dev)  # loss sum, correct, count
+    first_bad = torch.full((), -1, dtype=torch.int64, device=dev)
+    t0 = time.time()
+    for i, (x, y) in enumerate(batches, 1):
+        x = x.contiguous(memory_format=torch.channels_last)  # CPU (oneDNN) and CUDA alike
+        set_lr(
+            state.optimizer,
+            state.peak_lr * lr_at(state.step, state.recipe, steps, state.total_steps),
+        )
+        loss, correct = step_fn(x, y)
+        state.step += 1
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), i, first_bad)
+        if i % state.check_every == 0:
+            on_bad_step(first_bad, epoch)
+        if state.ema is not None and state.step % state.ema.every == 0:
+            state.ema.update(state.model)
+        sums += torch.stack([loss.double() * len(y), correct.double(), sums.new_tensor(len(y))])
+        if progress is not None:
+            progress(i, sums)
+        if state.step == state.kill_at_step:
+            os.kill(os.getpid(), signal.SIGKILL)  # tests: a kill at a known step
+    on_bad_step(first_bad, epoch)
+    if state.world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(sums)
+    s = sums.tolist()
+    lr = state.peak_lr * lr_at(max(state.step - 1, 0), state.recipe, steps, state.total_steps)
+    return EpochStats(s[0] / max(s[2], 1), s[1] / max(s[2], 1), int(s[2]), time.time() - t0, lr)
+
+
+def device_batches(
+    data: DeviceImages,
+    batches: list[torch.Tensor],
+    gen: torch.Generator,
+    erasing: float,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Augmented batches of a device-resident split for this rank's index lists."""
+    for idx in batches:
+        yield data.batch(idx, gen, erasing)
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@dataclass
+class EvalSet:
+    """A split to evaluate: preprocessed device tensors (in-memory data), or image files."""
+
+    name: str
+    n: int
+    x: torch.Tensor | None = None
+    y: torch.Tensor | None = None
+    batches: Callable[[torch.Tensor], Iterable] | None = None  # files: indices -> batches
+
+
+def evaluate_split(
+    model: nn.Module,
+    split: EvalSet,
+    num_classes: int,
+    device: torch.device,
+    amp: bool,
+    rank: int = 0,
+    world: int = 1,
+    batch_size: int = 512,
+) -> dict[str, float]:
+    """Loss, top-1 and top-5 of ``model`` on ``split`` (each rank a shard, summed), through
+    :func:`mobilenets.evaluation.tally`, the same tally as ``mobilenets eval``.
+
+    On the CPU, batches of 128 run 1.6-1.9x faster per image than 512 (V1 alpha 0.25 at 28 px:
+    CPU time 0.67-0.76 vs 1.13-1.25 ms per image, channels-last, one thread); train.py
+    passes 128 there."""
+    from .evaluation import Tally, tally
+
+    model.eval()
+    if split.x is not None:  # views: the stored memory format (channels-last) is kept
+        xs, ys = split.x[rank::world], split.y[rank::world]
+        batches: Iterable = zip(xs.split(batch_size), ys.split(batch_size), strict=True)
+    else:
+        batches = split.batches(torch.arange(rank, split.n, world))
+    t = tally(model, batches, num_classes, device, amp, refuse_non_finite=False)
+    if world > 1:
+        import torch.distributed as dist
+
+        v = t.as_tensor().to(device)
+        dist.all_reduce(v)
+        t = Tally.from_tensor(v, num_classes)
+    return t.metrics()
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int) -> None:
+    """Precise BN (Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm", Sec. 3): re-estimate
+    every BatchNorm's running statistics as the plain average over ``images`` with the model's
+    current weights, before it is evaluated or saved.
+
+    BN's running averages (momentum 0.1) still remember the first steps' huge activations after
+    a short run: a 1-epoch run of 32 steps (V2 alpha 0.5, 8,192 Fashion-MNIST images, batch 256,
+    lr 0.05 or 0.1) trained to 33-35% train top-1 yet evaluated at exactly 10.00% (one class
+    for every image) on the CPU. Deterministic (fixed, unaugmented images), so resume stays exact.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or not len(images):
+        return
+    momenta = [m.momentum for m in bns]
+    was_training = model.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches below
+    model.train()
+    for chunk in images.split(batch_size):
+        model(chunk)
+    for m, momentum in zip(bns, momenta, strict=True):
+        m.momentum = momentum
+    model.train(was_training)
+
+
+def check_finite_epoch(model: nn.Module, ema: ModelEma | None, metrics: list[tuple]) -> list[str]:
+    """What is not finite after an epoch: evaluation losses (``(name, metrics)`` pairs), the
+    weights, the EMA weights. Empty when all is well."""
+    what = [f"{m['loss']} {name} loss" for name, m in metrics if m and not math.isfinite(m["loss"])]
+    for name, m in (("weights", model), ("EMA weights", ema.module if ema else None)):
+        if m is not None:
+            ts = [t for t in m.state_dict().values() if t.is_floating_point()]
+            if not bool(torch.stack([t.isfinite().all() for t in ts]).all()):
+                what.append(f"non-finite {name}")
+    return what
+
+
+def cross_entropy(label_smoothing: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The training loss: cross-entropy with label smoothing."""
+
+    def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+
+    return loss
+
+
+def bad_step_error(epoch: int, step: int, steps: int, last_good: str) -> MobilenetsError:
+    return MobilenetsError(
+        f"non-finite loss at epoch {epoch} step {step}/{steps}; stopped ({last_good})"
+    )
