@@ -181,6 +181,100 @@ def _shapes(model: nn.Module, in_chans: int, res: int) -> fx.GraphModule:
     return shadow
 
 
+def _module_cost(m: nn.Module, out_shape: tuple[int, ...]) -> tuple[str, int, int, int, bool]:
+    """(kind, params, weight params, MACs, aliases its input) of one called module."""
+    params = sum(p.numel() for p in m.parameters(recurse=False))
+    if isinstance(m, nn.Conv2d):
+        k = (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        return _conv_kind(m), params, m.weight.numel(), _numel(out_shape) * k, False
+    if isinstance(m, nn.Linear):
+        return "linear", params, m.weight.numel(), _numel(out_shape) * m.in_features, False
+    if isinstance(m, _ALIAS_MODULES):
+        kind = {
+            nn.BatchNorm2d: "bn",
+            nn.Identity: "identity",
+            nn.Dropout: "identity",
+            nn.Flatten: "flatten",
+        }.get(type(m), "act")
+        return kind, params, 0, 0, True
+    if isinstance(m, _POOL_MODULES):
+        return "pool", params, 0, 0, False
+    return type(m).__name__.lower(), params, 0, 0, False
+
+
+def _function_kind(node: fx.Node) -> tuple[str, bool]:
+    """(kind, aliases its input) of a called function or method."""
+    target = node.target
+    if target in _ALIAS_FUNCTIONS or (node.op == "call_method" and target in _ALIAS_METHODS):
+        adds = (operator.add, operator.iadd, torch.add, "add", "add_")
+        return ("add" if target in adds else "reshape"), True
+    return getattr(target, "__name__", str(target)), False
+
+
+def _node_shape(node: fx.Node) -> tuple[int, ...]:
+    meta = node.meta.get("tensor_meta")
+    return tuple(meta.shape[1:]) if meta is not None and hasattr(meta, "shape") else ()
+
+
+def _trace_ops(gm: fx.GraphModule) -> tuple[list[Op], list[Buffer]]:
+    """The ops of a shape-propagated graph, with each buffer's first writer and last reader."""
+    modules = dict(gm.named_modules())
+    ops: list[Op] = []
+    buffers: list[Buffer] = []
+    buf_of: dict[fx.Node, int] = {}
+
+    def new_buffer(node: fx.Node, op_index: int) -> int:
+        s = _node_shape(node)
+        buffers.append(Buffer(len(buffers), s, _numel(s), op_index, op_index))
+        return len(buffers) - 1
+
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            buf_of[node] = new_buffer(node, -1)
+            continue
+        if node.op in ("get_attr", "output"):
+            for inp in node.all_input_nodes:
+                if inp in buf_of and node.op == "output":
+                    buffers[buf_of[inp]].last = len(ops)
+            continue
+        tensor_inputs = [n for n in node.all_input_nodes if n in buf_of]
+        out_shape = _node_shape(node)
+        if not tensor_inputs or not out_shape:
+            continue  # size() calls and the like
+        i = len(ops)
+        if node.op == "call_module":
+            name = str(node.target)
+            kind, params, wparams, macs, inplace = _module_cost(modules[node.target], out_shape)
+        else:
+            name, (kind, inplace), params, wparams, macs = node.name, _function_kind(node), 0, 0, 0
+        for inp in tensor_inputs:
+            buffers[buf_of[inp]].last = i
+        out = buf_of[tensor_inputs[0]] if inplace else new_buffer(node, i)
+        buf_of[node] = out
+        in_bufs = [buf_of[n] for n in tensor_inputs]
+        in_shape = _node_shape(tensor_inputs[0])
+        ops.append(
+            Op(name, kind, in_bufs, out, in_shape, out_shape, params, wparams, macs, inplace)
+        )
+    return ops, buffers
+
+
+def _shares_by_kind(ops: list[Op]) -> dict[str, dict[str, float]]:
+    """MACs and weight params per weight-layer kind, with their shares of the totals."""
+    total_w = sum(op.weight_params for op in ops) or 1
+    total_m = sum(op.macs for op in ops) or 1
+    by_kind: dict[str, dict[str, float]] = {}
+    for op in ops:
+        if op.kind in WEIGHT_KINDS:
+            k = by_kind.setdefault(op.kind, {"macs": 0, "weight_params": 0})
+            k["macs"] += op.macs
+            k["weight_params"] += op.weight_params
+    for k in by_kind.values():
+        k["macs_share"] = k["macs"] / total_m
+        k["params_share"] = k["weight_params"] / total_w
+    return by_kind
+
+
 def profile(
     model: nn.Module, resolution: int | None = None, dtype: torch.dtype = torch.float32
 ) -> Report:
@@ -202,110 +296,7 @@ def profile(
     lo = min_resolution(bool(cfg and cfg.small_input))
     if isinstance(res, bool) or not isinstance(res, int) or res < lo:
         raise UsageError(f"resolution must be an integer >= {lo}, got {res!r}")
-    gm = _shapes(model, in_chans, res)
-    modules = dict(gm.named_modules())
-
-    ops: list[Op] = []
-    buffers: list[Buffer] = []
-    buf_of: dict[fx.Node, int] = {}
-
-    def shape(node: fx.Node) -> tuple[int, ...]:
-        meta = node.meta.get("tensor_meta")
-        return tuple(meta.shape[1:]) if meta is not None and hasattr(meta, "shape") else ()
-
-    def new_buffer(node: fx.Node, op_index: int) -> int:
-        s = shape(node)
-        buffers.append(Buffer(len(buffers), s, _numel(s), op_index, op_index))
-        return len(buffers) - 1
-
-    for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            buf_of[node] = new_buffer(node, -1)
-            continue
-        if node.op in ("get_attr", "output"):
-            for inp in node.all_input_nodes:
-                if inp in buf_of and node.op == "output":
-                    buffers[buf_of[inp]].last = len(ops)
-            continue
-        tensor_inputs = [n for n in node.all_input_nodes if n in buf_of]
-        if not tensor_inputs or not shape(node):
-            continue  # size() calls and the like
-        i = len(ops)
-        kind, params, wparams, macs, inplace = node.op, 0, 0, 0, False
-        out_shape = shape(node)
-        if node.op == "call_module":
-            m = modules[node.target]
-            name = str(node.target)
-            params = sum(p.numel() for p in m.parameters(recurse=False))
-            if isinstance(m, nn.Conv2d):
-                kind = _conv_kind(m)
-                wparams = m.weight.numel()
-                macs = (
-                    _numel(out_shape)
-                    * (m.in_channels // m.groups)
-                    * m.kernel_size[0]
-                    * m.kernel_size[1]
-                )
-            elif isinstance(m, nn.Linear):
-                kind, wparams = "linear", m.weight.numel()
-                macs = _numel(out_shape) * m.in_features
-            elif isinstance(m, _ALIAS_MODULES):
-                kind = {
-                    nn.BatchNorm2d: "bn",
-                    nn.Identity: "identity",
-                    nn.Dropout: "identity",
-                    nn.Flatten: "flatten",
-                }.get(type(m), "act")
-                inplace = True
-            elif isinstance(m, _POOL_MODULES):
-                kind = "pool"
-            else:
-                kind = type(m).__name__.lower()
-        else:
-            name = node.name
-            target = node.target
-            if target in _ALIAS_FUNCTIONS or (
-                node.op == "call_method" and target in _ALIAS_METHODS
-            ):
-                inplace = True
-                kind = (
-                    "add"
-                    if target in (operator.add, operator.iadd, torch.add, "add", "add_")
-                    else "reshape"
-                )
-            else:
-                kind = getattr(target, "__name__", str(target))
-        for inp in tensor_inputs:
-            buffers[buf_of[inp]].last = i
-        out = buf_of[tensor_inputs[0]] if inplace else new_buffer(node, i)
-        buf_of[node] = out
-        ops.append(
-            Op(
-                name,
-                kind,
-                [buf_of[n] for n in tensor_inputs],
-                out,
-                shape(tensor_inputs[0]),
-                out_shape,
-                params,
-                wparams,
-                macs,
-                inplace,
-            )
-        )
-
-    total_w = sum(op.weight_params for op in ops) or 1
-    total_m = sum(op.macs for op in ops) or 1
-    by_kind: dict[str, dict[str, float]] = {}
-    for op in ops:
-        if op.kind in WEIGHT_KINDS:
-            k = by_kind.setdefault(op.kind, {"macs": 0, "weight_params": 0})
-            k["macs"] += op.macs
-            k["weight_params"] += op.weight_params
-    for k in by_kind.values():
-        k["macs_share"] = k["macs"] / total_m
-        k["params_share"] = k["weight_params"] / total_w
-
+    ops, buffers = _trace_ops(_shapes(model, in_chans, res))
     return Report(
         model=cfg.name if cfg else type(model).__name__,
         resolution=res,
@@ -315,5 +306,5 @@ def profile(
         macs=sum(op.macs for op in ops),
         ops=ops,
         buffers=buffers,
-        by_kind=by_kind,
+        by_kind=_shares_by_kind(ops),
     )
