@@ -121,61 +121,40 @@ def evaluate(
         the split has no image of that class), ``confusion`` (rows true, columns predicted),
         ``class_names``, ``split``, ``data``, ``checkpoint``; accuracies are fractions.
     """
-    from .checkpoint import load_checkpoint
-    from .data import BadImages, eval_batches, holdout, load_dataset
+    from .data import BadImages, eval_batches, load_dataset
 
     if out is not None:
         check_writable_folder(out)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if str(checkpoint).endswith(".tflite"):
-        dev = torch.device("cpu")
-        ckpt = _tflite_as_checkpoint(checkpoint, fast)
-    else:
-        ckpt = load_checkpoint(checkpoint, dev)
-    meta = ckpt.meta
-    spec = data or meta.get("data")
+    ckpt, dev = _load_model(checkpoint, dev, fast)
+    spec = data or ckpt.meta.get("data")
     if not spec:
         raise UsageError("this checkpoint does not record its dataset; pass --data SPEC")
-    ds = load_dataset(spec, data_dir or meta.get("data_dir"))
-    if split == "val":
-        n_val = int(meta.get("val_split") or 0)
-        if not n_val:
-            raise UsageError(
-                "this checkpoint was trained without --val-split, so it has no val split; use --split test"
-            )
-        _, part = holdout(ds.split("train"), n_val, int(meta.get("split_seed", 0)))
-    else:
-        part = ds.split(split)
+    ds = load_dataset(spec, data_dir or ckpt.meta.get("data_dir"))
+    part = _split(ds, split, ckpt.meta)
     cfg = ckpt.config
     if cfg.num_classes != len(ds.class_names):
         raise MobilenetsError(
             f"{ckpt.path}: the model has {cfg.num_classes} classes but {ds.name} has {len(ds.class_names)}"
         )
-    prep = ckpt.preprocess
     model = ckpt.model
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     bad = BadImages(skip_bad_images)
-    t = tally(
-        model,
-        eval_batches(part, prep, batch_size, dev, workers=workers, bad=bad),
-        cfg.num_classes,
-        dev,
-        dev.type == "cuda",
-    )
+    batches = eval_batches(part, ckpt.preprocess, batch_size, dev, workers=workers, bad=bad)
+    t = tally(model, batches, cfg.num_classes, dev, dev.type == "cuda")
     conf = t.confusion
     per_row = conf.sum(1)
-    per_class = {
-        name: (float(conf[i, i]) / int(per_row[i]) if per_row[i] else None)
-        for i, name in enumerate(ds.class_names)
-    }
     m = t.metrics()
     result: dict[str, Any] = {
         "top1": m["top1"],
         "top5": m["top5"],
         "loss": m["loss"],
         "n": t.n,
-        "per_class": per_class,
+        "per_class": {
+            name: (float(conf[i, i]) / int(per_row[i]) if per_row[i] else None)
+            for i, name in enumerate(ds.class_names)
+        },
         "class_names": list(ds.class_names),
         "confusion": conf.tolist(),
         "split": split,
@@ -184,21 +163,45 @@ def evaluate(
         "skipped_images": len(bad),
     }
     if out is not None:
-        from .plots import plot_confusion
-
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "confusion_matrix.json").write_text(
-            json.dumps({"class_names": result["class_names"], "matrix": result["confusion"]})
-        )
-        plot_confusion(result["confusion"], result["class_names"], out / "confusion_matrix.png")
-        (out / "eval.json").write_text(
-            json.dumps({k: v for k, v in result.items() if k != "confusion"}, indent=2)
-        )
-        result["files"] = [
-            str(out / f) for f in ("confusion_matrix.png", "confusion_matrix.json", "eval.json")
-        ]
+        result["files"] = _write_eval_files(Path(out), result)
     return result
+
+
+def _load_model(checkpoint: str | Path, dev: torch.device, fast: bool):
+    """The checkpoint (or ``.tflite`` file, always on the CPU) and the device it runs on."""
+    from .checkpoint import load_checkpoint
+
+    if str(checkpoint).endswith(".tflite"):
+        return _tflite_as_checkpoint(checkpoint, fast), torch.device("cpu")
+    return load_checkpoint(checkpoint, dev), dev
+
+
+def _split(ds, split: str, meta: dict[str, Any]):
+    """The split to evaluate; ``val`` is re-drawn from the seed stored in the checkpoint."""
+    from .data import holdout
+
+    if split != "val":
+        return ds.split(split)
+    n_val = int(meta.get("val_split") or 0)
+    if not n_val:
+        raise UsageError(
+            "this checkpoint was trained without --val-split, so it has no val split; use --split test"
+        )
+    return holdout(ds.split("train"), n_val, int(meta.get("split_seed", 0)))[1]
+
+
+def _write_eval_files(out: Path, result: dict[str, Any]) -> list[str]:
+    """confusion_matrix.json/.png and eval.json in ``out`` (JSON written atomically)."""
+    from .plots import plot_confusion
+    from .runfolder import write_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    matrix = {"class_names": result["class_names"], "matrix": result["confusion"]}
+    write_atomic(out / "confusion_matrix.json", json.dumps(matrix))
+    plot_confusion(result["confusion"], result["class_names"], out / "confusion_matrix.png")
+    summary = {k: v for k, v in result.items() if k != "confusion"}
+    write_atomic(out / "eval.json", json.dumps(summary, indent=2))
+    return [str(out / f) for f in ("confusion_matrix.png", "confusion_matrix.json", "eval.json")]
 
 
 def check_writable_folder(folder: str | Path) -> None:
