@@ -101,8 +101,6 @@ def quantize_onnx(
         A summary: scheme, activation_type, calib_method, calib_samples, bytes, path.
     """
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from .export import read_metadata, set_metadata, write_onnx
 
@@ -117,11 +115,6 @@ def quantize_onnx(
     meta = read_metadata(onnx_path)
     src = onnx.load(str(onnx_path))
     props = {p.key: p.value for p in src.metadata_props}
-    method = {
-        "minmax": CalibrationMethod.MinMax,
-        "percentile": CalibrationMethod.Percentile,
-        "entropy": CalibrationMethod.Entropy,
-    }[calib_method]
     samples = 0
 
     def counted() -> Iterator[np.ndarray]:
@@ -130,51 +123,77 @@ def quantize_onnx(
             samples += len(b)
             yield b
 
+    options = {
+        "per_channel": per_channel,
+        "activation_type": activation_type,
+        "calib_method": calib_method,
+        "reduce_range": reduce_range,
+        "exclude_nodes": list(exclude_nodes),
+    }
     with tempfile.TemporaryDirectory(prefix="mobilenets-quant-") as tmp:
-        pre, out_tmp = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
-        try:
-            quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
-            with contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print
-                quantize_static(
-                    str(pre),
-                    str(out_tmp),
-                    _Reader(src.graph.input[0].name, counted()),
-                    quant_format=QuantFormat.QDQ,
-                    per_channel=per_channel,
-                    activation_type=QuantType.QUInt8
-                    if activation_type == "uint8"
-                    else QuantType.QInt8,
-                    weight_type=QuantType.QInt8,
-                    calibrate_method=method,
-                    reduce_range=reduce_range,
-                    nodes_to_exclude=list(exclude_nodes) or None,
-                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-                )
-        except MobilenetsError:
-            raise
-        except Exception as e:
-            raise MobilenetsError(
-                f"int8 quantization of {onnx_path} failed: {str(e).strip().splitlines()[0]}"
-            ) from None
+        out_tmp = Path(tmp) / "int8.onnx"
+        reader = _Reader(src.graph.input[0].name, counted())
+        _quantize_static(Path(onnx_path), Path(tmp) / "pre.onnx", out_tmp, reader, options)
         if samples == 0:
             raise UsageError("calibration data is empty")
-        info = {
-            "scheme": f"QDQ, {7 if reduce_range else 8}-bit symmetric "
-            f"{'per-channel' if per_channel else 'per-tensor'} weights, "
-            f"{activation_type} asymmetric per-tensor activations, int32 bias",
-            "activation_type": activation_type,
-            "weight_type": "int8",
-            "weight_bits": 7 if reduce_range else 8,
-            "per_channel": per_channel,
-            "calib_method": calib_method,
-            "calib_samples": samples,
-            "excluded_nodes": list(exclude_nodes),
-        }
+        info = _scheme_info(options, samples)
         q = onnx.load(str(out_tmp))
         shrink(q)
         set_metadata(q, {**props, "quantization": json.dumps(info)})
         out = write_onnx(q, out_path)
     return {**info, "path": str(out), "bytes": out.stat().st_size}
+
+
+def _quantize_static(src: Path, pre: Path, out: Path, reader: Any, options: dict[str, Any]) -> None:
+    """onnxruntime's pre-processing and static QDQ quantization, failures as one line."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }[options["calib_method"]]
+    uint8 = options["activation_type"] == "uint8"
+    try:
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        with contextlib.redirect_stdout(io.StringIO()):  # histogram calibrators print
+            quantize_static(
+                str(pre),
+                str(out),
+                reader,
+                quant_format=QuantFormat.QDQ,
+                per_channel=options["per_channel"],
+                activation_type=QuantType.QUInt8 if uint8 else QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=method,
+                reduce_range=options["reduce_range"],
+                nodes_to_exclude=options["exclude_nodes"] or None,
+                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            )
+    except MobilenetsError:
+        raise
+    except Exception as e:
+        raise MobilenetsError(
+            f"int8 quantization of {src} failed: {str(e).strip().splitlines()[0]}"
+        ) from None
+
+
+def _scheme_info(options: dict[str, Any], samples: int) -> dict[str, Any]:
+    """The ``quantization`` record stored in the int8 file's metadata."""
+    bits = 7 if options["reduce_range"] else 8
+    per = "per-channel" if options["per_channel"] else "per-tensor"
+    return {
+        "scheme": f"QDQ, {bits}-bit symmetric {per} weights, "
+        f"{options['activation_type']} asymmetric per-tensor activations, int32 bias",
+        "activation_type": options["activation_type"],
+        "weight_type": "int8",
+        "weight_bits": bits,
+        "per_channel": options["per_channel"],
+        "calib_method": options["calib_method"],
+        "calib_samples": samples,
+        "excluded_nodes": options["exclude_nodes"],
+    }
 
 
 def _dedupe_initializers(proto: Any) -> int:
