@@ -6,15 +6,16 @@ C code generator. Conventions (those of TFLite, so the writer is a plain transla
 - Activation tensors are int8, per tensor, asymmetric: ``real = scale * (q - zero_point)``.
   ``scale`` is always a float32-representable value, exactly what the ``.tflite`` file stores,
   because TFLite Micro derives every multiplier from those float32 values at Prepare.
-- Shapes are NHWC with batch 1: ``(1, H, W, C)``; the logits are ``(1, num_classes)``.
+- Shapes are NHWC with batch 1: ``(1, H, W, C)``; the logits are ``(1, 1, 1, num_classes)``.
 - Weights are int8, symmetric (zero point 0), per output channel:
   ``conv2d`` (O, KH, KW, I); ``depthwise_conv2d`` (1, KH, KW, C * depth_multiplier);
   ``fully_connected`` (O, I), its input flattened in NHWC order.
 - Bias is int32 with scale ``s_in * s_w[c]``. A tensor with one weight scale (the classifier)
   repeats it per channel in ``weight_scales``; the writer then stores it once.
 - The classifier (PyTorch's flatten + Linear) is a VALID ``conv2d`` whose kernel covers the whole
-  pooled map, then a ``reshape`` to (1, classes): TFLite Micro and LiteRT's reference kernels
-  round int8 FULLY_CONNECTED differently, their CONV_2D alike.
+  pooled map, and its (1, 1, 1, classes) output is the graph's output: TFLite Micro and LiteRT's
+  reference kernels round int8 FULLY_CONNECTED differently, their CONV_2D alike, and a final
+  RESHAPE would cost TFLite Micro arena for nothing (``run_int8`` returns (N, classes)).
 - ``padding`` is (top, bottom, left, right) of implicit zero-point padding inside a conv or pool.
   It must be TensorFlow SAME or VALID for the op's geometry (TFLite knows no other); other
   padding (PyTorch's symmetric padding of stride-2 convs, max pools) is an explicit ``pad`` op.

@@ -194,8 +194,10 @@ def _linear(b: _Builder, node: fx.Node, m: nn.Linear) -> None:
 
     TFLite Micro and LiteRT's reference kernels round the requantization of int8
     FULLY_CONNECTED differently (LiteRT once, TFLite Micro twice), but their CONV_2D agree, so
-    the classifier is written as a conv (as Keras's MobileNet does) and one final RESHAPE.
-    PyTorch flattened C*H*W; the conv's (O, H, W, C) weights hold the permuted columns.
+    the classifier is written as a conv, as Keras's MobileNet does. Its (1, 1, 1, O) output is
+    the graph's output as it stands: a final RESHAPE to (1, O) would cost TFLite Micro 120 B of
+    arena (a node and a tensor) and nothing else. PyTorch flattened C*H*W; the conv's
+    (O, H, W, C) weights hold the permuted columns.
     """
     t = b.input_of(node)
     if t not in b.flat:
@@ -269,12 +271,9 @@ def lower(model: nn.Module) -> Lowered:
             _function(b, node)
         elif node.op == "output":
             out = b.env[node.args[0]]
-            if out in b.flat:  # the logits: (1, 1, 1, classes) -> (1, classes)
-                shape = (1, int(np.prod(b.shape(out))))
-                out = b.add_op(node, Op("reshape", (out,), -1), b.tensor(node, shape))
         else:
             raise UsageError(f"{node.name}: {node.op} nodes are not supported")
-    if len(b.shape(out)) != 2:
+    if out not in b.flat or b.shape(out)[1:3] != (1, 1):
         raise UsageError("the model's output must be (batch, classes) logits")
     graph = QuantizedModel(b.tensors, b.ops, 0, out, config=cfg.to_dict())
     return Lowered(graph, b.node_of_tensor)

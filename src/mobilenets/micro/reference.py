@@ -151,7 +151,8 @@ def run_int8(qmodel: QuantizedModel, x_int8: np.ndarray, batch_size: int = 32) -
             f"got {x.dtype} {tuple(x.shape)}"
         )
     outs = [_run_batch(qmodel, x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-    out = np.concatenate(outs) if outs else np.zeros((0, *qmodel.output_tensor.shape[1:]), np.int8)
+    classes = qmodel.output_tensor.nbytes  # the logits tensor is (1, 1, 1, classes)
+    out = np.concatenate(outs).reshape(len(x), classes) if outs else np.zeros((0, classes), np.int8)
     return out[0] if single else out
 
 

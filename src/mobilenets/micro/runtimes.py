@@ -1,7 +1,7 @@
 """Peer runtimes for ``.tflite`` files: TFLite Micro (host build) and LiteRT, both optional.
 
 - :func:`tflm_outputs`: run int8 inputs through the ``tflite-micro`` interpreter.
-- :func:`tflm_arena`: the smallest arena (bisection to 16 B) with which it loads and runs, and
+- :func:`tflm_arena`: the smallest arena (bisection to 4 B) with which it loads and runs, and
   the head (activations) / tail (persistent) totals that ``print_allocations()`` writes to file
   descriptor 2 at that size (captured with ``os.dup2``: the C++ side bypasses ``sys.stderr``).
 - :func:`litert_outputs`: LiteRT, with its reference kernels (``BUILTIN_REF``, bit-exact with
@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import re
 import tempfile
@@ -21,7 +22,7 @@ import numpy as np
 
 from ..errors import MobilenetsError
 
-ARENA_STEP = 16
+ARENA_STEP = 4  # TFLite Micro allocates in 4-byte units: the exact minimum
 
 
 def have_tflm() -> bool:
@@ -80,26 +81,28 @@ def tflm_outputs(path: str | Path, x_int8: np.ndarray, arena_size: int = 64 << 2
     return np.stack(outs)
 
 
-def _runs_here(path: str | Path, arena_size: int, x: np.ndarray) -> bool:
+def _runs_here(path: str | Path, arena_size: int, x: np.ndarray, expect=None) -> bool:
+    """Loads, runs, and (given ``expect``) gives the output that a roomy arena gives."""
     try:
         it = _tflm(path, arena_size)
         it.set_input(x, 0)
         it.invoke()
     except RuntimeError:
         return False
-    return True
+    return expect is None or np.array_equal(np.array(it.get_output(0)).reshape(-1), expect)
 
 
-def _runs(path: str | Path, arena_size: int, x: np.ndarray) -> bool:
+def _runs(path: str | Path, arena_size: int, x: np.ndarray, expect=None) -> bool:
     """Whether TFLite Micro loads and runs the file with this arena, probed in a forked child:
     some too-small arenas crash the interpreter (segmentation fault) instead of raising."""
     if not hasattr(os, "fork"):
-        return _runs_here(path, arena_size, x)
+        return _runs_here(path, arena_size, x, expect)
     pid = os.fork()
     if pid == 0:  # the child: report through the exit status only
         ok = False
         try:
-            ok = _runs_here(path, arena_size, x)
+            faulthandler.disable()  # a crash here is an answer ("no"), not a report
+            ok = _runs_here(path, arena_size, x, expect)
         finally:
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
@@ -107,11 +110,12 @@ def _runs(path: str | Path, arena_size: int, x: np.ndarray) -> bool:
 
 
 def tflm_arena(path: str | Path, input_shape: tuple[int, ...]) -> dict[str, int]:
-    """``tflm_arena_bytes`` (smallest working arena, to 16 B) and the head/tail totals there."""
+    """``tflm_arena_bytes`` (smallest working arena, to 4 B) and the head/tail totals there."""
     x = np.zeros(input_shape, np.int8)
+    expect = tflm_outputs(path, x)[0]  # with 64 MiB: what a working arena must give
     lo, hi = 0, 64 << 10  # invariant: lo fails (or is 0), hi works
     with silenced_fd2():
-        while not _runs(path, hi, x):
+        while not _runs(path, hi, x, expect):
             lo, hi = hi, hi * 2
             if hi > 1 << 31:
                 raise MobilenetsError(f"{path}: TFLite Micro cannot run it with a 2 GiB arena")
@@ -119,7 +123,7 @@ def tflm_arena(path: str | Path, input_shape: tuple[int, ...]) -> dict[str, int]
             mid = (lo + hi) // 2 // ARENA_STEP * ARENA_STEP or ARENA_STEP
             if mid <= lo:
                 break
-            if _runs(path, mid, x):
+            if _runs(path, mid, x, expect):
                 hi = mid
             else:
                 lo = mid
