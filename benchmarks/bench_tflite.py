@@ -36,6 +36,7 @@ from mobilenets.micro.quantizer import quantize_int8
 from mobilenets.micro.reference import run_int8
 from mobilenets.micro.runtimes import litert_outputs, tflm_outputs
 from mobilenets.micro.tflite import write_tflite
+from mobilenets.testing import randomize_bn
 
 
 def versions() -> dict[str, str]:
@@ -53,20 +54,6 @@ def emit(row: dict) -> None:
     print(json.dumps(row), flush=True)
 
 
-def randomized(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
-        elif isinstance(m, torch.nn.Linear):
-            m.weight.data.copy_(torch.randn(m.weight.shape, generator=g) * 0.05)
-    return model.eval()
-
-
 def diffs(path: Path, ours: np.ndarray, xq: np.ndarray) -> dict[str, int]:
     tflm = tflm_outputs(path, xq)
     ref = litert_outputs(path, xq)
@@ -81,7 +68,7 @@ def section_random(tmp: Path) -> None:
     for name, width, res in cases:
         for padding in ("same", "symmetric"):
             t0 = time.time()
-            model = randomized(create_model(name, width, res, padding=padding))
+            model = randomize_bn(create_model(name, width, res, padding=padding), linear_std=0.05)
             g = torch.Generator().manual_seed(0)
             qmodel = quantize_int8(model, torch.randn(32, 3, res, res, generator=g))
             path = write_tflite(qmodel, tmp / f"{name}-{res}-{padding}.tflite")
@@ -105,7 +92,9 @@ def section_random(tmp: Path) -> None:
 
 def section_arena(tmp: Path) -> None:
     for padding in ("same", "symmetric"):
-        model = randomized(create_model("mobilenet_v2", 0.35, 144, padding=padding))
+        model = randomize_bn(
+            create_model("mobilenet_v2", 0.35, 144, padding=padding), linear_std=0.05
+        )
         calib = torch.randn(16, 3, 144, 144, generator=torch.Generator().manual_seed(0))
         r = export_tflite(model, tmp / f"v2-144-{padding}.tflite", int8=True, calib_data=calib)
         keys = ("bytes", "ops", "tflm_arena_bytes", "tflm_activation_bytes")

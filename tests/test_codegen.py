@@ -25,6 +25,7 @@ from mobilenets.micro.quantizer import quantize_int8
 from mobilenets.micro.reference import run_int8
 from mobilenets.micro.runtimes import have_tflm, tflm_outputs
 from mobilenets.micro.tflite import write_tflite
+from mobilenets.testing import randomize_bn
 from mobilenets.transforms import to_model_input
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -130,24 +131,13 @@ def test_host_bit_exact_on_fashion_mnist(trained, tmp_path, streaming):
     assert "Memory report" in (out / "README.md").read_text()
 
 
-def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random BN statistics, so that a random-weight network's activations are not degenerate."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.5)
-    return model.eval()
-
-
 @needs_gcc
 def test_host_bit_exact_1000_classes_random_inputs(tmp_path):
     """A 1000-class V2 (alpha 0.35, 64 px, PyTorch padding: PAD ops folded into the convs)."""
     torch.manual_seed(1)
-    model = randomize_bn(create_model("mobilenet_v2", 0.35, 64, num_classes=1000))
+    model = randomize_bn(
+        create_model("mobilenet_v2", 0.35, 64, num_classes=1000), mean_std=0.2, beta_std=0.5
+    )
     model.classifier.weight.data.normal_(0, 0.1)
     qm = quantize_int8(model, torch.randn(16, 3, 64, 64))
     assert qm.op_counts().get("pad", 0) > 0

@@ -21,6 +21,7 @@ from mobilenets.micro.quantizer import activation_range, tensor_params
 from mobilenets.micro.runtimes import have_litert, have_tflm, litert_outputs, tflm_outputs
 from mobilenets.micro.tflite import write_tflite
 from mobilenets.models import pad_same
+from mobilenets.testing import randomize_bn
 
 # ---------------------------------------------------------------- arithmetic
 # Scalar transliterations of the C code (tensorflow/lite/kernels/internal/common.h, gemmlowp
@@ -137,21 +138,6 @@ def trained_v1():
     return model, calib, test, yte
 
 
-def randomized(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random BN statistics and a non-trivial classifier, so every layer matters."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
-        elif isinstance(m, torch.nn.Linear):
-            m.weight.data.copy_(torch.randn(m.weight.shape, generator=g) * 0.1)
-    return model.eval()
-
-
 def peer_outputs(tmp_path: Path, qmodel, xq: np.ndarray) -> dict[str, np.ndarray]:
     path = write_tflite(qmodel, tmp_path / "m.tflite")
     return {"tflm": tflm_outputs(path, xq), "litert-ref": litert_outputs(path, xq)}
@@ -180,7 +166,9 @@ def test_reference_is_bit_exact_with_tflite_micro_and_litert_on_real_images(trai
 @pytest.mark.parametrize("padding", ["symmetric", "same"])
 def test_reference_is_bit_exact_on_random_v2(padding, tmp_path):
     # 32 px: every stride-2 conv sees an even size, where symmetric padding is not SAME
-    model = randomized(create_model("mobilenet_v2", 0.35, 32, num_classes=100, padding=padding))
+    model = randomize_bn(
+        create_model("mobilenet_v2", 0.35, 32, num_classes=100, padding=padding), linear_std=0.1
+    )
     g = torch.Generator().manual_seed(1)
     qmodel = quantize_int8(model, torch.randn(32, 3, 32, 32, generator=g))
     counts = qmodel.op_counts()
@@ -331,7 +319,7 @@ def test_same_padding_keeps_cost_and_folding(name, width):
     assert len(convs) == n_conv  # one conv module per conv, pad_same a separate call
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fold_bn(same).modules())
     same.load_state_dict(sym.state_dict())  # the same parameters
-    randomized(same)
+    randomize_bn(same, linear_std=0.1)
     x = torch.randn(2, 3, 97, 97)  # any size: SAME gives ceil(size / stride) at every stride
     with torch.no_grad():
         feats = same.forward_features(x)
