@@ -1,16 +1,9 @@
 """The command line: summary/compare output, and one-line errors with the right exit codes."""
 
 import json
-import subprocess
-import sys
 
 import pytest
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mobilenets", *args], capture_output=True, text=True, timeout=300
-    )
+from support import run_module as cli
 
 
 def test_summary_json_has_report_keys():

@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from support import needs_fashion, write_idx
 
 from mobilenets import data
 from mobilenets.errors import MobilenetsError, UsageError
-
-SYSTEM = Path("/usr/share/datasets/fashion-mnist")
-
-
-def write_idx(path: Path, arr: np.ndarray, gz: bool) -> None:
-    header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
-    payload = header + arr.astype(np.uint8).tobytes()
-    if gz:
-        with gzip.open(str(path) + ".gz", "wb") as f:
-            f.write(payload)
-    else:
-        path.write_bytes(payload)
 
 
 def fake_fashion(folder: Path, n: int = 6, label: int = 3, gz: bool = True) -> Path:
@@ -79,10 +67,7 @@ def test_missing_dataset_says_how_to_get_it(tmp_path, no_system):
     )
 
 
-@pytest.mark.skipif(
-    not SYSTEM.is_dir(),
-    reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)",
-)
+@needs_fashion
 def test_real_fashion_mnist():
     ds = data.load_dataset("fashion-mnist")
     assert len(ds.split("train")) == 60000 and len(ds.split("test")) == 10000

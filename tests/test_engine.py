@@ -12,24 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import needs_fashion
 
 from mobilenets import cli, engine, train
 from mobilenets.config import _CHOICES, ModelConfig
 from mobilenets.engine import RECIPES, ModelEma, ema_decay_at, lr_at, warmup_steps
 
-SYSTEM = Path("/usr/share/datasets/fashion-mnist")
-needs_fashion = pytest.mark.skipif(
-    not SYSTEM.is_dir(),
-    reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)",
-)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------- the LR schedule

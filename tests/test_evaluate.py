@@ -7,18 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import make_imagefolder, needs_fashion
+from support import make_imagefolder, needs_fashion
 
 import mobilenets
 from mobilenets import cli
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

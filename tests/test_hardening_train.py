@@ -18,16 +18,12 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from support import SYSTEM, make_imagefolder, needs_fashion, run_cli, write_idx
 
 from mobilenets import checkpoint, cli, train
 from mobilenets.checkpoint import load_checkpoint, load_training_state
 from mobilenets.errors import MobilenetsError, UsageError
 
-SYSTEM = Path("/usr/share/datasets/fashion-mnist")
-needs_fashion = pytest.mark.skipif(
-    not SYSTEM.is_dir(),
-    reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)",
-)
 TINY = [
     "train",
     "--model",
@@ -46,21 +42,7 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        rc = cli.main([str(a) for a in args])
-    except SystemExit as e:  # argparse's usage errors
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def one_line(err: str) -> bool:
@@ -159,19 +141,6 @@ def test_run_with_no_complete_checkpoint_left_stops_with_one_line(partial_run, t
 
 
 # ---------------------------------------------------------------- item 2, 10, 22
-
-
-def make_imagefolder(root: Path) -> Path:
-    from PIL import Image
-
-    g = torch.Generator().manual_seed(0)
-    for split, n in (("train", 6), ("val", 2)):
-        for c, color in (("circle", 40), ("square", 200)):
-            (root / split / c).mkdir(parents=True)
-            for i in range(n):
-                arr = (torch.rand(36, 40, 3, generator=g) * 50 + color).clamp(0, 255).byte().numpy()
-                Image.fromarray(arr).save(root / split / c / f"{i}.png")
-    return root
 
 
 IMAGEFOLDER = [
@@ -474,11 +443,6 @@ def test_named_data_dir_is_used_or_the_run_stops(tmp_path, capsys, monkeypatch):
         )
         assert rc == 1 and one_line(err) and str(folder) in err and says in err, err
         assert not (tmp_path / "r" / "metrics.jsonl").exists()
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    head = bytes([0, 0, 8, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
-    path.write_bytes(head + array.astype(np.uint8).tobytes())
 
 
 def test_fashion_mnist_labels_outside_0_9_are_refused_on_load(tmp_path):

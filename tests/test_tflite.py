@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from support import run_module
 
 from mobilenets import ModelConfig, create_model, quantize_int8, run_int8
 from mobilenets.checkpoint import save_checkpoint
@@ -113,12 +112,6 @@ def test_export_report(tmp_path):
     assert r["same_padding"]["tflm_arena_bytes"] < arena and "PAD" in r["padding_note"]
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mobilenets", *args], capture_output=True, text=True, timeout=600
-    )
-
-
 @needs_tflm
 @needs_litert
 @pytest.mark.skipif(not HAVE_FMNIST, reason="needs the Fashion-MNIST Debian package")
@@ -138,13 +131,15 @@ def test_cli_export_predict_eval(checkpoint, tmp_path):
 
     img = load_fashion_mnist(FMNIST).splits["test"].images[0][0].numpy()
     Image.fromarray(img).save(tmp_path / "a.png")
-    p = run_cli("predict", str(out), str(tmp_path / "a.png"), "--json", "--top-k", "2")
+    p = run_module(
+        "predict", str(out), str(tmp_path / "a.png"), "--json", "--top-k", "2", timeout=600
+    )
     assert p.returncode == 0, p.stderr
     got = json.loads(p.stdout)[0]["predictions"]
     pred = Predictor(out)
     ref = pred.rank(pred.logits(pred.preprocess(pred.load(tmp_path / "a.png"))), 2)[0]
     assert [g["class"] for g in got] == [r["class"] for r in ref] and got[0]["class"] in NAMES
-    fast = run_cli("predict", str(out), str(tmp_path / "a.png"), "--fast")
+    fast = run_module("predict", str(out), str(tmp_path / "a.png"), "--fast", timeout=600)
     assert fast.returncode == 0 and "few LSB" in fast.stderr
     from mobilenets.evaluation import evaluate
 

@@ -12,15 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from support import make_imagefolder, needs_fashion, run_cli
 
-from mobilenets import cli, train
+from mobilenets import train
 from mobilenets.checkpoint import load_checkpoint, load_training_state
 
-SYSTEM = Path("/usr/share/datasets/fashion-mnist")
-needs_fashion = pytest.mark.skipif(
-    not SYSTEM.is_dir(),
-    reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)",
-)
 # Two cores shared with other jobs: one thread per process avoids OpenMP oversubscription.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TINY = [
@@ -35,18 +31,7 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    rc = cli.main(args)
-    out, err = capsys.readouterr()
-    return rc, out, err
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @needs_fashion
@@ -292,23 +277,6 @@ def test_missing_dataset_is_one_line_with_instructions(tmp_path, capsys, monkeyp
     )
     assert rc == 1 and err.count("\n") == 1 and "Traceback" not in err
     assert "apt-get install dataset-fashion-mnist" in err and "$MOBILENETS_DATA" in err
-
-
-def make_imagefolder(root: Path, bad: bool) -> Path:
-    from PIL import Image
-
-    g = torch.Generator().manual_seed(0)
-    for split, n in (("train", 6), ("val", 2)):
-        for c, color in (("circle", 40), ("square", 200)):
-            (root / split / c).mkdir(parents=True)
-            for i in range(n):
-                arr = (torch.rand(36, 40, 3, generator=g) * 50 + color).clamp(0, 255).byte().numpy()
-                Image.fromarray(arr).save(root / split / c / f"{i}.png")
-    if bad:
-        (root / "train" / "square" / "broken.png").write_bytes(
-            b"\x89PNG\r\n\x1a\n this is not a png"
-        )
-    return root
 
 
 def test_imagefolder_bad_image_is_named_or_skipped(tmp_path, capsys):

@@ -1,0 +1,68 @@
+"""Helpers shared by several test modules (fixtures live in conftest.py; these are plain
+functions and markers, imported as ``from support import ...`` like ``study_tiny``)."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mobilenets import cli
+
+SYSTEM = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion = pytest.mark.skipif(
+    not SYSTEM.is_dir(),
+    reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)",
+)
+
+
+def run_cli(args: list, capsys) -> tuple[int, str, str]:
+    """``mobilenets ARGS`` in-process: (exit code, stdout, stderr); argparse's exit is a code."""
+    try:
+        rc = cli.main([str(a) for a in args])
+    except SystemExit as e:  # argparse's usage errors
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def run_module(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m mobilenets ARGS`` in a child process, text output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "mobilenets", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def make_imagefolder(root: Path, bad: bool = False) -> Path:
+    """A two-class ImageFolder (train: 6 per class, val: 2) of 40x36 noisy colour PNGs; with
+    ``bad``, one extra train file that is not a PNG."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 6), ("val", 2)):
+        for c, color in (("circle", 40), ("square", 200)):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                arr = (torch.rand(36, 40, 3, generator=g) * 50 + color).clamp(0, 255).byte().numpy()
+                Image.fromarray(arr).save(root / split / c / f"{i}.png")
+    if bad:
+        (root / "train" / "square" / "broken.png").write_bytes(
+            b"\x89PNG\r\n\x1a\n this is not a png"
+        )
+    return root
+
+
+def write_idx(path: Path, arr: np.ndarray, gz: bool = False) -> None:
+    """A uint8 IDX file (Fashion-MNIST's format); with ``gz``, written to ``path.gz``."""
+    header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    payload = header + arr.astype(np.uint8).tobytes()
+    if gz:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
