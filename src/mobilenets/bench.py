@@ -8,10 +8,11 @@ on random data (its latency is meaningful, its accuracy is not).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import ModelConfig
 from .errors import MobilenetsError, UsageError
 
 RUNTIMES = ("torch", "torch-compile", "onnx", "onnx-int8", "tflite-int8")
@@ -81,9 +83,58 @@ def bench(
     per invoke; skipped with a note when ai-edge-litert is not installed).
     Returns one dict per runtime: runtime, median_ms, p90_ms, mean_ms, images_per_s, bytes, ...
     """
-    from .export import export_onnx, ort_session, read_metadata
-    from .onnx_quant import quantize_onnx
+    from .export import export_onnx
 
+    _check_runtimes_and_threads(runtimes, threads)
+    threads = threads or default_threads()
+    cfg, onnx_file = _config_of(model, runtimes)
+    x = torch.randn(batch_size, cfg.in_chans, cfg.resolution, cfg.resolution)
+    common = {
+        "model": cfg.name,
+        "width": cfg.width_mult,
+        "resolution": cfg.resolution,
+        "batch_size": batch_size,
+        "threads": threads,
+        "runs": runs,
+        "spin": spin,
+    }
+    results, onnx_opts = [], (threads, spin, runs, warmup)
+    with _torch_threads(threads), tempfile.TemporaryDirectory(prefix="mobilenets-bench-") as tmp:
+        fp32 = onnx_file
+        for rt in runtimes:
+            extra: dict[str, Any] = {}
+            if rt == "tflite-int8":
+                row = _bench_tflite(model, Path(tmp), x, calib_data, runs, warmup)
+                if row is not None:
+                    results.append({"runtime": rt, **common, **row})
+                continue
+            if rt in ("torch", "torch-compile"):
+                times, size = _time_torch(model, rt == "torch-compile", x, runs, warmup)
+            else:
+                if fp32 is None:  # exported once, for the first ONNX runtime
+                    fp32 = Path(tmp) / "fp32.onnx"
+                    info = export_onnx(model, fp32, atol=None, **(export_kwargs or {}))
+                    extra["max_abs_diff"] = info["max_abs_diff"]
+                int8 = rt == "onnx-int8"
+                times, size = _time_onnx(int8, fp32, Path(tmp), x, calib_data, extra, onnx_opts)
+            row = {**summarize(times, batch_size), "bytes": size, **extra}
+            results.append({"runtime": rt, **common, **row})
+    return results
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """PyTorch's intra-op thread count set to ``threads`` inside the block, restored after."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+def _check_runtimes_and_threads(runtimes: Sequence[str], threads: int | None) -> None:
+    """UsageError for an unknown or empty runtime list, or threads outside 1..usable cores."""
     unknown = [r for r in runtimes if r not in RUNTIMES]
     if unknown:
         raise UsageError(
@@ -99,73 +150,62 @@ def bench(
         raise UsageError(
             f"threads must be in 1..{default_threads()} (the usable CPU cores), got {threads!r}"
         )
-    threads = threads or default_threads()
-    onnx_file = None if isinstance(model, nn.Module) else Path(model)
-    if onnx_file is not None:
-        cfg = read_metadata(onnx_file)["config"]
-        if any(r.startswith(("torch", "tflite")) for r in runtimes):
-            raise UsageError("an .onnx file runs only in the onnx and onnx-int8 runtimes")
-    else:
-        cfg = model.config
+
+
+def _config_of(
+    model: nn.Module | str | Path, runtimes: Sequence[str]
+) -> tuple[ModelConfig, Path | None]:
+    """(the model's ModelConfig, the .onnx file or None); an .onnx file runs only in onnx*."""
+    from .export import read_metadata
+
+    if isinstance(model, nn.Module):
         model.eval()
-    x = torch.randn(batch_size, cfg.in_chans, cfg.resolution, cfg.resolution)
-    common = {
-        "model": cfg.name,
-        "width": cfg.width_mult,
-        "resolution": cfg.resolution,
-        "batch_size": batch_size,
-        "threads": threads,
-        "runs": runs,
-        "spin": spin,
-    }
-    results = []
-    prev_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with tempfile.TemporaryDirectory(prefix="mobilenets-bench-") as tmp:
-            fp32 = onnx_file
-            for rt in runtimes:
-                extra: dict[str, Any] = {}
-                if rt == "tflite-int8":
-                    row = _bench_tflite(model, Path(tmp), x, calib_data, runs, warmup)
-                    if row is not None:
-                        results.append({"runtime": rt, **common, **row})
-                    continue
-                if rt in ("torch", "torch-compile"):
-                    fn = torch.compile(model) if rt == "torch-compile" else model
-                    with torch.inference_mode():
-                        times = time_fn(lambda f=fn: f(x), runs, warmup)
-                    size = state_bytes(model)
-                else:
-                    if fp32 is None:
-                        fp32 = Path(tmp) / "fp32.onnx"
-                        info = export_onnx(model, fp32, atol=None, **(export_kwargs or {}))
-                        extra["max_abs_diff"] = info["max_abs_diff"]
-                    path = fp32
-                    if rt == "onnx-int8":
-                        path = Path(tmp) / "int8.onnx"
-                        data = calib_data
-                        if data is None:
-                            data = torch.randn(64, cfg.in_chans, cfg.resolution, cfg.resolution)
-                            extra["note"] = "calibrated on random data: latency only, not accuracy"
-                        q = quantize_onnx(fp32, path, data)
-                        extra["scheme"] = q["scheme"]
-                    sess = ort_session(path, threads, spin)
-                    feed = {sess.get_inputs()[0].name: x.numpy()}
-                    times = time_fn(lambda s=sess, f=feed: s.run(None, f), runs, warmup)
-                    size = path.stat().st_size
-                results.append(
-                    {
-                        "runtime": rt,
-                        **common,
-                        **summarize(times, batch_size),
-                        "bytes": size,
-                        **extra,
-                    }
-                )
-    finally:
-        torch.set_num_threads(prev_threads)
-    return results
+        return model.config, None
+    onnx_file = Path(model)
+    cfg = read_metadata(onnx_file)["config"]
+    if any(r.startswith(("torch", "tflite")) for r in runtimes):
+        raise UsageError("an .onnx file runs only in the onnx and onnx-int8 runtimes")
+    return cfg, onnx_file
+
+
+def _time_torch(
+    model: nn.Module, compiled: bool, x: torch.Tensor, runs: int, warmup: int
+) -> tuple[np.ndarray, int]:
+    """(per-run seconds, state bytes) of the eager or ``torch.compile``-d model."""
+    fn = torch.compile(model) if compiled else model
+    with torch.inference_mode():
+        times = time_fn(lambda: fn(x), runs, warmup)
+    return times, state_bytes(model)
+
+
+def _time_onnx(
+    int8: bool,
+    fp32: Path,
+    tmp: Path,
+    x: torch.Tensor,
+    calib: torch.Tensor | None,
+    extra: dict[str, Any],
+    opts: tuple[int, bool, int, int],
+) -> tuple[np.ndarray, int]:
+    """(per-run seconds, file bytes) in onnxruntime of ``fp32`` or, with ``int8``, of its static
+    int8 quantization (calibrated on ``calib``; its note and scheme go into ``extra``).
+    ``opts``: (threads, spin, runs, warmup)."""
+    from .export import ort_session
+    from .onnx_quant import quantize_onnx
+
+    threads, spin, runs, warmup = opts
+
+    path = fp32
+    if int8:
+        path = tmp / "int8.onnx"
+        if calib is None:
+            calib = torch.randn(64, *x.shape[1:])
+            extra["note"] = "calibrated on random data: latency only, not accuracy"
+        extra["scheme"] = quantize_onnx(fp32, path, calib)["scheme"]
+    sess = ort_session(path, threads, spin)
+    feed = {sess.get_inputs()[0].name: x.numpy()}
+    times = time_fn(lambda: sess.run(None, feed), runs, warmup)
+    return times, path.stat().st_size
 
 
 def _bench_tflite(
