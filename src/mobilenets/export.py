@@ -359,6 +359,26 @@ def export_onnx(
     Returns:
         ``{"path", "bytes", "max_abs_diff", "max_abs_logit", "opset"}`` (the file's real opset).
     """
+    _check_opset(opset)
+    cfg = getattr(model, "config", None)
+    meta = model_metadata(model, class_names, preprocess)
+    proto = _to_onnx(fold_bn(model), cfg, opset)
+    set_metadata(proto, meta)
+    path = Path(path)
+    res = cfg.resolution
+    x = verify_inputs if verify_inputs is not None else torch.randn(4, cfg.in_chans, res, res)
+    diff, scale = _write_verified(proto, path, model, x, atol)
+    return {
+        "path": str(path),
+        "bytes": path.stat().st_size,
+        "max_abs_diff": diff,
+        "max_abs_logit": scale,
+        "opset": file_opset(proto),
+    }
+
+
+def _check_opset(opset: Any) -> None:
+    """UsageError unless ``opset`` is an int in MIN_OPSET..the installed onnx's newest."""
     if (
         isinstance(opset, bool)
         or not isinstance(opset, int)
@@ -368,16 +388,17 @@ def export_onnx(
             f"--opset must be in {MIN_OPSET}..{max_opset()} (the installed onnx's newest), "
             f"got {opset!r}"
         )
-    cfg = getattr(model, "config", None)
-    meta = model_metadata(model, class_names, preprocess)
-    proto = _to_onnx(fold_bn(model), cfg, opset)
-    set_metadata(proto, meta)
-    path = Path(path)
+
+
+def _write_verified(
+    proto: Any, path: Path, model: nn.Module, x: torch.Tensor, atol: float | None
+) -> tuple[float, float]:
+    """Write ``proto`` to a temporary file, run it in onnxruntime against ``model`` on ``x``, and
+    move it to ``path`` only when the logits agree within ``atol`` (see :func:`export_onnx`).
+    Returns (max abs logit difference, largest |logit|)."""
     tmp = path.with_name(f".{path.name}.unverified-{os.getpid()}.onnx")
     try:
         write_onnx(proto, tmp)
-        res = cfg.resolution
-        x = verify_inputs if verify_inputs is not None else torch.randn(4, cfg.in_chans, res, res)
         diff, scale = max_abs_diff(model, tmp, x, with_scale=True)
         limit = None if atol is None else atol * max(1.0, scale)
         if limit is not None and not diff <= limit:
@@ -388,13 +409,7 @@ def export_onnx(
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return {
-        "path": str(path),
-        "bytes": path.stat().st_size,
-        "max_abs_diff": diff,
-        "max_abs_logit": scale,
-        "opset": file_opset(proto),
-    }
+    return diff, scale
 
 
 @torch.inference_mode()
@@ -419,9 +434,8 @@ def max_abs_diff(
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from .cli import add_data_args, int_at_least
-    from .micro.quantizer import CALIB_METHODS as TFLITE_CALIB
-    from .onnx_quant import ACTIVATION_TYPES, CALIB_METHODS
+    """The ``export`` subcommand (ONNX, or .tflite via :mod:`mobilenets.micro.export`)."""
+    from .cli import int_at_least
 
     p = subparsers.add_parser(
         "export",
@@ -449,6 +463,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="onnx: also write a static int8 (QDQ) model; tflite: write a full-integer int8 file",
     )
     p.add_argument("--int8-out", metavar="FILE", help="int8 file (default: FILE with .int8.onnx)")
+    _add_calibration_args(p)
+    p.add_argument(
+        "--eval-samples",
+        type=int_at_least(1),
+        default=None,
+        metavar="N",
+        help="test images for top-1 (default: all; tflite: all for models <= 100 M MACs, else 500)",
+    )
+    p.add_argument(
+        "--verify-samples",
+        type=int,
+        default=20,
+        metavar="N",
+        help="tflite: inputs to compare runtimes on (default 20)",
+    )
+    p.set_defaults(func=run_export)
+
+
+def _add_calibration_args(p: argparse.ArgumentParser) -> None:
+    """The export command's calibration flags: --calib-data .. --weight-bits."""
+    from .cli import add_data_args, int_at_least
+    from .micro.quantizer import CALIB_METHODS as TFLITE_CALIB
+    from .onnx_quant import ACTIVATION_TYPES, CALIB_METHODS
+
     add_data_args(
         p,
         flag="--calib-data",
@@ -483,21 +521,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="int8 weight range: 7 bits (default) is exact in onnxruntime on every x86 CPU; "
         "8 bits saturates on x86 CPUs without VNNI (use it for ARM/VNNI targets)",
     )
-    p.add_argument(
-        "--eval-samples",
-        type=int_at_least(1),
-        default=None,
-        metavar="N",
-        help="test images for top-1 (default: all; tflite: all for models <= 100 M MACs, else 500)",
-    )
-    p.add_argument(
-        "--verify-samples",
-        type=int,
-        default=20,
-        metavar="N",
-        help="tflite: inputs to compare runtimes on (default 20)",
-    )
-    p.set_defaults(func=run_export)
 
 
 def _int8_path(out: Path) -> Path:
@@ -509,26 +532,16 @@ def _int8_path(out: Path) -> Path:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    """``mobilenets export``: the ONNX file (and its int8 sibling), then FILE.json."""
     from .checkpoint import load_checkpoint
-    from .onnx_quant import calibration_inputs, evaluate_sessions, quantize_onnx, test_batches
+    from .onnx_quant import test_batches
 
     out = Path(args.out)
     if args.format == "tflite":
         from .micro.export import run_export_tflite
 
         return run_export_tflite(args)
-    if args.calib_method == "mse":
-        raise UsageError(
-            "--calib-method mse is for --format tflite; onnx takes minmax, percentile or entropy"
-        )
-    if args.int8 and not args.calib_data:
-        raise UsageError(
-            "--int8 needs --calib-data SPEC (fashion-mnist, cifar10:PATH, imagefolder:PATH or random)"
-        )
-    if not out.parent.is_dir():
-        raise UsageError(f"--out: folder {out.parent} does not exist")
-    if out.is_dir():
-        raise UsageError(f"--out {out}: is a folder; name the .onnx file to write")
+    _check_onnx_args(args, out)
     ck = load_checkpoint(args.checkpoint)
     prep = ck.preprocess
     data = args.calib_data if args.calib_data and args.calib_data != "random" else None
@@ -551,42 +564,80 @@ def run_export(args: argparse.Namespace) -> int:
     )
     sessions = {"fp32": ort_session(out)}
     if args.int8:
-        q_out = Path(args.int8_out) if args.int8_out else _int8_path(out)
-        calib = calibration_inputs(args.calib_data, prep, args.calib_samples, args.data_dir)
-        qinfo = quantize_onnx(
-            out,
-            q_out,
-            calib,
-            activation_type=args.activation_type,
-            calib_method=args.calib_method,
-            reduce_range=args.weight_bits == 7,
-        )
-        sessions["int8"] = ort_session(q_out)
-        report.update(
-            int8_path=str(q_out),
-            int8_bytes=qinfo["bytes"],
-            int8_size_ratio=qinfo["bytes"] / res["bytes"],
-        )
-        report["int8"] = qinfo
-        if verify is None:
-            verify = torch.as_tensor(calib[:64])
-        fp, q = (run_ort(s, verify) for s in sessions.values())
-        report["int8_max_abs_diff"] = float(np.abs(fp - q).max())
-        print(f"wrote {q_out} ({qinfo['bytes']:,} bytes, {qinfo['scheme']})")
+        _export_int8_onnx(args, out, prep, verify, sessions, report)
     if data:
-        acc = evaluate_sessions(sessions, tests())
-        report["test_images"] = acc["images"]
-        report.update({k: v for k, v in acc.items() if k.endswith("_top1")})
-        if "int8_agreement" in acc:
-            report["int8_fp32_agreement"] = acc["int8_agreement"]
-        line = f"test top-1 on {acc['images']} images: fp32 {acc['fp32_top1']:.4f}"
-        if "int8_top1" in acc:
-            line += f", int8 {acc['int8_top1']:.4f}"
-        print(line)
+        _report_accuracy(sessions, tests(), report)
     report_path = out.with_name(out.name + ".json")
     report_path.write_text(json.dumps(_finite(report), indent=2) + "\n")
     print(f"wrote {report_path}")
     return 0
+
+
+def _check_onnx_args(args: argparse.Namespace, out: Path) -> None:
+    """UsageError for flags that ONNX export cannot honour, or an --out it cannot write."""
+    if args.calib_method == "mse":
+        raise UsageError(
+            "--calib-method mse is for --format tflite; onnx takes minmax, percentile or entropy"
+        )
+    if args.int8 and not args.calib_data:
+        raise UsageError(
+            "--int8 needs --calib-data SPEC (fashion-mnist, cifar10:PATH, imagefolder:PATH or random)"
+        )
+    if not out.parent.is_dir():
+        raise UsageError(f"--out: folder {out.parent} does not exist")
+    if out.is_dir():
+        raise UsageError(f"--out {out}: is a folder; name the .onnx file to write")
+
+
+def _export_int8_onnx(
+    args: argparse.Namespace,
+    out: Path,
+    prep: Preprocess,
+    verify: torch.Tensor | None,
+    sessions: dict[str, Any],
+    report: dict[str, Any],
+) -> None:
+    """Quantize the fp32 file ``out`` to its int8 sibling; add its session to ``sessions`` and
+    its size, scheme and largest logit difference from fp32 to ``report``."""
+    from .onnx_quant import calibration_inputs, quantize_onnx
+
+    q_out = Path(args.int8_out) if args.int8_out else _int8_path(out)
+    calib = calibration_inputs(args.calib_data, prep, args.calib_samples, args.data_dir)
+    qinfo = quantize_onnx(
+        out,
+        q_out,
+        calib,
+        activation_type=args.activation_type,
+        calib_method=args.calib_method,
+        reduce_range=args.weight_bits == 7,
+    )
+    sessions["int8"] = ort_session(q_out)
+    report.update(
+        int8_path=str(q_out),
+        int8_bytes=qinfo["bytes"],
+        int8_size_ratio=qinfo["bytes"] / report["bytes"],
+    )
+    report["int8"] = qinfo
+    if verify is None:
+        verify = torch.as_tensor(calib[:64])
+    fp, q = (run_ort(s, verify) for s in sessions.values())
+    report["int8_max_abs_diff"] = float(np.abs(fp - q).max())
+    print(f"wrote {q_out} ({qinfo['bytes']:,} bytes, {qinfo['scheme']})")
+
+
+def _report_accuracy(sessions: dict[str, Any], batches: Any, report: dict[str, Any]) -> None:
+    """Top-1 of each session (and int8/fp32 agreement) on the test ``batches``, into ``report``."""
+    from .onnx_quant import evaluate_sessions
+
+    acc = evaluate_sessions(sessions, batches)
+    report["test_images"] = acc["images"]
+    report.update({k: v for k, v in acc.items() if k.endswith("_top1")})
+    if "int8_agreement" in acc:
+        report["int8_fp32_agreement"] = acc["int8_agreement"]
+    line = f"test top-1 on {acc['images']} images: fp32 {acc['fp32_top1']:.4f}"
+    if "int8_top1" in acc:
+        line += f", int8 {acc['int8_top1']:.4f}"
+    print(line)
 
 
 def _finite(obj: Any) -> Any:
