@@ -142,21 +142,15 @@ def export_tflite(
     Returns:
         The report: path, bytes, ops, padding, tflm_* figures, max_abs_diff_lsb, accuracies...
     """
-    from ..export import fold_bn, model_metadata
-    from .lower import lower
-    from .quantizer import DEFAULT_METHOD, quantize_int8
+    from ..export import model_metadata
+    from .quantizer import DEFAULT_METHOD
     from .tflite import write_tflite
 
     cfg = _check_model(model)
     prep = _preprocess(cfg, preprocess)
     names = json.loads(model_metadata(model, class_names)["class_names"])
     method = calib_method or DEFAULT_METHOD
-    if int8:
-        if calib_data is None:
-            raise UsageError("an int8 export needs calibration data (calib_data / --calib-data)")
-        graph = quantize_int8(model, calib_data, method=method)
-    else:
-        graph = lower(fold_bn(model)).graph
+    graph = _graph(model, calib_data, method) if int8 else _graph(model)
     graph.class_names, graph.preprocess = names, prep.to_dict()
     quant = {"scheme": SCHEME, "calib_method": method} if int8 else None
     path = write_tflite(graph, path, {**(metadata or {}), "quantization": quant})
@@ -167,10 +161,7 @@ def export_tflite(
         "ops": {TFLITE_NAMES[k]: v for k, v in graph.op_counts().items()},
         "padding": cfg.padding,
     }
-    x = verify_inputs
-    if x is None:
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(20, cfg.in_chans, cfg.resolution, cfg.resolution, generator=g)
+    x = verify_inputs if verify_inputs is not None else _seeded_inputs(cfg, 20)
     report["verify_samples"] = len(x)
     report.update(_verify_int8(path, graph, x) if int8 else _verify_fp32(model, path, x))
     if int8 and arena:
@@ -178,6 +169,30 @@ def export_tflite(
     if eval_data is not None:
         report.update(_accuracy(model, graph if int8 else None, eval_data))
     return report
+
+
+def _seeded_inputs(cfg: Any, n: int) -> torch.Tensor:
+    """``n`` standard-normal model inputs from a generator seeded with 0 (reproducible)."""
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, cfg.in_chans, cfg.resolution, cfg.resolution, generator=g)
+
+
+def _graph(
+    model: nn.Module,
+    calib_data: torch.Tensor | np.ndarray | Iterable[torch.Tensor] | None = None,
+    method: str | None = None,
+) -> QuantizedModel:
+    """The fp32 graph of ``model`` (BN folded), or with ``method`` its int8 quantization
+    calibrated on ``calib_data``."""
+    from ..export import fold_bn
+    from .lower import lower
+    from .quantizer import quantize_int8
+
+    if method is None:
+        return lower(fold_bn(model)).graph
+    if calib_data is None:
+        raise UsageError("an int8 export needs calibration data (calib_data / --calib-data)")
+    return quantize_int8(model, calib_data, method=method)
 
 
 def _verify_int8(path: Path, graph: QuantizedModel, x: torch.Tensor) -> dict[str, Any]:
@@ -274,23 +289,7 @@ def run_export_tflite(args: Any) -> int:
     from ..profiling import profile
 
     out = Path(args.out)
-    if args.int8 and not args.calib_data:
-        raise UsageError(
-            "--int8 needs --calib-data SPEC (fashion-mnist, cifar10:PATH, imagefolder:PATH or random)"
-        )
-    if args.calib_method == "entropy":
-        raise UsageError(
-            "--calib-method entropy is for --format onnx; tflite takes minmax, percentile or mse"
-        )
-    for flag, v, lo in (
-        ("--calib-samples", args.calib_samples, 1),
-        ("--verify-samples", args.verify_samples, 1),
-        ("--eval-samples", args.eval_samples, 0),
-    ):
-        if v is not None and v < lo:
-            raise UsageError(f"{flag} must be >= {lo}, got {v}")
-    if not out.parent.is_dir():
-        raise UsageError(f"--out: folder {out.parent} does not exist")
+    _check_tflite_args(args, out)
     ck = load_checkpoint(args.checkpoint)
     cfg, prep = ck.config, ck.preprocess
     _check_model(ck.model)
@@ -330,6 +329,28 @@ def run_export_tflite(args: Any) -> int:
     tmp.replace(report_path)
     print(f"wrote {report_path}")
     return 0
+
+
+def _check_tflite_args(args: Any, out: Path) -> None:
+    """UsageError for flags that .tflite export cannot honour, a count out of range, or an --out
+    in a missing folder."""
+    if args.int8 and not args.calib_data:
+        raise UsageError(
+            "--int8 needs --calib-data SPEC (fashion-mnist, cifar10:PATH, imagefolder:PATH or random)"
+        )
+    if args.calib_method == "entropy":
+        raise UsageError(
+            "--calib-method entropy is for --format onnx; tflite takes minmax, percentile or mse"
+        )
+    for flag, v, lo in (
+        ("--calib-samples", args.calib_samples, 1),
+        ("--verify-samples", args.verify_samples, 1),
+        ("--eval-samples", args.eval_samples, 0),
+    ):
+        if v is not None and v < lo:
+            raise UsageError(f"{flag} must be >= {lo}, got {v}")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out: folder {out.parent} does not exist")
 
 
 def _print_summary(r: dict[str, Any]) -> None:
