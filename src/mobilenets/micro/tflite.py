@@ -212,75 +212,109 @@ def _weights(w: _Writer, op: Op, dim: int) -> tuple[int, int]:
     return wt, bt
 
 
-def _emit(w: _Writer, op: Op) -> None:
+def _emit_conv(w: _Writer, op: Op) -> None:
+    """CONV_2D or DEPTHWISE_CONV_2D, its padding SAME or VALID (PAD ops carry any other)."""
     from .lower import padding_kind
 
-    t, b, g = w.tfl, w.b, w.graph
-    act = ACTIVATIONS[op.activation]
-    x = op.inputs[0]
-    if op.kind in ("conv2d", "depthwise_conv2d"):
-        wt, bt = _weights(w, op, 0 if op.kind == "conv2d" else 3)
-        kh, kw = op.weights.shape[1:3]
-        kind = padding_kind(op.padding, g.tensors[x].shape[1:3], (kh, kw), op.stride)
-        if kind is None:
-            raise MobilenetsError(f"op {op.name}: padding {op.padding} is neither SAME nor VALID")
-        if op.kind == "conv2d":
-            t.Conv2DOptionsStart(b)
-            t.Conv2DOptionsAddPadding(b, PADDING[kind])
-            t.Conv2DOptionsAddStrideH(b, op.stride[0])
-            t.Conv2DOptionsAddStrideW(b, op.stride[1])
-            t.Conv2DOptionsAddFusedActivationFunction(b, act)
-            t.Conv2DOptionsAddDilationHFactor(b, 1)
-            t.Conv2DOptionsAddDilationWFactor(b, 1)
-            opts, otype = t.Conv2DOptionsEnd(b), t.BuiltinOptions.Conv2DOptions
-        else:
-            t.DepthwiseConv2DOptionsStart(b)
-            t.DepthwiseConv2DOptionsAddPadding(b, PADDING[kind])
-            t.DepthwiseConv2DOptionsAddStrideH(b, op.stride[0])
-            t.DepthwiseConv2DOptionsAddStrideW(b, op.stride[1])
-            t.DepthwiseConv2DOptionsAddDepthMultiplier(b, op.depth_multiplier)
-            t.DepthwiseConv2DOptionsAddFusedActivationFunction(b, act)
-            t.DepthwiseConv2DOptionsAddDilationHFactor(b, 1)
-            t.DepthwiseConv2DOptionsAddDilationWFactor(b, 1)
-            opts, otype = t.DepthwiseConv2DOptionsEnd(b), t.BuiltinOptions.DepthwiseConv2DOptions
-        w.operator(op.kind, [x, wt, bt], [op.output], otype, opts)
-    elif op.kind == "fully_connected":
-        wt, bt = _weights(w, op, 0)
-        t.FullyConnectedOptionsStart(b)
-        t.FullyConnectedOptionsAddFusedActivationFunction(b, act)
-        opts = t.FullyConnectedOptionsEnd(b)
-        w.operator(op.kind, [x, wt, bt], [op.output], t.BuiltinOptions.FullyConnectedOptions, opts)
-    elif op.kind == "add":
-        t.AddOptionsStart(b)
-        t.AddOptionsAddFusedActivationFunction(b, act)
-        opts = t.AddOptionsEnd(b)
-        w.operator(op.kind, list(op.inputs), [op.output], t.BuiltinOptions.AddOptions, opts)
-    elif op.kind in ("avg_pool2d", "max_pool2d"):
-        t.Pool2DOptionsStart(b)
-        t.Pool2DOptionsAddPadding(b, PADDING["VALID"])
-        t.Pool2DOptionsAddStrideH(b, op.stride[0])
-        t.Pool2DOptionsAddStrideW(b, op.stride[1])
-        t.Pool2DOptionsAddFilterHeight(b, op.kernel[0])
-        t.Pool2DOptionsAddFilterWidth(b, op.kernel[1])
-        t.Pool2DOptionsAddFusedActivationFunction(b, act)
-        opts = t.Pool2DOptionsEnd(b)
-        w.operator(op.kind, [x], [op.output], t.BuiltinOptions.Pool2DOptions, opts)
-    elif op.kind == "pad":
-        top, bottom, left, right = op.padding
-        table = np.array([[0, 0], [top, bottom], [left, right], [0, 0]], "<i4")
-        pt = w.tensor(f"{op.name}.paddings", (4, 2), INT32, table)
-        t.PadOptionsStart(b)
-        opts = t.PadOptionsEnd(b)
-        w.operator(op.kind, [x, pt], [op.output], t.BuiltinOptions.PadOptions, opts)
-    elif op.kind == "reshape":
-        shape = g.tensors[op.output].shape  # in the options only: no shape tensor to store
-        new_shape = w.ints(t.ReshapeOptionsStartNewShapeVector, shape)
-        t.ReshapeOptionsStart(b)
-        t.ReshapeOptionsAddNewShape(b, new_shape)
-        opts = t.ReshapeOptionsEnd(b)
-        w.operator(op.kind, [x], [op.output], t.BuiltinOptions.ReshapeOptions, opts)
+    t, b, x, act = w.tfl, w.b, op.inputs[0], ACTIVATIONS[op.activation]
+    wt, bt = _weights(w, op, 0 if op.kind == "conv2d" else 3)
+    kh, kw = op.weights.shape[1:3]
+    kind = padding_kind(op.padding, w.graph.tensors[x].shape[1:3], (kh, kw), op.stride)
+    if kind is None:
+        raise MobilenetsError(f"op {op.name}: padding {op.padding} is neither SAME nor VALID")
+    if op.kind == "conv2d":
+        t.Conv2DOptionsStart(b)
+        t.Conv2DOptionsAddPadding(b, PADDING[kind])
+        t.Conv2DOptionsAddStrideH(b, op.stride[0])
+        t.Conv2DOptionsAddStrideW(b, op.stride[1])
+        t.Conv2DOptionsAddFusedActivationFunction(b, act)
+        t.Conv2DOptionsAddDilationHFactor(b, 1)
+        t.Conv2DOptionsAddDilationWFactor(b, 1)
+        opts, otype = t.Conv2DOptionsEnd(b), t.BuiltinOptions.Conv2DOptions
     else:
+        t.DepthwiseConv2DOptionsStart(b)
+        t.DepthwiseConv2DOptionsAddPadding(b, PADDING[kind])
+        t.DepthwiseConv2DOptionsAddStrideH(b, op.stride[0])
+        t.DepthwiseConv2DOptionsAddStrideW(b, op.stride[1])
+        t.DepthwiseConv2DOptionsAddDepthMultiplier(b, op.depth_multiplier)
+        t.DepthwiseConv2DOptionsAddFusedActivationFunction(b, act)
+        t.DepthwiseConv2DOptionsAddDilationHFactor(b, 1)
+        t.DepthwiseConv2DOptionsAddDilationWFactor(b, 1)
+        opts, otype = t.DepthwiseConv2DOptionsEnd(b), t.BuiltinOptions.DepthwiseConv2DOptions
+    w.operator(op.kind, [x, wt, bt], [op.output], otype, opts)
+
+
+def _emit_fully_connected(w: _Writer, op: Op) -> None:
+    t, b = w.tfl, w.b
+    wt, bt = _weights(w, op, 0)
+    t.FullyConnectedOptionsStart(b)
+    t.FullyConnectedOptionsAddFusedActivationFunction(b, ACTIVATIONS[op.activation])
+    opts = t.FullyConnectedOptionsEnd(b)
+    inputs = [op.inputs[0], wt, bt]
+    w.operator(op.kind, inputs, [op.output], t.BuiltinOptions.FullyConnectedOptions, opts)
+
+
+def _emit_add(w: _Writer, op: Op) -> None:
+    t, b = w.tfl, w.b
+    t.AddOptionsStart(b)
+    t.AddOptionsAddFusedActivationFunction(b, ACTIVATIONS[op.activation])
+    opts = t.AddOptionsEnd(b)
+    w.operator(op.kind, list(op.inputs), [op.output], t.BuiltinOptions.AddOptions, opts)
+
+
+def _emit_pool(w: _Writer, op: Op) -> None:
+    """AVERAGE_POOL_2D or MAX_POOL_2D (VALID padding)."""
+    t, b = w.tfl, w.b
+    t.Pool2DOptionsStart(b)
+    t.Pool2DOptionsAddPadding(b, PADDING["VALID"])
+    t.Pool2DOptionsAddStrideH(b, op.stride[0])
+    t.Pool2DOptionsAddStrideW(b, op.stride[1])
+    t.Pool2DOptionsAddFilterHeight(b, op.kernel[0])
+    t.Pool2DOptionsAddFilterWidth(b, op.kernel[1])
+    t.Pool2DOptionsAddFusedActivationFunction(b, ACTIVATIONS[op.activation])
+    opts = t.Pool2DOptionsEnd(b)
+    w.operator(op.kind, [op.inputs[0]], [op.output], t.BuiltinOptions.Pool2DOptions, opts)
+
+
+def _emit_pad(w: _Writer, op: Op) -> None:
+    """PAD with its (4, 2) int32 paddings tensor (NHWC: H and W only)."""
+    t, b = w.tfl, w.b
+    top, bottom, left, right = op.padding
+    table = np.array([[0, 0], [top, bottom], [left, right], [0, 0]], "<i4")
+    pt = w.tensor(f"{op.name}.paddings", (4, 2), INT32, table)
+    t.PadOptionsStart(b)
+    opts = t.PadOptionsEnd(b)
+    w.operator(op.kind, [op.inputs[0], pt], [op.output], t.BuiltinOptions.PadOptions, opts)
+
+
+def _emit_reshape(w: _Writer, op: Op) -> None:
+    t, b = w.tfl, w.b
+    shape = w.graph.tensors[op.output].shape  # in the options only: no shape tensor to store
+    new_shape = w.ints(t.ReshapeOptionsStartNewShapeVector, shape)
+    t.ReshapeOptionsStart(b)
+    t.ReshapeOptionsAddNewShape(b, new_shape)
+    opts = t.ReshapeOptionsEnd(b)
+    w.operator(op.kind, [op.inputs[0]], [op.output], t.BuiltinOptions.ReshapeOptions, opts)
+
+
+# One writer per op kind: its options table, extra constant tensors and the operator.
+_EMITTERS = {
+    "conv2d": _emit_conv,
+    "depthwise_conv2d": _emit_conv,
+    "fully_connected": _emit_fully_connected,
+    "add": _emit_add,
+    "avg_pool2d": _emit_pool,
+    "max_pool2d": _emit_pool,
+    "pad": _emit_pad,
+    "reshape": _emit_reshape,
+}
+
+
+def _emit(w: _Writer, op: Op) -> None:
+    emit = _EMITTERS.get(op.kind)
+    if emit is None:
         raise MobilenetsError(f"op {op.name}: {op.kind} has no .tflite writer")
+    emit(w, op)
 
 
 def tflite_bytes(graph: QuantizedModel, metadata: dict[str, Any] | None = None) -> bytes:
