@@ -90,7 +90,38 @@ def save_checkpoint(
     ``training_state`` must hold only tensors and plain containers (``weights_only`` loadable).
     """
     path = Path(path)
-    cfg: ModelConfig = model.config
+    info = _config_json(model.config, class_names, mean, std, meta, preprocess)
+    sd = state_dict if state_dict is not None else model.state_dict()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        tmp.mkdir(parents=True)
+        _write_file(tmp / WEIGHTS, save({k: v.detach().contiguous().cpu() for k, v in sd.items()}))
+        _write_file(tmp / CONFIG, json.dumps(info, indent=2).encode())
+        if training_state is not None:
+            buf = io.BytesIO()
+            torch.save(training_state, buf)
+            _write_file(tmp / TRAINING_STATE, buf.getbuffer())
+        _fsync_dir(tmp)
+    except (
+        BaseException
+    ):  # a full disk, a kill signal turned into an exception: leave no partial folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _replace_folder(tmp, path)
+    return path
+
+
+def _config_json(
+    cfg: ModelConfig,
+    class_names: list[str] | None,
+    mean: list[float] | None,
+    std: list[float] | None,
+    meta: dict[str, Any] | None,
+    preprocess: Preprocess | None,
+) -> dict[str, Any]:
+    """config.json's content (see :func:`save_checkpoint` for the preprocess defaults)."""
     n = cfg.num_classes
     meta = dict(meta or {})
     old = meta.pop("preprocess", None) or {}
@@ -106,7 +137,7 @@ def save_checkpoint(
     names = list(class_names) if class_names else [str(i) for i in range(n)]
     if len(names) != n:
         raise UsageError(f"{len(names)} class names for a model with {n} classes")
-    info = {
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model": cfg.to_dict(),
@@ -114,24 +145,10 @@ def save_checkpoint(
         "preprocess": preprocess.to_dict(),
         "meta": meta,
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    sd = state_dict if state_dict is not None else model.state_dict()
-    try:
-        tmp.mkdir(parents=True)
-        _write_file(tmp / WEIGHTS, save({k: v.detach().contiguous().cpu() for k, v in sd.items()}))
-        _write_file(tmp / CONFIG, json.dumps(info, indent=2).encode())
-        if training_state is not None:
-            buf = io.BytesIO()
-            torch.save(training_state, buf)
-            _write_file(tmp / TRAINING_STATE, buf.getbuffer())
-        _fsync_dir(tmp)
-    except (
-        BaseException
-    ):  # a full disk, a kill signal turned into an exception: leave no partial folder
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+
+def _replace_folder(tmp: Path, path: Path) -> None:
+    """Move the complete folder ``tmp`` to ``path``; what was at ``path`` is removed after."""
     old = None
     if path.exists() or path.is_symlink():
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -140,7 +157,6 @@ def save_checkpoint(
     _fsync_dir(path.parent)
     if old is not None:
         shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
-    return path
 
 
 def point_link(link: str | Path, target: str | Path) -> None:
