@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,20 +143,8 @@ def evaluate(
     bad = BadImages(skip_bad_images)
     batches = eval_batches(part, ckpt.preprocess, batch_size, dev, workers=workers, bad=bad)
     t = tally(model, batches, cfg.num_classes, dev, dev.type == "cuda")
-    conf = t.confusion
-    per_row = conf.sum(1)
-    m = t.metrics()
     result: dict[str, Any] = {
-        "top1": m["top1"],
-        "top5": m["top5"],
-        "loss": m["loss"],
-        "n": t.n,
-        "per_class": {
-            name: (float(conf[i, i]) / int(per_row[i]) if per_row[i] else None)
-            for i, name in enumerate(ds.class_names)
-        },
-        "class_names": list(ds.class_names),
-        "confusion": conf.tolist(),
+        **_tally_result(t, ds.class_names),
         "split": split,
         "data": ds.spec,
         "checkpoint": str(ckpt.path),
@@ -165,6 +153,26 @@ def evaluate(
     if out is not None:
         result["files"] = _write_eval_files(Path(out), result)
     return result
+
+
+def _tally_result(t: Tally, class_names: Sequence[str]) -> dict[str, Any]:
+    """top1, top5, loss, n, per_class accuracy (None for a class with no image), class_names
+    and the confusion matrix as lists."""
+    conf = t.confusion
+    per_row = conf.sum(1)
+    m = t.metrics()
+    return {
+        "top1": m["top1"],
+        "top5": m["top5"],
+        "loss": m["loss"],
+        "n": t.n,
+        "per_class": {
+            name: (float(conf[i, i]) / int(per_row[i]) if per_row[i] else None)
+            for i, name in enumerate(class_names)
+        },
+        "class_names": list(class_names),
+        "confusion": conf.tolist(),
+    }
 
 
 def _load_model(checkpoint: str | Path, dev: torch.device, fast: bool):

@@ -104,14 +104,9 @@ def quantize_onnx(
 
     from .export import read_metadata, set_metadata, write_onnx
 
-    if activation_type not in ACTIVATION_TYPES:
-        raise UsageError(
-            f"activation_type must be one of {', '.join(ACTIVATION_TYPES)}, got {activation_type!r}"
-        )
-    if calib_method not in CALIB_METHODS:
-        raise UsageError(
-            f"calib_method must be one of {', '.join(CALIB_METHODS)}, got {calib_method!r}"
-        )
+    options = _quant_options(
+        activation_type, calib_method, per_channel, reduce_range, exclude_nodes
+    )
     meta = read_metadata(onnx_path)
     src = onnx.load(str(onnx_path))
     props = {p.key: p.value for p in src.metadata_props}
@@ -123,13 +118,6 @@ def quantize_onnx(
             samples += len(b)
             yield b
 
-    options = {
-        "per_channel": per_channel,
-        "activation_type": activation_type,
-        "calib_method": calib_method,
-        "reduce_range": reduce_range,
-        "exclude_nodes": list(exclude_nodes),
-    }
     with tempfile.TemporaryDirectory(prefix="mobilenets-quant-") as tmp:
         out_tmp = Path(tmp) / "int8.onnx"
         reader = _Reader(src.graph.input[0].name, counted())
@@ -142,6 +130,31 @@ def quantize_onnx(
         set_metadata(q, {**props, "quantization": json.dumps(info)})
         out = write_onnx(q, out_path)
     return {**info, "path": str(out), "bytes": out.stat().st_size}
+
+
+def _quant_options(
+    activation_type: str,
+    calib_method: str,
+    per_channel: bool,
+    reduce_range: bool,
+    exclude_nodes: Sequence[str],
+) -> dict[str, Any]:
+    """The checked options of :func:`quantize_onnx` (UsageError for an unknown type or method)."""
+    if activation_type not in ACTIVATION_TYPES:
+        raise UsageError(
+            f"activation_type must be one of {', '.join(ACTIVATION_TYPES)}, got {activation_type!r}"
+        )
+    if calib_method not in CALIB_METHODS:
+        raise UsageError(
+            f"calib_method must be one of {', '.join(CALIB_METHODS)}, got {calib_method!r}"
+        )
+    return {
+        "per_channel": per_channel,
+        "activation_type": activation_type,
+        "calib_method": calib_method,
+        "reduce_range": reduce_range,
+        "exclude_nodes": list(exclude_nodes),
+    }
 
 
 def _quantize_static(src: Path, pre: Path, out: Path, reader: Any, options: dict[str, Any]) -> None:
