@@ -137,6 +137,64 @@ static inline int16x2_t mn_sxtb16_odd(int32_t v)
 }
 #endif
 
+/* Four dot products of length k: inputs x0 and x0 + xs by weight rows w0 and w0 + ws, added to
+ * a.v[0] (x0.w0), a.v[1] (x0.w1), a.v[2] (x1.w0), a.v[3] (x1.w1). The inner loop of the
+ * pointwise kernels below; always inlined, so the accumulators stay in registers. */
+typedef struct {
+    int32_t v[4];
+} mn_acc4;
+
+#if defined(__GNUC__)
+#define MN_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define MN_ALWAYS_INLINE inline
+#endif
+
+static MN_ALWAYS_INLINE mn_acc4 mn_mac2x2(mn_acc4 a, const int8_t *w0, ptrdiff_t ws,
+                                          const int8_t *x0, ptrdiff_t xs, int k)
+{
+    int32_t a00 = a.v[0], a01 = a.v[1], a10 = a.v[2], a11 = a.v[3];
+    int i;
+#if MN_SIMD32
+    const int8_t *w = w0, *x = x0;
+    int n = k >> 2;
+    while (n-- > 0) {
+        const int32_t wa = mn_rd32(w), wb = mn_rd32(w + ws);
+        const int32_t xa = mn_rd32(x), xb = mn_rd32(x + xs);
+        const int16x2_t wa0 = __sxtb16(wa), wa1 = mn_sxtb16_odd(wa);
+        const int16x2_t wb0 = __sxtb16(wb), wb1 = mn_sxtb16_odd(wb);
+        int16x2_t v0 = __sxtb16(xa), v1 = mn_sxtb16_odd(xa);
+        a00 = __smlad(v0, wa0, a00);
+        a00 = __smlad(v1, wa1, a00);
+        a01 = __smlad(v0, wb0, a01);
+        a01 = __smlad(v1, wb1, a01);
+        v0 = __sxtb16(xb);
+        v1 = mn_sxtb16_odd(xb);
+        a10 = __smlad(v0, wa0, a10);
+        a10 = __smlad(v1, wa1, a10);
+        a11 = __smlad(v0, wb0, a11);
+        a11 = __smlad(v1, wb1, a11);
+        w += 4;
+        x += 4;
+    }
+    i = k & ~3;
+#else
+    i = 0;
+#endif
+    for (; i < k; ++i) {
+        const int32_t wa = w0[i], wb = w0[ws + i];
+        a00 += x0[i] * wa;
+        a01 += x0[i] * wb;
+        a10 += x0[xs + i] * wa;
+        a11 += x0[xs + i] * wb;
+    }
+    a.v[0] = a00;
+    a.v[1] = a01;
+    a.v[2] = a10;
+    a.v[3] = a11;
+    return a;
+}
+
 /* out[o] = requant(bias_eff[o] + sum_i x[i] * w[o][i]) for two inputs x0, x1 of length k, two
  * output channels per step: the core of pointwise and im2col convolution. */
 static void mn_dot_block(const mn_conv_params *p, int k, const int8_t *x0, const int8_t *x1,
@@ -151,48 +209,13 @@ static void mn_dot_block(const mn_conv_params *p, int k, const int8_t *x0, const
         const int two = o + 1 < cout;
         const int8_t *const wr = wt + (size_t)o * k;
         const ptrdiff_t ws = two ? k : 0;
-        int32_t a00 = be[o], a01 = be[o + two];
-        int32_t a10 = a00, a11 = a01;
-        int i;
-#if MN_SIMD32
-        const ptrdiff_t xs = x1 - x0;
-        const int8_t *w = wr, *x = x0;
-        int n = k >> 2;
-        while (n-- > 0) {
-            const int32_t wa = mn_rd32(w), wb = mn_rd32(w + ws);
-            const int32_t xa = mn_rd32(x), xb = mn_rd32(x + xs);
-            const int16x2_t wa0 = __sxtb16(wa), wa1 = mn_sxtb16_odd(wa);
-            const int16x2_t wb0 = __sxtb16(wb), wb1 = mn_sxtb16_odd(wb);
-            int16x2_t v0 = __sxtb16(xa), v1 = mn_sxtb16_odd(xa);
-            a00 = __smlad(v0, wa0, a00);
-            a00 = __smlad(v1, wa1, a00);
-            a01 = __smlad(v0, wb0, a01);
-            a01 = __smlad(v1, wb1, a01);
-            v0 = __sxtb16(xb);
-            v1 = mn_sxtb16_odd(xb);
-            a10 = __smlad(v0, wa0, a10);
-            a10 = __smlad(v1, wa1, a10);
-            a11 = __smlad(v0, wb0, a11);
-            a11 = __smlad(v1, wb1, a11);
-            w += 4;
-            x += 4;
-        }
-        i = k & ~3;
-#else
-        i = 0;
-#endif
-        for (; i < k; ++i) {
-            const int32_t wa = wr[i], wb = wr[ws + i];
-            a00 += x0[i] * wa;
-            a01 += x0[i] * wb;
-            a10 += x1[i] * wa;
-            a11 += x1[i] * wb;
-        }
-        y0[o] = MN_OUT(a00, o);
-        y1[o] = MN_OUT(a10, o);
+        const mn_acc4 init = {{be[o], be[o + two], be[o], be[o + two]}};
+        const mn_acc4 a = mn_mac2x2(init, wr, ws, x0, x1 - x0, k);
+        y0[o] = MN_OUT(a.v[0], o);
+        y1[o] = MN_OUT(a.v[2], o);
         if (two) {
-            y0[o + 1] = MN_OUT(a01, o + 1);
-            y1[o + 1] = MN_OUT(a11, o + 1);
+            y0[o + 1] = MN_OUT(a.v[1], o + 1);
+            y1[o + 1] = MN_OUT(a.v[3], o + 1);
         }
     }
 }
@@ -252,54 +275,19 @@ static void mn_pw_pairs(const mn_conv_params *p, int k, const int8_t *in, int pa
         const int two = o + 1 < cout, o1 = o + two;
         const int8_t *const wr = wt + (size_t)o * k;
         const ptrdiff_t ws = two ? k : 0;
-        const int32_t b0 = be[o], b1 = be[o1];
+        const mn_acc4 init = {{be[o], be[o1], be[o], be[o1]}};
         const int32_t ma = m0[o], ea = -sh[o], ra = (1 << ea) >> 1;
         const int32_t mb = m0[o1], eb = -sh[o1], rb = (1 << eb) >> 1;
         const int8_t *x0 = in;
         int8_t *y0 = out + o;
         int px;
         for (px = 0; px < pairs; ++px) {
-            const int8_t *const x1 = x0 + k;
-            int32_t a00 = b0, a01 = b1, a10 = b0, a11 = b1;
-            int i;
-#if MN_SIMD32
-            const int8_t *w = wr, *x = x0;
-            int n = k >> 2;
-            while (n-- > 0) {
-                const int32_t wa = mn_rd32(w), wb = mn_rd32(w + ws);
-                const int32_t xa = mn_rd32(x), xb = mn_rd32(x + k);
-                const int16x2_t wa0 = __sxtb16(wa), wa1 = mn_sxtb16_odd(wa);
-                const int16x2_t wb0 = __sxtb16(wb), wb1 = mn_sxtb16_odd(wb);
-                int16x2_t v0 = __sxtb16(xa), v1 = mn_sxtb16_odd(xa);
-                a00 = __smlad(v0, wa0, a00);
-                a00 = __smlad(v1, wa1, a00);
-                a01 = __smlad(v0, wb0, a01);
-                a01 = __smlad(v1, wb1, a01);
-                v0 = __sxtb16(xb);
-                v1 = mn_sxtb16_odd(xb);
-                a10 = __smlad(v0, wa0, a10);
-                a10 = __smlad(v1, wa1, a10);
-                a11 = __smlad(v0, wb0, a11);
-                a11 = __smlad(v1, wb1, a11);
-                w += 4;
-                x += 4;
-            }
-            i = k & ~3;
-#else
-            i = 0;
-#endif
-            for (; i < k; ++i) {
-                const int32_t wa = wr[i], wb = wr[ws + i];
-                a00 += x0[i] * wa;
-                a01 += x0[i] * wb;
-                a10 += x1[i] * wa;
-                a11 += x1[i] * wb;
-            }
-            y0[0] = mn_sat(mn_rq_e(a00, ma, ea, ra) + zp, lo, hi);
-            y0[cout] = mn_sat(mn_rq_e(a10, ma, ea, ra) + zp, lo, hi);
+            const mn_acc4 a = mn_mac2x2(init, wr, ws, x0, k, k);
+            y0[0] = mn_sat(mn_rq_e(a.v[0], ma, ea, ra) + zp, lo, hi);
+            y0[cout] = mn_sat(mn_rq_e(a.v[2], ma, ea, ra) + zp, lo, hi);
             if (two) {
-                y0[1] = mn_sat(mn_rq_e(a01, mb, eb, rb) + zp, lo, hi);
-                y0[cout + 1] = mn_sat(mn_rq_e(a11, mb, eb, rb) + zp, lo, hi);
+                y0[1] = mn_sat(mn_rq_e(a.v[1], mb, eb, rb) + zp, lo, hi);
+                y0[cout + 1] = mn_sat(mn_rq_e(a.v[3], mb, eb, rb) + zp, lo, hi);
             }
             x0 += 2 * k;
             y0 += 2 * cout;
