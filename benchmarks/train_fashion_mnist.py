@@ -101,7 +101,7 @@ def peer_images_per_s(args, device, batch_size: int, lr: float, recipe) -> float
     return (steps - warmup) * batch_size / (time.time() - t0)
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="mobilenet_v2", choices=("mobilenet_v1", "mobilenet_v2"))
     p.add_argument("--width", type=float, default=1.0)
@@ -126,7 +126,49 @@ def main() -> int:
         "--peer", action="store_true", help="also time torchvision's mobilenet_v2 in a plain loop"
     )
     p.add_argument("--peer-steps", type=int, default=300)
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def result_row(
+    args: argparse.Namespace, summary: dict, out: str, device: str, t_proc: float
+) -> dict:
+    """The JSON line of a finished run: accuracy, time to --target, throughput, provenance."""
+    rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    hit = next(
+        (r for r in rows if r["val_top1"] >= args.target), None
+    )  # val_* is the test set here
+    steady = [r["images_per_s"] for r in (rows[1:] or rows)]  # epoch 1 includes warm-up
+    rate = statistics.median(steady)
+    result = {
+        "benchmark": args.label,
+        "model": args.model,
+        "width": args.width,
+        "epochs": args.epochs,
+        "batch_size": summary["global_batch"],
+        "recipe": args.recipe,
+        "compile": args.compile,
+        "device": device,
+        "test_top1": summary["final_test_top1"],
+        "test_top5": summary["final_test_top5"],
+        "test_images": summary["eval_images"]["test"],
+        "target": args.target,
+        "time_to_target_s": (hit["time"] - t_proc) if hit else None,
+        "wall_s": time.time() - t_proc,
+        "train_s": summary["train_s"],
+        "images_per_s": rate,
+        "warmup_s": rows[0]["train_s"] - rows[0]["train_images"] / rate if len(rows) > 1 else None,
+        "train_loss_last": rows[-1]["train_loss"],
+        "train_top1_last": rows[-1]["train_top1"],
+        "hardware": summary["hardware"],
+        "versions": summary["versions"],
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "out": str(out),
+    }
+    return result
+
+
+def main() -> int:
+    args = parse_args()
 
     import torch
 
@@ -157,37 +199,7 @@ def main() -> int:
         save_every=args.save_every,
         plots=args.plots,
     )
-    rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    hit = next(
-        (r for r in rows if r["val_top1"] >= args.target), None
-    )  # val_* is the test set here
-    steady = [r["images_per_s"] for r in (rows[1:] or rows)]  # epoch 1 includes warm-up
-    rate = statistics.median(steady)
-    result = {
-        "benchmark": args.label,
-        "model": args.model,
-        "width": args.width,
-        "epochs": args.epochs,
-        "batch_size": summary["global_batch"],
-        "recipe": args.recipe,
-        "compile": args.compile,
-        "device": device.type,
-        "test_top1": summary["final_test_top1"],
-        "test_top5": summary["final_test_top5"],
-        "test_images": summary["eval_images"]["test"],
-        "target": args.target,
-        "time_to_target_s": (hit["time"] - t_proc) if hit else None,
-        "wall_s": time.time() - t_proc,
-        "train_s": summary["train_s"],
-        "images_per_s": rate,
-        "warmup_s": rows[0]["train_s"] - rows[0]["train_images"] / rate if len(rows) > 1 else None,
-        "train_loss_last": rows[-1]["train_loss"],
-        "train_top1_last": rows[-1]["train_top1"],
-        "hardware": summary["hardware"],
-        "versions": summary["versions"],
-        "command": shlex.join([sys.executable, *sys.argv]),
-        "out": str(out),
-    }
+    result = result_row(args, summary, out, device.type, t_proc)
     if args.peer:
         batch = summary["global_batch"]
         lr = summary["lr"]
