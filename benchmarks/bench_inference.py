@@ -178,7 +178,54 @@ def accuracy(checkpoint: str, data: str, calib_samples: int, tmp: Path) -> dict:
     }
 
 
-def main() -> int:
+def latency_report(t: dict, paths: dict, scheme: str, tune: bool) -> dict:
+    """Parts (a)-(c) from the timings ``t`` (ms per session) and the files in ``paths``; with
+    ``tune``, every other session against ours_fp32."""
+    main_keys = ("ours_fp32", "torchvision_fp32", "ours_int8")
+    fp, tvb, i8 = (paths[k].stat().st_size for k in main_keys)
+    out: dict = {}
+    out["latency_ms"] = {
+        k: {
+            "median": round(float(np.median(t[k])), 3),
+            "p90": round(float(np.percentile(t[k], 90)), 3),
+        }
+        for k in main_keys
+    }
+    out["a_fp32_ours_vs_torchvision"] = {
+        "ratio": round(ratio(t["ours_fp32"], t["torchvision_fp32"]), 3),
+        "ratio_p10": round(ratio(t["ours_fp32"], t["torchvision_fp32"], 10), 3),
+        "goal": 1.05,
+    }
+    out["b_int8_vs_fp32"] = {
+        "ratio": round(ratio(t["ours_int8"], t["ours_fp32"]), 3),
+        "ratio_p10": round(ratio(t["ours_int8"], t["ours_fp32"], 10), 3),
+        "goal": 0.65,
+        "scheme": scheme,
+        "session": "onnxruntime CPU, ORT_ENABLE_ALL, intra_op_num_threads=threads",
+        "note": "untrained MobileNetV2 calibrated on random data (latency does not depend on the weights)",
+    }
+    out["c_int8_size_ratio"] = {
+        "ratio": round(i8 / fp, 3),
+        "goal": 0.3,
+        "int8_bytes": i8,
+        "fp32_bytes": fp,
+        "torchvision_fp32_bytes": tvb,
+    }
+    if tune:
+        out["variants_vs_ours_fp32"] = {
+            k: {
+                "ratio": round(ratio(t[k], t["ours_fp32"]), 3),
+                "ratio_p10": round(ratio(t[k], t["ours_fp32"], 10), 3),
+                "median_ms": round(float(np.median(t[k])), 3),
+                "bytes": paths[k].stat().st_size,
+            }
+            for k in t
+            if k not in main_keys
+        }
+    return out
+
+
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", help="a `mobilenets train` checkpoint for the accuracy part (d)")
     p.add_argument(
@@ -193,7 +240,11 @@ def main() -> int:
     p.add_argument(
         "--tune", action="store_true", help="also time the int8 variants that were tried"
     )
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
     threads = args.threads or default_threads()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -218,46 +269,7 @@ def main() -> int:
             paths.update(ours_int8_opt_extended=int8_path, ours_fp32_opt_extended=ours_path)
         x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
         t = time_interleaved(sessions, x, args.rounds, args.block)
-        fp, tvb, i8 = (p.stat().st_size for p in (ours_path, tv_path, int8_path))
-        main_keys = ("ours_fp32", "torchvision_fp32", "ours_int8")
-        result["latency_ms"] = {
-            k: {
-                "median": round(float(np.median(t[k])), 3),
-                "p90": round(float(np.percentile(t[k], 90)), 3),
-            }
-            for k in main_keys
-        }
-        result["a_fp32_ours_vs_torchvision"] = {
-            "ratio": round(ratio(t["ours_fp32"], t["torchvision_fp32"]), 3),
-            "ratio_p10": round(ratio(t["ours_fp32"], t["torchvision_fp32"], 10), 3),
-            "goal": 1.05,
-        }
-        result["b_int8_vs_fp32"] = {
-            "ratio": round(ratio(t["ours_int8"], t["ours_fp32"]), 3),
-            "ratio_p10": round(ratio(t["ours_int8"], t["ours_fp32"], 10), 3),
-            "goal": 0.65,
-            "scheme": q["scheme"],
-            "session": "onnxruntime CPU, ORT_ENABLE_ALL, intra_op_num_threads=threads",
-            "note": "untrained MobileNetV2 calibrated on random data (latency does not depend on the weights)",
-        }
-        result["c_int8_size_ratio"] = {
-            "ratio": round(i8 / fp, 3),
-            "goal": 0.3,
-            "int8_bytes": i8,
-            "fp32_bytes": fp,
-            "torchvision_fp32_bytes": tvb,
-        }
-        if args.tune:
-            result["variants_vs_ours_fp32"] = {
-                k: {
-                    "ratio": round(ratio(t[k], t["ours_fp32"]), 3),
-                    "ratio_p10": round(ratio(t[k], t["ours_fp32"], 10), 3),
-                    "median_ms": round(float(np.median(t[k])), 3),
-                    "bytes": paths[k].stat().st_size,
-                }
-                for k in t
-                if k not in main_keys
-            }
+        result.update(latency_report(t, paths, q["scheme"], args.tune))
         result["timing"] = {
             "rounds": args.rounds,
             "runs_per_round": args.block,
