@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from support import fit_tiny
 
 from mobilenets import create_model, generate_c
 from mobilenets.checkpoint import save_checkpoint
@@ -62,18 +62,7 @@ def trained(tmp_path_factory):
     torch.manual_seed(0)
     xtr, ytr, xte, yte = fashion_mnist(8000, 64)
     model = create_model("mobilenet_v2", 0.35, RES, num_classes=10, in_chans=1, drop_rate=0.0)
-    opt = torch.optim.AdamW(model.parameters(), 5e-3)
-    g = torch.Generator().manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    for _ in range(120):
-        idx = torch.randint(0, len(ytr), (64,), generator=g)
-        loss = F.cross_entropy(model(to_model_input(xtr[idx], RES, MEAN, STD)), ytr[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    torch.set_num_threads(threads)
-    model.eval()
+    fit_tiny(model, xtr, ytr, 120, MEAN, STD)
     qm = quantize_int8(model, to_model_input(xtr[:256], RES, MEAN, STD))
     x = quantize_input(to_model_input(xte, RES, MEAN, STD), qm)
     names = [f"class {i}" for i in range(10)]

@@ -10,8 +10,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import torch.nn.functional as F
 import torchvision
+from support import fit_tiny
 
 from mobilenets import ModelConfig, create_model
 from mobilenets.checkpoint import save_checkpoint
@@ -60,18 +60,7 @@ def trained(tmp_path_factory):
     torch.manual_seed(0)
     xtr, ytr, xte, yte = image_data()
     model = create_model("mobilenet_v2", 0.35, RES, num_classes=10, in_chans=1, drop_rate=0.0)
-    opt = torch.optim.AdamW(model.parameters(), 5e-3)
-    g = torch.Generator().manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny kernels: one thread is as fast and immune to a busy CPU
-    for _ in range(200):
-        idx = torch.randint(0, len(ytr), (64,), generator=g)
-        loss = F.cross_entropy(model(to_model_input(xtr[idx], RES, MEAN, STD)), ytr[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    torch.set_num_threads(threads)
-    model.eval()
+    fit_tiny(model, xtr, ytr, 200, MEAN, STD)
     ckpt = save_checkpoint(
         tmp_path_factory.mktemp("ck") / "ckpt", model, [f"class {i}" for i in range(10)], MEAN, STD
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from support import fit_tiny
 
 from mobilenets import ModelConfig, create_model, fold_bn, profile, quantize_int8, run_int8
 from mobilenets.errors import UsageError
@@ -121,18 +121,7 @@ def trained_v1():
     model = create_model(
         "mobilenet_v1", 0.25, 28, num_classes=10, in_chans=1, small_input=True, drop_rate=0.0
     )
-    opt = torch.optim.AdamW(model.parameters(), 5e-3)
-    g = torch.Generator().manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    for _ in range(50):
-        idx = torch.randint(0, len(ytr), (64,), generator=g)
-        loss = F.cross_entropy(model(to_model_input(xtr[idx], 28, MEAN, STD)), ytr[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    torch.set_num_threads(threads)
-    model.eval()
+    fit_tiny(model, xtr, ytr, 50, MEAN, STD)
     calib = to_model_input(xtr[:256], 28, MEAN, STD)
     test = to_model_input(xte, 28, MEAN, STD)
     return model, calib, test, yte
