@@ -23,6 +23,7 @@ from torch import nn
 
 from .errors import MobilenetsError, UsageError
 from .preprocess import Preprocess
+from .runfolder import write_atomic
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 17
@@ -568,7 +569,7 @@ def run_export(args: argparse.Namespace) -> int:
     if data:
         _report_accuracy(sessions, tests(), report)
     report_path = out.with_name(out.name + ".json")
-    report_path.write_text(json.dumps(_finite(report), indent=2) + "\n")
+    write_atomic(report_path, json.dumps(_finite(report), indent=2) + "\n")
     print(f"wrote {report_path}")
     return 0
 

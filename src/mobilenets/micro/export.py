@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import MobilenetsError, UsageError
 from ..preprocess import Preprocess
+from ..runfolder import write_atomic
 from .graph import QuantizedModel
 
 FP32_ATOL = 1e-4
@@ -324,9 +325,7 @@ def run_export_tflite(args: Any) -> int:
         report["calib_samples"] = len(calib)
     _print_summary(report)
     report_path = out.with_name(out.name + ".json")
-    tmp = report_path.with_name(f".{report_path.name}.tmp")
-    tmp.write_text(json.dumps(_finite(report), indent=2) + "\n")
-    tmp.replace(report_path)
+    write_atomic(report_path, json.dumps(_finite(report), indent=2) + "\n")
     print(f"wrote {report_path}")
     return 0
 
