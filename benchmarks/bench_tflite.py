@@ -7,6 +7,10 @@ Sections (all by default):
   arena       V2 a=0.35 @144, 1000 classes, padding=same and symmetric: .tflite bytes and
               TFLite Micro arena (goal for same: activations <= 311,040 B, arena <= 390,792 B,
               file <= 1,905,000 B: the Keras-built graph's figures).
+  fc_rounding why the classifier is a CONV_2D: the same V2 a=0.35 @144 with its classifier
+              written as an int8 FULLY_CONNECTED; LiteRT BUILTIN_REF and TFLite Micro compared,
+              on 20 random inputs, with one rounding ((acc*M + 2^(s-1)) >> s) and with
+              TFLite Micro's two (saturating doubling high multiply, then rounding shift).
   checkpoints each --checkpoint (trained on Fashion-MNIST): int8 export calibrated on 512
               training images, fp32/int8 top-1 and agreement on the 10,000 test images
               (goal: within 0.3 points, >= 99%), and reference vs TFLite Micro and LiteRT on
@@ -20,6 +24,7 @@ Sections (all by default):
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import sys
@@ -31,6 +36,7 @@ import numpy as np
 import torch
 
 from mobilenets import create_model
+from mobilenets.micro.arith import conv_multipliers, multiply_by_quantized_multiplier
 from mobilenets.micro.export import export_tflite, quantize_input
 from mobilenets.micro.quantizer import quantize_int8
 from mobilenets.micro.reference import run_int8
@@ -119,6 +125,55 @@ def section_arena(tmp: Path) -> None:
 TEST_IMAGES: int | None = None  # --test-images (default: all 10,000)
 
 
+def _as_fully_connected(graph):
+    """The graph with its classifier conv (1x1 output) written as FULLY_CONNECTED."""
+    g = copy.deepcopy(graph)
+    conv = g.ops[-1]
+    assert conv.kind == "conv2d" and conv.output == g.output
+    conv.kind = "fully_connected"
+    conv.weights = conv.weights.reshape(conv.weights.shape[0], -1)  # (O, H*W*C): NHWC order
+    g.tensors[conv.output].shape = (1, conv.weights.shape[0])
+    return g
+
+
+def section_fc_rounding(tmp: Path) -> None:
+    model = randomize_bn(create_model("mobilenet_v2", 0.35, 144, padding="same"), linear_std=0.05)
+    calib = torch.randn(16, 3, 144, 144, generator=torch.Generator().manual_seed(0))
+    graph = _as_fully_connected(quantize_int8(model, calib))
+    path = write_tflite(graph, tmp / "v2-144-fc.tflite")
+    xq = np.random.default_rng(0).integers(-128, 128, (20, 144, 144, 3)).astype(np.int8)
+    fc = graph.ops[-1]
+    features = graph.tensors[fc.inputs[0]]
+    head = copy.deepcopy(graph)  # everything up to the classifier's input
+    head.ops.pop()
+    head.output = fc.inputs[0]
+    x = run_int8(head, xq).reshape(len(xq), -1).astype(np.int64) - features.zero_point
+    acc = x @ fc.weights.astype(np.int64).T + fc.bias.astype(np.int64)
+    out = graph.output_tensor
+    m, shift = conv_multipliers(features.scale, fc.weight_scales[:1], out.scale)
+    m, shift = int(np.ravel(m)[0]), int(np.ravel(shift)[0])
+    twice = multiply_by_quantized_multiplier(acc, m, shift)
+    once = (acc * m + (1 << (30 - shift))) >> (31 - shift)
+
+    def clamp(v: np.ndarray) -> np.ndarray:
+        return np.clip(v + out.zero_point, fc.act_min, fc.act_max)
+
+    runtimes = {"tflm": tflm_outputs(path, xq), "litert_ref": litert_outputs(path, xq)}
+    for name, got in runtimes.items():
+        got = got.reshape(len(xq), -1).astype(np.int64)
+        emit(
+            {
+                "section": "fc_rounding",
+                "runtime": name,
+                "logits": int(got.size),
+                "multiplier": m,
+                "shift": shift,
+                "differ_from_two_roundings": int((got != clamp(twice)).sum()),
+                "differ_from_one_rounding": int((got != clamp(once)).sum()),
+            }
+        )
+
+
 def _fashion(ck, n_calib: int = 512):
     from mobilenets.onnx_quant import calibration_inputs, test_batches
 
@@ -193,7 +248,7 @@ def section_calib(path: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", action="append", default=[], metavar="CKPT")
-    p.add_argument("--sections", default="random,arena,checkpoints")
+    p.add_argument("--sections", default="random,arena,fc_rounding,checkpoints")
     p.add_argument("--calib-compare", action="store_true")
     p.add_argument("--test-images", type=int, default=None, help="default: all 10,000")
     args = p.parse_args(argv)
@@ -208,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             section_random(tmp)
         if "arena" in sections:
             section_arena(tmp)
+        if "fc_rounding" in sections:
+            section_fc_rounding(tmp)
         if "checkpoints" in sections:
             for ck in args.checkpoint:
                 section_checkpoint(ck, tmp)
