@@ -85,9 +85,9 @@ RECIPES: dict[str, Recipe] = {
     # H200 (train loss 5.27, 9.3% test top-1, issue 10); on the CPU it diverges with a 16-step
     # warm-up too (train loss 5.54, 10.0%). With Precise BN (recalibrate_bn) the same CPU run
     # reaches 30.97 / 62.53 / 58.28 / 49.57% test top-1 at lr 0.2 / 0.1 / 0.05 / 0.03: lr 0.2
-    # is too high for 32 steps (adapt_to_length now scales it for runs under 100 steps). Half a short run was too
-    # long elsewhere: an 80-step run (V1 alpha 0.25, 2,560 images, batch 64) fell from > 35%
-    # to 31.6% test top-1 with 40 warm-up steps.
+    # is too high for 32 steps (adapt_to_length scales it for runs under 100 steps). Half a
+    # short run was too long elsewhere: an 80-step run (V1 alpha 0.25, 2,560 images, batch 64)
+    # fell from > 35% to 31.6% test top-1 with 40 warm-up steps.
     "modern": Recipe(
         "modern",
         "sgd",
