@@ -59,6 +59,71 @@ def test_fast_recipe_is_a_large_batch_with_scaled_lr():
     assert r.ema_every > 1 and r.warmup_epochs <= 1
 
 
+# ---------------------------------------------------------------- the run-length rules
+
+
+def test_the_readme_demo_keeps_its_schedule_ema_and_augmentation():
+    """The demo (V1, 3 epochs of 60,000 images at batch 128: 468 x 3 = 1,404 steps, lr 0.1)
+    is untouched by the run-length rules: values pinned from the code before they existed."""
+    r = RECIPES["modern"]
+    length = engine.adapt_to_length(r, 3, 1404)
+    assert length.recipe == r and length.lr_scale == 1.0 and length.augment and not length.why
+    assert r.ema_decay == 0.9998 and r.label_smoothing == 0.1 and r.random_erasing == 0.0
+    w = 140.4  # warm-up: 10% of the run
+    f = [lr_at(s, r, 468, 1404) for s in range(1404)]
+    for s, v in enumerate(f):
+        want = (s + 1) / (w + 1) if s < w else 0.5 * (1 + math.cos(math.pi * (s - w) / (1404 - w)))
+        assert v == pytest.approx(want, rel=1e-12, abs=1e-15)
+    pinned = {0: 0.007072135785007072, 139: 0.9900990099009901, 140: 0.9971711456859972}
+    pinned |= {141: 0.9999994436822206, 700: 0.5892714580492713, 1403: 1.5453266555831568e-06}
+    assert {s: f[s] for s in pinned} == pytest.approx(pinned, rel=1e-12)
+    decays = {1: 0.18181818181818182, 10: 0.55, 100: 0.9181818181818182}
+    decays |= {1000: 0.9910891089108911, 1404: 0.9936350777934936}
+    assert {t: ema_decay_at(t, 0.9998) for t in decays} == pytest.approx(decays, rel=1e-12)
+
+
+def test_short_runs_scale_the_lr_and_drop_the_ema_single_passes_drop_regularizers():
+    r = RECIPES["modern"]
+    one = engine.adapt_to_length(r, 1, 32)  # issue 10's 1-epoch run: 32 steps
+    assert one.lr_scale == pytest.approx(0.32**0.7) and 0.2 * one.lr_scale == pytest.approx(
+        0.09, abs=1e-3
+    )
+    assert one.recipe.ema_decay is None and one.recipe.label_smoothing == 0.0
+    assert not one.augment and one.recipe.random_erasing == 0.0
+    assert "32 < 100 steps" in one.why and "single pass" in one.why
+    # what the user set is kept
+    kept = engine.adapt_to_length(r, 1, 32, frozenset({"lr", "ema", "label_smoothing"}))
+    assert kept.lr_scale == 1.0 and kept.recipe.ema_decay == r.ema_decay
+    assert kept.recipe.label_smoothing == r.label_smoothing and not kept.augment
+    # a short run of 2 epochs keeps its augmentation and label smoothing
+    two = engine.adapt_to_length(RECIPES["long"], 2, 50)
+    assert two.augment and two.recipe.random_erasing == 0.5 and two.recipe.label_smoothing == 0.1
+    assert two.lr_scale == pytest.approx(0.5**0.7) and two.recipe.ema_decay is None
+    # a long single pass keeps its lr and EMA; 100 steps is no longer short
+    big = engine.adapt_to_length(r, 1, 5000)
+    assert big.lr_scale == 1.0 and big.recipe.ema_decay == r.ema_decay and not big.augment
+    assert engine.adapt_to_length(r, 2, 100).recipe == r
+    # the papers' exponential schedule has no warm-up floor: untouched by the step rule
+    assert engine.adapt_to_length(RECIPES["paper"], 2, 32).lr_scale == 1.0
+
+
+def test_a_single_pass_trains_on_the_images_as_they_are():
+    imgs = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8)
+    prep = engine_prep()
+    data = engine.DeviceImages(imgs, torch.arange(6), prep, 2, torch.device("cpu"))
+    idx = torch.tensor([4, 1])
+    x, y = data.batch(idx, torch.Generator().manual_seed(0), erasing=1.0, augment=False)
+    assert torch.equal(x, data.x[idx]) and y.tolist() == [4, 1]
+    xa, _ = data.batch(idx, torch.Generator().manual_seed(0), erasing=1.0)
+    assert not torch.equal(xa, data.x[idx])
+
+
+def engine_prep():
+    from mobilenets.preprocess import Preprocess
+
+    return Preprocess(8, 1, (0.5,), (0.25,), 1.0)
+
+
 # ---------------------------------------------------------------- the EMA warm-up
 
 

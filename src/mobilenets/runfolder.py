@@ -33,13 +33,14 @@ DEFINING = {
     "model": "the model (--model, --width, --resolution, --small-input, --in-chans, --activation)",
     "data": "--data",
     "data_dir": "--data-dir",
-    "recipe": "the recipe (--recipe, --weight-decay, --label-smoothing, --ema, --ema-decay)",
-    "lr": "--lr",
     "seed": "--seed",
     "batch_size": "--batch-size",
     "val_split": "--val-split",
     "max_train_samples": "--max-train-samples",
     "max_eval_samples": "--max-eval-samples",
+    # last: they follow from the values above too (batch scaling, engine.adapt_to_length)
+    "recipe": "the recipe (--recipe, --weight-decay, --label-smoothing, --ema, --ema-decay)",
+    "lr": "--lr",
 }
 
 
@@ -166,6 +167,13 @@ def check_record(out: Path, record: dict[str, Any], epochs: int, started: bool) 
         old = stored["defining"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise MobilenetsError(f"{path}: unreadable run record ({e})") from None
+    # the length first: a short run's lr and EMA follow from it (engine.adapt_to_length)
+    if stored.get("epochs") != epochs:
+        raise UsageError(
+            f"--resume: {out} was started for {stored.get('epochs')} epochs, not {epochs}; the "
+            f"learning-rate schedule depends on the total, so a run cannot be extended or "
+            f"shortened (start a new run with --pretrained {out / 'last.ckpt'})"
+        )
     for key, flag in DEFINING.items():
         if old.get(key) != record.get(key):
             raise UsageError(
@@ -173,12 +181,6 @@ def check_record(out: Path, record: dict[str, Any], epochs: int, started: bool) 
                 f"({_difference(old.get(key), record.get(key))}); run-defining values cannot "
                 f"change on resume, start a new --out"
             )
-    if stored.get("epochs") != epochs:
-        raise UsageError(
-            f"--resume: {out} was started for {stored.get('epochs')} epochs, not {epochs}; the "
-            f"learning-rate schedule depends on the total, so a run cannot be extended or "
-            f"shortened (start a new run with --pretrained {out / 'last.ckpt'})"
-        )
 
 
 def _difference(old: Any, new: Any) -> str:

@@ -58,6 +58,7 @@ from .engine import (  # noqa: F401 - re-exported: the recipes and optimizer liv
     Recipe,
     RMSpropTF,
     RunState,
+    adapt_to_length,
     bad_step_error,
     build_optimizer,
     check_finite_epoch,
@@ -617,7 +618,13 @@ class Trainer:
             raise UsageError(
                 f"--batch-size {self.batch} is larger than the {self.n_train} training images"
             )
+        given = {k for k in ("lr", "label_smoothing") if getattr(a, k) is not None}
+        if a.ema is not None or a.ema_decay is not None:
+            given.add("ema")
+        length = adapt_to_length(self.recipe, a.epochs, steps * a.epochs, frozenset(given))
+        self.recipe, self.augment, self.length_why = length.recipe, length.augment, length.why
         self.lr = a.lr if a.lr is not None else self.recipe.lr * self.batch / self.recipe.lr_batch
+        self.lr *= length.lr_scale
         self.steps = steps
         run = self._run_state(model, steps)
         record = self._record(self.cfg, self.recipe, self.lr, ds)
@@ -787,6 +794,8 @@ class Trainer:
             f"train | recipe {self.recipe.name}, lr {self.lr:.4g}, batch {self.batch} "
             f"({self.world} x {self.batch // self.world}), {a.epochs} epochs, {self.device.type}"
         )
+        if self.length_why:
+            self._log(f"run length: {self.length_why}")
 
     # ---- one epoch
 
@@ -814,7 +823,9 @@ class Trainer:
         perm = perm[: steps * B].view(steps, self.world, b)[:, self.rank].to(dev)
         self._debug_shard(epoch, list(perm))
         gen = torch.Generator(device=dev).manual_seed(_seed(a.seed, epoch, self.rank, 1))
-        return device_batches(data.train_images, list(perm), gen, self.recipe.random_erasing)
+        return device_batches(
+            data.train_images, list(perm), gen, self.recipe.random_erasing, self.augment
+        )
 
     def _epoch(self, run: RunState, data: RunData, p: Progress, epoch: int) -> None:
         a = self.args
@@ -1062,6 +1073,7 @@ class Trainer:
             "recipe": asdict(self.recipe),
             "data": self.ds.spec,
             "small_input": {"value": self.cfg.small_input, "why": self.small_why},
+            "run_length": {"augment": self.augment, "why": self.length_why},
             "skipped_images": skipped,
             "hardware": hardware(self.device),
             "versions": versions(),
