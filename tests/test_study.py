@@ -53,6 +53,16 @@ def test_ordering_rule():
     assert claims.ordering_verdict([("a", a), ("b", b), ("c", [0.4, 0.41, 0.42])])[0] == S
 
 
+def test_shortcut_degradation_verdict_reads_more_dead_channels_as_supported():
+    # no shortcut: more dead channels (the V2 paper's claim) -> supported; fewer -> contradicted
+    more, fewer = [0.0008, 0.0008, 0.0006], [0.0002, 0.0, 0.0]
+    verdict = claims.shortcut_degradation_verdict
+    assert verdict({"V2": fewer, "V2, no shortcut": more})[0] == S
+    assert verdict({"V2": more, "V2, no shortcut": fewer})[0] == C
+    assert verdict({"V2": fewer, "V2, no shortcut": more[:2]})[0] == UNDECIDED
+    assert verdict({"V2": fewer}) == (UNDECIDED, "no data")
+
+
 def test_small_drop_rule():
     ref = [0.90, 0.91, 0.92]
     assert claims.small_drop_verdict([0.89, 0.90, 0.91], ref, 0.02)[0] == S

@@ -508,6 +508,15 @@ def claim_collapse(ev: Evidence) -> Section:
     )
 
 
+# The bars of the V2 ablation plot, in the order of the grid's ablation section.
+ABLATION_BARS = (
+    "linear bottleneck,\nbottleneck shortcut\n(the paper's block)",
+    "ReLU6 bottleneck",
+    "shortcut between\nexpansions",
+    "no shortcut",
+)
+
+
 def claim_ablation(ev: Evidence) -> Section:
     base, relu6, expansion, none = ev.grid.sections["ablation"]
     act_v, act_why = ordering_verdict([(_label(x), ev.accuracies(x)) for x in (base, relu6)])
@@ -538,15 +547,20 @@ def claim_ablation(ev: Evidence) -> Section:
                 "title": "V2 ablations: test top-1",
                 "ylabel": "test top-1 (%)",
                 "bars": [
-                    {
-                        "label": _label(x).split(" ", 2)[-1],
-                        "values": [100 * a for a in ev.accuracies(x)],
-                    }
-                    for x in (base, relu6, expansion, none)
+                    {"label": label, "values": [100 * a for a in ev.accuracies(x)]}
+                    for label, x in zip(ABLATION_BARS, (base, relu6, expansion, none), strict=True)
                 ],
             }
         ],
     )
+
+
+def shortcut_degradation_verdict(dead: dict[str, list[float]]) -> tuple[str, str]:
+    """Does "V2, no shortcut" have more dead channels than "V2" (``dead``: fractions per seed)?
+    The expected order is most dead first: the variant without shortcuts, then V2."""
+    if "V2" not in dead or "V2, no shortcut" not in dead:
+        return INCONCLUSIVE, "no data"
+    return ordering_verdict([(k, dead[k]) for k in ("V2, no shortcut", "V2")])
 
 
 def claim_degradation(ev: Evidence) -> Section:
@@ -573,12 +587,7 @@ def claim_degradation(ev: Evidence) -> Section:
             ]
         )
         series.append({"label": name, "y": [100 * r["dead_fraction"] for r in d["layers"]]})
-    v2 = [k for k in per_seed if k.startswith("V2")]
-    verdict, why = (
-        ordering_verdict([(k, [-x for x in per_seed[k]]) for k in v2[::-1]])
-        if len(v2) == 2
-        else (INCONCLUSIVE, "no data")
-    )
+    verdict, why = shortcut_degradation_verdict(per_seed)
     return Section(
         "degradation",
         "7. Feature degradation: dead ReLU channels",

@@ -155,6 +155,7 @@ def _draw_bars(plt, spec, ev):
             ax.plot([i] * len(vals), vals, "k.", ms=4)
     ax.set_xticks(range(len(spec["bars"])), [b["label"] for b in spec["bars"]], fontsize=7)
     ax.set(title=spec["title"], ylabel=spec["ylabel"])
+    fig.tight_layout()
     return fig
 
 
