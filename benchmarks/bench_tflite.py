@@ -69,12 +69,19 @@ def diffs(path: Path, ours: np.ndarray, xq: np.ndarray) -> dict[str, int]:
     }
 
 
+def random_model(name: str, width: float, res: int, padding: str) -> torch.nn.Module:
+    """A 1000-class zoo model with seeded random weights (conv init and BN statistics), so that
+    every run of this benchmark measures the same network."""
+    torch.manual_seed(0)
+    return randomize_bn(create_model(name, width, res, padding=padding), linear_std=0.05)
+
+
 def section_random(tmp: Path) -> None:
     cases = [("mobilenet_v2", 0.35, 96), ("mobilenet_v2", 0.35, 144), ("mobilenet_v1", 0.25, 128)]
     for name, width, res in cases:
         for padding in ("same", "symmetric"):
             t0 = time.time()
-            model = randomize_bn(create_model(name, width, res, padding=padding), linear_std=0.05)
+            model = random_model(name, width, res, padding)
             g = torch.Generator().manual_seed(0)
             qmodel = quantize_int8(model, torch.randn(32, 3, res, res, generator=g))
             path = write_tflite(qmodel, tmp / f"{name}-{res}-{padding}.tflite")
@@ -98,9 +105,7 @@ def section_random(tmp: Path) -> None:
 
 def section_arena(tmp: Path) -> None:
     for padding in ("same", "symmetric"):
-        model = randomize_bn(
-            create_model("mobilenet_v2", 0.35, 144, padding=padding), linear_std=0.05
-        )
+        model = random_model("mobilenet_v2", 0.35, 144, padding)
         calib = torch.randn(16, 3, 144, 144, generator=torch.Generator().manual_seed(0))
         r = export_tflite(model, tmp / f"v2-144-{padding}.tflite", int8=True, calib_data=calib)
         keys = ("bytes", "ops", "tflm_arena_bytes", "tflm_activation_bytes")
@@ -137,7 +142,7 @@ def _as_fully_connected(graph):
 
 
 def section_fc_rounding(tmp: Path) -> None:
-    model = randomize_bn(create_model("mobilenet_v2", 0.35, 144, padding="same"), linear_std=0.05)
+    model = random_model("mobilenet_v2", 0.35, 144, "same")
     calib = torch.randn(16, 3, 144, 144, generator=torch.Generator().manual_seed(0))
     graph = _as_fully_connected(quantize_int8(model, calib))
     path = write_tflite(graph, tmp / "v2-144-fc.tflite")

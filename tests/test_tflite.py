@@ -123,6 +123,7 @@ def test_cli_export_predict_eval(checkpoint, tmp_path):
     report = json.loads(out.with_name("m.tflite.json").read_text())
     assert report["eval_samples"] == 50 and report["verify_samples"] == 5
     assert report["max_abs_diff_lsb"] == 0 and report["calib_samples"] == 32
+    assert report["calib_method"] == "mse"  # the .tflite default (micro.quantizer's evidence)
     for key in ("bytes", "ops", "tflm_arena_bytes", "tflm_activation_bytes", "int8_top1"):
         assert report[key] is not None
     from PIL import Image

@@ -486,6 +486,7 @@ def _add_calibration_args(p: argparse.ArgumentParser) -> None:
     """The export command's calibration flags: --calib-data .. --weight-bits."""
     from .cli import add_data_args, int_at_least
     from .micro.quantizer import CALIB_METHODS as TFLITE_CALIB
+    from .micro.quantizer import DEFAULT_METHOD as TFLITE_DEFAULT
     from .onnx_quant import ACTIVATION_TYPES, CALIB_METHODS
 
     add_data_args(
@@ -505,8 +506,9 @@ def _add_calibration_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--calib-method",
         choices=sorted(set(CALIB_METHODS) | set(TFLITE_CALIB)),
-        default="minmax",
-        help=f"onnx: {', '.join(CALIB_METHODS)}; tflite: {', '.join(TFLITE_CALIB)}",
+        default=None,
+        help=f"onnx: {', '.join(CALIB_METHODS)} (default minmax); "
+        f"tflite: {', '.join(TFLITE_CALIB)} (default {TFLITE_DEFAULT})",
     )
     p.add_argument(
         "--activation-type",
@@ -609,7 +611,7 @@ def _export_int8_onnx(
         q_out,
         calib,
         activation_type=args.activation_type,
-        calib_method=args.calib_method,
+        calib_method=args.calib_method or "minmax",
         reduce_range=args.weight_bits == 7,
     )
     sessions["int8"] = ort_session(q_out)

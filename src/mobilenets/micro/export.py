@@ -132,7 +132,7 @@ def export_tflite(
         int8: int8 weights and activations, int8 input and output (logits); needs ``calib_data``.
         calib_data: normalized float model inputs (N, C, H, W) from training images.
         preprocess, class_names: stored in the file's metadata (with the model config).
-        calib_method: ``minmax`` (default), ``percentile`` or ``mse`` (see ``micro.quantizer``).
+        calib_method: ``minmax``, ``percentile`` or ``mse`` (the default; see ``micro.quantizer``).
         verify_inputs: normalized float inputs to verify on (20 random ones when None): fp32
             against PyTorch in LiteRT (max diff <= 1e-4 * max(1, |logit|), else
             MobilenetsError); int8: our reference against TFLite Micro and LiteRT (in LSB).
@@ -162,6 +162,8 @@ def export_tflite(
         "ops": {TFLITE_NAMES[k]: v for k, v in graph.op_counts().items()},
         "padding": cfg.padding,
     }
+    if int8:
+        report["calib_method"] = method
     x = verify_inputs if verify_inputs is not None else _seeded_inputs(cfg, 20)
     report["verify_samples"] = len(x)
     report.update(_verify_int8(path, graph, x) if int8 else _verify_fp32(model, path, x))
