@@ -32,7 +32,8 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$DATA_DIR" ] || { echo "gpu_suite.sh: --data-dir DIR (Fashion-MNIST IDX files) is required" >&2; exit 2; }
 [ -d "$DATA_DIR" ] || { echo "gpu_suite.sh: --data-dir $DATA_DIR: no such folder" >&2; exit 2; }
-PY="${PYTHON:-python}"
+# The project's .venv (scripts/setup.sh) when there is one, else $PYTHON or python.
+if [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY="${PYTHON:-python}"; fi
 B="benchmarks/train_fashion_mnist.py"
 COMMON=(--device "$DEVICE" --data-dir "$DATA_DIR")
 
