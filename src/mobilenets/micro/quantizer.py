@@ -45,8 +45,8 @@ CALIB_METHODS = ("minmax", "percentile", "mse")
 # nothing measurable: 0.3-0.4 s to calibrate V1 a=0.25 @28 on 512 images or V2 a=0.35 @144
 # on 64, as MinMax.
 DEFAULT_METHOD = "mse"
-_SAMPLE = 4096
-MIN_SCALE = 1e-6  # values kept per tensor and batch for percentile/MSE
+_SAMPLE = 4096  # values kept per tensor and batch for percentile/MSE
+MIN_SCALE = 1e-6  # the smallest activation scale (see tensor_params)
 
 
 def _float32(x: float) -> float:
