@@ -195,7 +195,9 @@ def demo_model(path: str):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", help="one model key")
-    ap.add_argument("--demo", default="/work/runs/demo-v1/last.ckpt", help="demo checkpoint")
+    ap.add_argument(
+        "--demo", default="runs/demo/last.ckpt", help="demo checkpoint (scripts/demo.sh's)"
+    )
     args = ap.parse_args()
     env = versions()
     for key, arch, width, res, goal in MODELS:
