@@ -16,7 +16,7 @@ and ``padding="same"``, the deployment form with no PAD op), it reports:
 - ``host_us``: wall time per inference of the generated C on this host (gcc -O2), beside
   ``tflm_host_us``, the ``tflite-micro`` interpreter on the same model, when available.
 
-    python benchmarks/mcu.py [--only NAME] [--demo /work/runs/demo-v1/last.ckpt]
+    python benchmarks/mcu.py [--only NAME] [--demo runs/demo/last.ckpt]
 """
 
 from __future__ import annotations
