@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mobilenets import run_study
+from mobilenets.errors import UsageError
 from mobilenets.study import claims
 from mobilenets.study.cells import Cell, build_grid
 
@@ -182,6 +184,30 @@ def test_every_report_number_equals_its_source(tiny_study):
     cfg = study["summaries"]["v2-a0.2-r16-shortcut-none-s0"]["config"]
     assert cfg["shortcut"] == "none" and cfg["width_mult"] == 0.2 and cfg["resolution"] == 16
     assert all(s["config"]["small_input"] for s in study["summaries"].values())
+
+
+def test_cells_trained_with_other_settings_are_refused(tiny_study, capsys):
+    from dataclasses import replace
+
+    from mobilenets import cli
+
+    out, _ = tiny_study
+    grid = tiny_grid()
+    assert all(c.mismatch(grid.training, out) is None for c in grid.cells)
+    longer = replace(grid, training=replace(grid.training, epochs=2))
+    cell = grid.cells[0]
+    assert cell.mismatch(longer.training, out) == "epochs 1 (this study: 2)"
+    with pytest.raises(UsageError, match=r"was trained with epochs 1 \(this study: 2\)"):
+        run_study(out=out, grid=longer, report_only=True)
+    # the CLI: one line, exit 2, nothing trained (a quick-preset folder asked for 3 epochs)
+    quick = build_grid("quick", "fashion-mnist")
+    folder = quick.cells[0].folder(out / "q")
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text("{}")
+    (folder / "run.json").write_text(json.dumps({"epochs": 1, "defining": {}}))
+    assert cli.main(["study", "--out", str(out / "q"), "--epochs", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was trained with epochs 1 (this study: 3)" in err[0], err
 
 
 def test_report_opens_in_headless_chromium(tiny_study):

@@ -11,6 +11,7 @@ independent ``mobilenets train ...`` command, derived from the same options that
 
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -144,6 +145,28 @@ class Cell:
 
     def done(self, out: str | Path) -> bool:
         return (self.folder(out) / "summary.json").exists()
+
+    def mismatch(self, training: Training, out: str | Path) -> str | None:
+        """What differs between this cell's finished run in ``out`` (its ``run.json``) and
+        ``training``; None when they agree or nothing was recorded yet."""
+        try:
+            stored = json.loads((self.folder(out) / "run.json").read_text())
+        except (OSError, ValueError):
+            return None  # not started, or resume reports the damage
+        run = stored.get("defining", {}) if isinstance(stored, dict) else {}
+        pairs = {
+            "epochs": (stored.get("epochs"), training.epochs),
+            "seed": (run.get("seed"), self.seed),
+            "batch_size": (run.get("batch_size"), training.batch_size),
+            "max_train_samples": (run.get("max_train_samples"), training.max_train_samples),
+            "max_eval_samples": (run.get("max_eval_samples"), training.max_eval_samples),
+        }
+        if training.lr is not None:
+            pairs["lr"] = (run.get("lr"), training.lr)
+        for key, (old, new) in pairs.items():
+            if old != new:
+                return f"{key} {old} (this study: {new})"
+        return None
 
 
 @dataclass

@@ -73,6 +73,7 @@ def run_study(
     out = Path(out)
     if plan:
         return print_plan(grid, out, estimate, jobs)
+    check_cells(grid, out)
     if not report_only:
         from .runner import run_cells
 
@@ -87,6 +88,19 @@ def run_study(
     from .report import write_report
 
     return write_report(ev, out)
+
+
+def check_cells(grid: Grid, out: Path) -> None:
+    """Refuse, in one line, a study whose finished cells in ``out`` were trained with other
+    settings (another --epochs, preset or version): a report must not mix them."""
+    for cell in grid.cells:
+        if cell.done(out):
+            why = cell.mismatch(grid.training, out)
+            if why:
+                raise UsageError(
+                    f"{cell.folder(out)} was trained with {why}; use another --out, or delete "
+                    f"the cells that differ to retrain them"
+                )
 
 
 def gather(grid: Grid, out: Path, dataset: Any):
