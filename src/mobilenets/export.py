@@ -487,7 +487,7 @@ def _add_calibration_args(p: argparse.ArgumentParser) -> None:
     from .cli import add_data_args, int_at_least
     from .micro.quantizer import CALIB_METHODS as TFLITE_CALIB
     from .micro.quantizer import DEFAULT_METHOD as TFLITE_DEFAULT
-    from .onnx_quant import ACTIVATION_TYPES, CALIB_METHODS
+    from .onnx_quant import ACTIVATION_TYPES, CALIB_METHODS, DEFAULT_CALIB_METHOD
 
     add_data_args(
         p,
@@ -507,7 +507,7 @@ def _add_calibration_args(p: argparse.ArgumentParser) -> None:
         "--calib-method",
         choices=sorted(set(CALIB_METHODS) | set(TFLITE_CALIB)),
         default=None,
-        help=f"onnx: {', '.join(CALIB_METHODS)} (default minmax); "
+        help=f"onnx: {', '.join(CALIB_METHODS)} (default {DEFAULT_CALIB_METHOD}); "
         f"tflite: {', '.join(TFLITE_CALIB)} (default {TFLITE_DEFAULT})",
     )
     p.add_argument(
@@ -602,7 +602,7 @@ def _export_int8_onnx(
 ) -> None:
     """Quantize the fp32 file ``out`` to its int8 sibling; add its session to ``sessions`` and
     its size, scheme and largest logit difference from fp32 to ``report``."""
-    from .onnx_quant import calibration_inputs, quantize_onnx
+    from .onnx_quant import DEFAULT_CALIB_METHOD, calibration_inputs, quantize_onnx
 
     q_out = Path(args.int8_out) if args.int8_out else _int8_path(out)
     calib = calibration_inputs(args.calib_data, prep, args.calib_samples, args.data_dir)
@@ -611,7 +611,7 @@ def _export_int8_onnx(
         q_out,
         calib,
         activation_type=args.activation_type,
-        calib_method=args.calib_method or "minmax",
+        calib_method=args.calib_method or DEFAULT_CALIB_METHOD,
         reduce_range=args.weight_bits == 7,
     )
     sessions["int8"] = ort_session(q_out)

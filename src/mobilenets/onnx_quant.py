@@ -35,6 +35,7 @@ from .preprocess import Preprocess
 
 ACTIVATION_TYPES = ("uint8", "int8")
 CALIB_METHODS = ("minmax", "percentile", "entropy")
+DEFAULT_CALIB_METHOD = "minmax"  # ONNX int8; the .tflite path has its own (micro.quantizer)
 
 CalibData = torch.Tensor | np.ndarray | Iterable[torch.Tensor | np.ndarray]
 
@@ -75,7 +76,7 @@ def quantize_onnx(
     calib_data: CalibData,
     *,
     activation_type: str = "uint8",
-    calib_method: str = "minmax",
+    calib_method: str = DEFAULT_CALIB_METHOD,
     per_channel: bool = True,
     exclude_nodes: Sequence[str] = (),
     batch_size: int = 32,

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from ..errors import UsageError
+from ..runfolder import RECORD
 
 PRESETS = ("quick", "paper")
 V1_ALPHAS = (1.0, 0.75, 0.5, 0.25)
@@ -150,7 +151,7 @@ class Cell:
         """What differs between this cell's finished run in ``out`` (its ``run.json``) and
         ``training``; None when they agree or nothing was recorded yet."""
         try:
-            stored = json.loads((self.folder(out) / "run.json").read_text())
+            stored = json.loads((self.folder(out) / RECORD).read_text())
         except (OSError, ValueError):
             return None  # not started, or resume reports the damage
         run = stored.get("defining", {}) if isinstance(stored, dict) else {}
