@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 import mobilenets
-from mobilenets import cli, create_model
+from mobilenets import create_model
 from mobilenets.checkpoint import CONFIG, load_checkpoint, save_checkpoint
+from mobilenets.cli import args as cli_args
 from mobilenets.cli import main
 from mobilenets.errors import MobilenetsError
 from mobilenets.export import export_onnx, ort_session, read_metadata, run_ort
@@ -170,7 +171,7 @@ def test_bad_numeric_options_give_one_line_and_exit_2(tiny, tmp_path, argv, need
 
 
 def test_float_range_helper_is_reusable_for_train_options():
-    parse = cli.float_range(0, 1, hi_open=True)
+    parse = cli_args.float_range(0, 1, hi_open=True)
     assert parse("0.1") == 0.1
     for bad in ("1", "5", "-1", "nan", "inf", "x"):
         with pytest.raises(Exception, match="must be|expected"):

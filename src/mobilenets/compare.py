@@ -3,8 +3,6 @@ with the papers' published figures beside ours."""
 
 from __future__ import annotations
 
-import argparse
-import json
 from typing import Any
 
 from . import published as pub
@@ -104,15 +102,3 @@ def format_compare(d: dict[str, Any]) -> str:
             )
     out += ["", "Sources:"] + [f"  {k}: {v}" for k, v in d["sources"].items()]
     return "\n".join(out)
-
-
-def run(args: argparse.Namespace) -> int:
-    d = collect()
-    print(json.dumps(d) if args.json else format_compare(d))
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="V1 vs V2 vs ResNet-50 vs VGG16, and the alpha x rho grids")
-    p.add_argument("--json", action="store_true", help="print the tables as JSON")
-    p.set_defaults(func=run)

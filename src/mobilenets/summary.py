@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import json
-
 from .profiling import WEIGHT_KINDS, Report
 
 _SHOWN = (*WEIGHT_KINDS, "pool", "add")
@@ -82,29 +79,3 @@ def planned_int8(model, rep: Report | None = None) -> dict:
         "layer_by_layer_bytes": plan.layer_by_layer_bytes,
         "live_bytes": live,
     }
-
-
-def run(args: argparse.Namespace) -> int:
-    from .cli import model_from_args
-    from .profiling import profile
-
-    model = model_from_args(args, args.name)
-    rep = profile(model)
-    int8 = planned_int8(model, rep)
-    if args.json:
-        d = rep.to_dict()
-        d["planned_int8_peak_bytes"] = int8["arena_bytes"]
-        d["planned_int8_live_bytes"] = int8.get("live_bytes")
-        print(json.dumps(d))
-    else:
-        print(format_report(rep, int8))
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    from .cli import add_model_args
-
-    p = sub.add_parser("summary", help="per-layer params, MACs and activation memory of a model")
-    add_model_args(p, name_positional=True)
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=run)

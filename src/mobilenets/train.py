@@ -94,7 +94,7 @@ def _cpus() -> int:
 
 
 def _types():
-    from .cli import float_range, int_at_least, positive_float
+    from .cli.args import float_range, int_at_least, positive_float
 
     return float_range, int_at_least, positive_float
 
@@ -436,7 +436,7 @@ class Trainer:
         for name in ("width_mult", "weight_decay", "label_smoothing", "ema_decay"):
             err = option_error(name, values.get(name))
             if err:
-                from .cli import model_flag
+                from .cli.args import model_flag
 
                 raise UsageError(f"{model_flag(name)} {err}")
         self.batch = a.batch_size or RECIPES[a.recipe].batch_size
@@ -473,7 +473,7 @@ class Trainer:
             return a.model, "set by the given ModelConfig"
         opts = dict(a.model_options)
         if a.model not in MOBILENETS:
-            from .cli import MOBILENET_ONLY, model_flag
+            from .cli.args import MOBILENET_ONLY, model_flag
 
             wrong = [model_flag(k) for k in MOBILENET_ONLY if k in opts]
             if wrong:
@@ -1100,7 +1100,7 @@ class Trainer:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` subcommand: model flags from ModelConfig, the rest from TrainArgs."""
-    from .cli import add_data_args, add_device_args, add_model_args
+    from .cli.args import add_data_args, add_device_args, add_model_args
 
     p = subparsers.add_parser(
         "train",
@@ -1125,7 +1125,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def args_from_namespace(ns: argparse.Namespace, command: list[str]) -> TrainArgs:
     """The TrainArgs of a parsed ``train`` command line."""
-    from .cli import given_model_args
+    from .cli.args import given_model_args
 
     fields = set(TrainArgs.__dataclass_fields__) - {"command", "model_options"}
     kw = {k: v for k, v in vars(ns).items() if k in fields}

@@ -21,7 +21,6 @@ from torch import nn
 
 from ..errors import MobilenetsError, UsageError
 from ..preprocess import Preprocess
-from ..runfolder import write_atomic
 from .graph import QuantizedModel
 
 FP32_ATOL = 1e-4
@@ -279,100 +278,3 @@ def _accuracy(model: nn.Module, graph: QuantizedModel | None, batches) -> dict[s
     if graph is not None:
         out.update(int8_top1=correct_q / n if n else None, agreement=agree / n if n else None)
     return out
-
-
-# ---------------------------------------------------------------- CLI (mobilenets export)
-
-
-def run_export_tflite(args: Any) -> int:
-    """``mobilenets export CKPT --format tflite [--int8 --calib-data SPEC] --out FILE.tflite``."""
-    from ..checkpoint import load_checkpoint
-    from ..export import _finite
-    from ..onnx_quant import calibration_inputs, test_batches
-    from ..profiling import profile
-
-    out = Path(args.out)
-    _check_tflite_args(args, out)
-    ck = load_checkpoint(args.checkpoint)
-    cfg, prep = ck.config, ck.preprocess
-    _check_model(ck.model)
-    spec = args.calib_data
-    data = spec if spec and spec != "random" else None
-    calib = None
-    if args.int8:
-        calib = calibration_inputs(spec, prep, args.calib_samples, args.data_dir)
-    n_eval = args.eval_samples
-    if n_eval is None:
-        n_eval = None if profile(ck.model).macs <= 100e6 else 500
-    verify = eval_data = None
-    if data:
-        verify = next(test_batches(data, prep, args.verify_samples, args.data_dir))[0]
-        eval_data = test_batches(data, prep, n_eval, args.data_dir)
-    elif spec == "random":
-        verify = calib[: args.verify_samples] if calib is not None else None
-    report = export_tflite(
-        ck.model,
-        out,
-        int8=args.int8,
-        calib_data=calib,
-        preprocess=prep,
-        class_names=ck.class_names,
-        calib_method=args.calib_method,
-        verify_inputs=verify,
-        eval_data=eval_data,
-        metadata={"data": ck.meta.get("data")},
-    )
-    report = {"checkpoint": str(ck.path), "architecture": cfg.name, **report}
-    if calib is not None:
-        report["calib_samples"] = len(calib)
-    _print_summary(report)
-    report_path = out.with_name(out.name + ".json")
-    write_atomic(report_path, json.dumps(_finite(report), indent=2) + "\n")
-    print(f"wrote {report_path}")
-    return 0
-
-
-def _check_tflite_args(args: Any, out: Path) -> None:
-    """UsageError for flags that .tflite export cannot honour, a count out of range, or an --out
-    in a missing folder."""
-    if args.int8 and not args.calib_data:
-        raise UsageError(
-            "--int8 needs --calib-data SPEC (fashion-mnist, cifar10:PATH, imagefolder:PATH or random)"
-        )
-    if args.calib_method == "entropy":
-        raise UsageError(
-            "--calib-method entropy is for --format onnx; tflite takes minmax, percentile or mse"
-        )
-    for flag, v, lo in (
-        ("--calib-samples", args.calib_samples, 1),
-        ("--verify-samples", args.verify_samples, 1),
-        ("--eval-samples", args.eval_samples, 0),
-    ):
-        if v is not None and v < lo:
-            raise UsageError(f"{flag} must be >= {lo}, got {v}")
-    if not out.parent.is_dir():
-        raise UsageError(f"--out: folder {out.parent} does not exist")
-
-
-def _print_summary(r: dict[str, Any]) -> None:
-    print(f"wrote {r['path']} ({r['bytes']:,} bytes, {r['format']}, ops {r['ops']})")
-    if r.get("max_abs_diff_lsb") is not None:
-        print(
-            f"reference vs TFLite Micro on {r['verify_samples']} inputs: "
-            f"max |diff| {r['max_abs_diff_lsb']} LSB (LiteRT: {r.get('litert_max_abs_diff_lsb')})"
-        )
-    if r.get("tflm_arena_bytes"):
-        print(
-            f"TFLite Micro arena {r['tflm_arena_bytes']:,} B = activations "
-            f"{r['tflm_activation_bytes']:,} + persistent {r['tflm_persistent_bytes']:,}"
-        )
-    if r.get("padding_note"):
-        print(f"note: {r['padding_note']}")
-    for key in ("tflm_note", "litert_note"):
-        if r.get(key):
-            print(f"note: {r[key]}")
-    if r.get("fp32_top1") is not None:
-        line = f"test top-1 on {r['eval_samples']} images: fp32 {r['fp32_top1']:.4f}"
-        if r.get("int8_top1") is not None:
-            line += f", int8 {r['int8_top1']:.4f}, agreement {r['agreement']:.4f}"
-        print(line)

@@ -1,41 +1,13 @@
-"""The ``mobilenets`` command. Each concern module registers its own subcommand.
-
-Bad arguments exit with code 2; a missing or bad input file and other runtime failures exit with
-code 1; each with a one-line message (``MOBILENETS_DEBUG=1`` prints the full traceback instead).
-Ctrl-C exits with 130, a closed output pipe (``| head``) quietly.
-"""
+"""The argparse pieces shared by the commands: number types, the model flags generated from
+:class:`~mobilenets.config.ModelConfig`, and the data, device and runtime options."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
-import os
-import sys
-import traceback
-import warnings
-from collections.abc import Sequence
 
-from .errors import MobilenetsError, UsageError
-
-# (subcommand, module that defines ``register(subparsers)``); modules import lazily.
-COMMANDS: list[tuple[str, str]] = [
-    ("summary", "mobilenets.summary"),
-    ("compare", "mobilenets.compare"),
-    ("train", "mobilenets.train"),
-    ("eval", "mobilenets.evaluation"),
-    ("export", "mobilenets.export"),
-    ("predict", "mobilenets.predict"),
-    ("bench", "mobilenets.bench"),
-    ("codegen", "mobilenets.micro.codegen"),
-    ("study", "mobilenets.study.run"),
-]
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
-        self.exit(2, f"mobilenets: error: {message}\n")
-
+from ..env import usable_cpus
+from ..errors import UsageError
 
 MAX_WIDTH_MULT = 4.0
 
@@ -78,14 +50,6 @@ def float_range(lo: float, hi: float, lo_open: bool = False, hi_open: bool = Fal
 def width_mult(text: str) -> float:
     """The width multiplier alpha: a number in (0, MAX_WIDTH_MULT]."""
     return float_range(0, MAX_WIDTH_MULT, lo_open=True)(text)
-
-
-def usable_cpus() -> int:
-    """The CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def thread_count(text: str) -> int:
@@ -165,7 +129,7 @@ def model_options() -> list[str]:
     """The ModelConfig fields that are flags: all but ``name`` and ``schema_version``."""
     import dataclasses
 
-    from .config import ModelConfig
+    from ..config import ModelConfig
 
     return [
         f.name for f in dataclasses.fields(ModelConfig) if f.name not in ("name", "schema_version")
@@ -174,7 +138,7 @@ def model_options() -> list[str]:
 
 def _model_option_type(option: str, default) -> dict:
     """argparse keywords for one ModelConfig field, from its default and its choices."""
-    from .config import _CHOICES
+    from ..config import _CHOICES
 
     if option in _CHOICES:
         return {"choices": _CHOICES[option]}
@@ -205,7 +169,7 @@ def add_model_args(
     """
     import dataclasses
 
-    from .config import MODEL_NAMES, ModelConfig
+    from ..config import MODEL_NAMES, ModelConfig
 
     if name_positional:
         p.add_argument("name", metavar="NAME", help=f"one of {', '.join(MODEL_NAMES)}")
@@ -309,7 +273,7 @@ def add_batch_size_arg(p: argparse.ArgumentParser, default: int) -> None:
 
 def model_from_args(args: argparse.Namespace, name: str, **defaults):
     """create_model from the shared options; ``defaults`` fill the options left unset."""
-    from .models import create_model
+    from ..models import create_model
 
     given = given_model_args(args)
     if name not in ("mobilenet_v1", "mobilenet_v2"):
@@ -319,85 +283,3 @@ def model_from_args(args: argparse.Namespace, name: str, **defaults):
     kw = {**defaults, **given}
     kw.setdefault("resolution", 224)
     return create_model(name, **kw)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="mobilenets", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=_version())
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for _, module in COMMANDS:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name == module:
-                continue  # not built yet
-            raise
-        mod.register(sub)
-    return parser
-
-
-def _version() -> str:
-    from . import __version__
-
-    return f"mobilenets {__version__}"
-
-
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"mobilenets: warning: {message}", file=sys.stderr)
-
-
-def debug() -> bool:
-    """``MOBILENETS_DEBUG=1``: errors print their full traceback."""
-    return os.environ.get("MOBILENETS_DEBUG", "") not in ("", "0")
-
-
-def _fail(message: str, code: int) -> int:
-    if debug():
-        traceback.print_exc()
-    print(f"mobilenets: error: {message}", file=sys.stderr)
-    return code
-
-
-def _quiet_broken_pipe() -> int:
-    """The reader of stdout went away (``| head``): stop quietly, as Unix tools do."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):  # stdout is no real file (tests capture it)
-        pass
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line ``argv``; returns the exit code."""
-    warnings.showwarning = _one_line_warning
-    try:
-        try:
-            args = build_parser().parse_args(argv)
-        except SystemExit as e:  # argparse: a usage error (2), --help or --version (0)
-            return e.code if isinstance(e.code, int) else 2
-        rc = args.func(args)
-        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
-    except UsageError as e:
-        return _fail(str(e), 2)
-    except BrokenPipeError:
-        return _quiet_broken_pipe()
-    except (MobilenetsError, OSError) as e:  # OSError: unreadable or unwritable files
-        return _fail(str(e), 1)
-    except KeyboardInterrupt:
-        if debug():
-            traceback.print_exc()
-        print("mobilenets: interrupted", file=sys.stderr)
-        return 130
-    except SystemExit:
-        raise
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        return _fail(
-            f"unexpected {type(e).__name__}: {first} (MOBILENETS_DEBUG=1 shows the traceback)", 1
-        )
-    return int(rc or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
