@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import mobilenets
-from mobilenets import create_model
+from mobilenets import cli, create_model
 from mobilenets.checkpoint import CONFIG, load_checkpoint, save_checkpoint
 from mobilenets.cli import args as cli_args
 from mobilenets.cli import main

@@ -2,16 +2,17 @@
 
 # No public function shares its module's name: `import mobilenets.profiling` is the module and
 # `mobilenets.profile` the function (modules: profiling, evaluation, onnx_quant).
+from ._version import __version__
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import ModelConfig
 from .errors import MobilenetsError, UsageError
 from .evaluation import evaluate
 from .export import export_onnx, fold_bn
+from .factory import create_model
 from .micro.codegen import generate_c
 from .micro.export import export_tflite
 from .micro.quantizer import quantize_int8
 from .micro.reference import run_int8
-from .models import create_model
 from .onnx_quant import quantize_onnx
 from .predict import Predictor
 from .profiling import Report, profile
@@ -19,9 +20,8 @@ from .study import run_study
 from .train import fit
 from .weights import load_pretrained
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "__version__",
     "Checkpoint",
     "ModelConfig",
     "MobilenetsError",

@@ -27,7 +27,7 @@ DEFAULT_RUNTIMES = ("torch", "onnx", "onnx-int8")
 
 def default_threads() -> int:
     """The CPU cores this process may run on."""
-    from .cli import usable_cpus
+    from .env import usable_cpus
 
     return usable_cpus()
 

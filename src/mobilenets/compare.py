@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import published as pub
-from .models import create_model
+from .factory import create_model
 from .profiling import profile
 
 V1_WIDTHS = (1.0, 0.75, 0.5, 0.25)

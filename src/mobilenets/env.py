@@ -72,7 +72,7 @@ def package_version(name: str) -> str | None:
 
 def versions(*extra: str) -> dict[str, str | None]:
     """mobilenets, torch, torchvision and Python versions, plus the ``extra`` distributions'."""
-    from . import __version__
+    from ._version import __version__
 
     out: dict[str, str | None] = {
         "mobilenets": __version__,

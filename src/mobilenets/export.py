@@ -246,7 +246,7 @@ def ort_session(path: str | Path, threads: int | None = None, spin: bool = True)
     """
     import onnxruntime as ort
 
-    from .cli import usable_cpus
+    from .env import usable_cpus
 
     if threads is not None and not (
         not isinstance(threads, bool) and isinstance(threads, int) and 1 <= threads <= usable_cpus()

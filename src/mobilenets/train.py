@@ -291,7 +291,7 @@ def hardware(device: torch.device | None = None) -> str:
 def versions() -> dict[str, str]:
     import torchvision
 
-    from . import __version__
+    from ._version import __version__
 
     return {
         "mobilenets": __version__,
@@ -494,7 +494,7 @@ class Trainer:
         return ModelConfig(name=a.model, **opts), why
 
     def _build_model(self, cfg: ModelConfig) -> nn.Module:
-        from .models import create_model
+        from .factory import create_model
 
         kw = {k: v for k, v in cfg.to_dict().items() if k != "schema_version"}
         return create_model(kw.pop("name"), pretrained=self.args.pretrained, **kw)

@@ -273,7 +273,7 @@ def add_batch_size_arg(p: argparse.ArgumentParser, default: int) -> None:
 
 def model_from_args(args: argparse.Namespace, name: str, **defaults):
     """create_model from the shared options; ``defaults`` fill the options left unset."""
-    from ..models import create_model
+    from ..factory import create_model
 
     given = given_model_args(args)
     if name not in ("mobilenet_v1", "mobilenet_v2"):
