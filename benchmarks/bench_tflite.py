@@ -180,7 +180,7 @@ def section_fc_rounding(tmp: Path) -> None:
 
 
 def _fashion(ck, n_calib: int = 512):
-    from mobilenets.onnx_quant import calibration_inputs, test_batches
+    from mobilenets.data import calibration_inputs, test_batches
 
     calib = calibration_inputs("fashion-mnist", ck.preprocess, n_calib)
     test = list(test_batches("fashion-mnist", ck.preprocess, TEST_IMAGES))

@@ -183,7 +183,7 @@ def random_model(arch: str, width: float, res: int, **kw):
 
 def demo_model(path: str):
     from mobilenets.checkpoint import load_checkpoint
-    from mobilenets.onnx_quant import calibration_inputs, test_batches
+    from mobilenets.data import calibration_inputs, test_batches
 
     ck = load_checkpoint(path)
     calib = calibration_inputs("fashion-mnist", ck.preprocess, 512)

@@ -16,7 +16,8 @@ from support import fit_tiny
 from mobilenets import ModelConfig, create_model
 from mobilenets.checkpoint import save_checkpoint
 from mobilenets.cli import main
-from mobilenets.export import export_onnx, fold_bn, ort_session, read_metadata, run_ort
+from mobilenets.export import export_onnx, ort_session, read_metadata, run_ort
+from mobilenets.fold import fold_bn
 from mobilenets.onnx_quant import quantize_onnx
 from mobilenets.preprocess import Preprocess
 from mobilenets.testing import randomize_bn

@@ -7,8 +7,9 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import ModelConfig
 from .errors import MobilenetsError, UsageError
 from .evaluation import evaluate
-from .export import export_onnx, fold_bn
+from .export import export_onnx
 from .factory import create_model
+from .fold import fold_bn
 from .micro.codegen import generate_c
 from .micro.export import export_tflite
 from .micro.quantizer import quantize_int8

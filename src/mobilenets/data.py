@@ -9,6 +9,7 @@ Evaluation preprocessing is :func:`mobilenets.transforms.to_model_input`, the sa
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 from collections.abc import Iterator, Sequence
@@ -511,3 +512,46 @@ def eval_batches(
         bad.add(paths)
         if x is not None:
             yield x.to(device), y.to(device)
+
+
+# ---------------------------------------------------------------- calibration and test inputs
+
+
+@functools.lru_cache(maxsize=1)
+def _dataset(spec: str, data_dir: str | None):
+    return load_dataset(spec, data_dir)
+
+
+def calibration_inputs(
+    spec: str,
+    prep: Preprocess,
+    n: int = 512,
+    data_dir: str | Path | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """``n`` training images (a seeded random choice) of dataset ``spec``, preprocessed by ``prep``.
+
+    ``spec`` ``random`` gives standard-normal inputs: only for untrained models and timing.
+    """
+    if spec == "random":
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(n, prep.in_chans, prep.resolution, prep.resolution, generator=g)
+    split = _dataset(spec, None if data_dir is None else str(data_dir)).split("train")
+    idx = (
+        torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    )
+    xs = [x for x, _ in eval_batches(split, prep, 256, torch.device("cpu"), idx)]
+    return torch.cat(xs)
+
+
+def test_batches(
+    spec: str,
+    prep: Preprocess,
+    n: int | None = None,
+    data_dir: str | Path | None = None,
+    batch_size: int = 256,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Preprocessed (inputs, labels) batches of the first ``n`` (default all) test images."""
+    split = _dataset(spec, None if data_dir is None else str(data_dir)).split("test")
+    idx = torch.arange(len(split) if n is None else min(n, len(split)))
+    yield from eval_batches(split, prep, batch_size, torch.device("cpu"), idx)

@@ -91,8 +91,8 @@ def run_bench(args: argparse.Namespace) -> int:
     model, export_kwargs = _load(args)
     calib = None
     if args.calib_data and ("onnx-int8" in runtimes or "tflite-int8" in runtimes):
+        from ..data import calibration_inputs
         from ..export import read_metadata
-        from ..onnx_quant import calibration_inputs
 
         if isinstance(model, Path):
             prep = read_metadata(model)["preprocess"]

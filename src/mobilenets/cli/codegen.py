@@ -57,9 +57,9 @@ def _load_qmodel(args: Any) -> tuple[QuantizedModel, np.ndarray | None]:
         qm, _meta = read_tflite(path)
         return qm, None
     from ..checkpoint import load_checkpoint, read_info
+    from ..data import calibration_inputs, test_batches
     from ..micro.export import quantize_input
     from ..micro.quantizer import quantize_int8
-    from ..onnx_quant import calibration_inputs, test_batches
 
     if not args.calib_data:
         raise UsageError(

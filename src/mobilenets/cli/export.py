@@ -120,7 +120,7 @@ def _int8_path(out: Path) -> Path:
 def run_export(args: argparse.Namespace) -> int:
     """``mobilenets export``: the ONNX file (and its int8 sibling), then FILE.json."""
     from ..checkpoint import load_checkpoint
-    from ..onnx_quant import test_batches
+    from ..data import test_batches
 
     out = Path(args.out)
     if args.format == "tflite":
@@ -185,7 +185,8 @@ def _export_int8_onnx(
 ) -> None:
     """Quantize the fp32 file ``out`` to its int8 sibling; add its session to ``sessions`` and
     its size, scheme and largest logit difference from fp32 to ``report``."""
-    from ..onnx_quant import DEFAULT_CALIB_METHOD, calibration_inputs, quantize_onnx
+    from ..data import calibration_inputs
+    from ..onnx_quant import DEFAULT_CALIB_METHOD, quantize_onnx
 
     q_out = Path(args.int8_out) if args.int8_out else _int8_path(out)
     calib = calibration_inputs(args.calib_data, prep, args.calib_samples, args.data_dir)
@@ -229,8 +230,8 @@ def _report_accuracy(sessions: dict[str, Any], batches: Any, report: dict[str, A
 def run_export_tflite(args: Any) -> int:
     """``mobilenets export CKPT --format tflite [--int8 --calib-data SPEC] --out FILE.tflite``."""
     from ..checkpoint import load_checkpoint
+    from ..data import calibration_inputs, test_batches
     from ..export import _finite
-    from ..onnx_quant import calibration_inputs, test_batches
     from ..profiling import profile
 
     out = Path(args.out)

@@ -186,7 +186,7 @@ def _graph(
 ) -> QuantizedModel:
     """The fp32 graph of ``model`` (BN folded), or with ``method`` its int8 quantization
     calibrated on ``calib_data``."""
-    from ..export import fold_bn
+    from ..fold import fold_bn
     from .lower import lower
     from .quantizer import quantize_int8
 

@@ -639,7 +639,7 @@ def layer_by_layer_bytes(qm: QuantizedModel) -> int:
 def plan_model(model: Any, *, streaming: bool = True) -> Plan:
     """The int8 memory plan of a (float) mobilenets model: the graph's shapes and ops are all
     the planner needs, so no calibration is done (the int8 graph has the same tensors)."""
-    from ..export import fold_bn
+    from ..fold import fold_bn
     from .lower import lower
 
     return plan_memory(lower(fold_bn(model.eval())).graph, streaming=streaming)

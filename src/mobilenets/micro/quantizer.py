@@ -224,7 +224,7 @@ def quantize_int8(
         method: activation range calibration, one of ``minmax``, ``percentile``, ``mse``
             (default: :data:`DEFAULT_METHOD`, ``mse``).
     """
-    from ..export import fold_bn
+    from ..fold import fold_bn
 
     if method not in CALIB_METHODS:
         raise UsageError(f"method must be one of {', '.join(CALIB_METHODS)}, got {method!r}")
