@@ -12,6 +12,10 @@ from .errors import UsageError
 # 2: ``padding`` ("symmetric" or "same"); version-1 configs load as symmetric.
 SCHEMA_VERSION = 2
 
+# The largest input side any model file may declare: 4096 px (a 3-channel float input is then
+# 200 MB); a damaged file asking for 100000 px is refused before anything is allocated.
+MAX_RESOLUTION = 4096
+
 MOBILENETS = ("mobilenet_v1", "mobilenet_v2")
 BASELINES = ("resnet50", "vgg16")
 MODEL_NAMES = MOBILENETS + BASELINES
@@ -23,6 +27,22 @@ _CHOICES = {
     "shortcut": ("bottleneck", "expansion", "none"),
     "padding": ("symmetric", "same"),
 }
+# The widest width multiplier alpha accepted: beyond it layers have thousands of channels.
+MAX_WIDTH_MULT = 4.0
+# ModelConfig fields that only MobileNets have (baselines refuse them).
+MOBILENET_ONLY = (
+    "width_mult",
+    "activation",
+    "conv_type",
+    "bottleneck_activation",
+    "shortcut",
+    "padding",
+)
+
+
+def model_flag(option: str) -> str:
+    """The command-line flag of a ModelConfig field (``width_mult`` is ``--width``)."""
+    return {"width_mult": "--width", "name": "--model"}.get(option, "--" + option.replace("_", "-"))
 
 
 @dataclass(frozen=True)
@@ -110,6 +130,8 @@ def validate(cfg: ModelConfig) -> None:
     if cfg.resolution < lo:
         extra = "" if cfg.small_input else " (16 with small_input)"
         raise UsageError(f"resolution must be >= {lo}{extra}, got {cfg.resolution}")
+    if cfg.resolution > MAX_RESOLUTION:
+        raise UsageError(f"resolution must be <= {MAX_RESOLUTION}, got {cfg.resolution}")
     for field in ("num_classes", "in_chans"):
         v = getattr(cfg, field)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -6,10 +6,9 @@ from __future__ import annotations
 import argparse
 import math
 
+from ..config import MAX_WIDTH_MULT, MOBILENET_ONLY, model_flag  # noqa: F401 - re-exported
 from ..env import usable_cpus
 from ..errors import UsageError
-
-MAX_WIDTH_MULT = 4.0
 
 
 def _finite_float(text: str) -> float:
@@ -94,15 +93,6 @@ def int_range(lo: int, hi: int):
     return parse
 
 
-# ModelConfig fields that only MobileNets have (baselines refuse them).
-MOBILENET_ONLY = (
-    "width_mult",
-    "activation",
-    "conv_type",
-    "bottleneck_activation",
-    "shortcut",
-    "padding",
-)
 # Help text per ModelConfig field; a field without one still gets a flag.
 MODEL_HELP = {
     "width_mult": f"width multiplier alpha in (0, {MAX_WIDTH_MULT:g}] (MobileNets; default 1)",
@@ -118,11 +108,6 @@ MODEL_HELP = {
     "bottleneck_activation": "MobileNetV2: linear bottlenecks or ReLU6 (paper Fig. 6a)",
     "shortcut": "MobileNetV2: shortcut between bottlenecks, expansions or none (paper Fig. 6b)",
 }
-
-
-def model_flag(option: str) -> str:
-    """The command-line flag of a ModelConfig field (``width_mult`` is ``--width``)."""
-    return {"width_mult": "--width", "name": "--model"}.get(option, "--" + option.replace("_", "-"))
 
 
 def model_options() -> list[str]:
