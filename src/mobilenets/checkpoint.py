@@ -122,7 +122,8 @@ def _config_json(
     preprocess: Preprocess | None,
 ) -> dict[str, Any]:
     """config.json's content (see :func:`save_checkpoint` for the preprocess defaults)."""
-    n = cfg.num_classes
+    from .artifact import ArtifactMeta
+
     meta = dict(meta or {})
     old = meta.pop("preprocess", None) or {}
     if preprocess is None:
@@ -134,9 +135,8 @@ def _config_json(
             old.get("crop_pct", 1.0),
             old.get("interpolation", "bilinear"),
         )
-    names = list(class_names) if class_names else [str(i) for i in range(n)]
-    if len(names) != n:
-        raise UsageError(f"{len(names)} class names for a model with {n} classes")
+    checked = ArtifactMeta.create(cfg, class_names, preprocess)
+    names, preprocess = list(checked.class_names), checked.preprocess
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -215,34 +215,25 @@ def _legacy_preprocess(info: dict[str, Any], cfg: ModelConfig) -> dict[str, Any]
 
 def parse_info(info: dict[str, Any], where: str) -> tuple[ModelConfig, list[str], Preprocess]:
     """Validate a config.json: (model config, class names, preprocess), or MobilenetsError
-    naming the field at fault."""
-    try:
-        cfg = ModelConfig.from_dict(info.get("model"))
-    except (UsageError, TypeError, ValueError) as e:
-        raise MobilenetsError(f"{where}: model: {e}") from None
-    names = info.get("class_names")
-    if (
-        not isinstance(names, list)
-        or not all(isinstance(c, str) for c in names)
-        or len(names) != cfg.num_classes
-    ):
-        raise MobilenetsError(
-            f"{where}: class_names must be a list of {cfg.num_classes} strings (num_classes), "
-            f"got {str(names)[:80]}"
-        )
-    raw = info["preprocess"] if "preprocess" in info else _legacy_preprocess(info, cfg)
-    try:
-        prep = Preprocess.from_dict(raw)
-    except UsageError as e:
-        raise MobilenetsError(f"{where}: {e}") from None
-    if (prep.resolution, prep.in_chans) != (cfg.resolution, cfg.in_chans):
-        raise MobilenetsError(
-            f"{where}: preprocess is for {prep.resolution} px x {prep.in_chans} channels, "
-            f"the model takes {cfg.resolution} px x {cfg.in_chans}"
-        )
+    naming the field at fault (the checks of :meth:`ArtifactMeta.parse`, as for ONNX and
+    ``.tflite`` files)."""
+    from .artifact import ArtifactMeta
+
+    if "model" not in info:
+        raise MobilenetsError(f"{where}: no mobilenets model config in its metadata")
+    cfg_raw = info["model"]
+    fields = {"config": cfg_raw, "class_names": info.get("class_names", [])}
+    if "preprocess" in info:
+        fields["preprocess"] = info["preprocess"]
+    elif isinstance(cfg_raw, dict):
+        try:
+            fields["preprocess"] = _legacy_preprocess(info, ModelConfig.from_dict(cfg_raw))
+        except (UsageError, TypeError, ValueError):
+            pass  # the config itself is damaged: ArtifactMeta.parse names it
+    meta = ArtifactMeta.parse(fields, where)
     if not isinstance(info.get("meta", {}), dict):
         raise MobilenetsError(f"{where}: meta must be a JSON object")
-    return cfg, names, prep
+    return meta.config, list(meta.class_names), meta.preprocess
 
 
 def _check_shapes(model: nn.Module, sd: dict[str, torch.Tensor], where: Path, name: str) -> None:

@@ -103,6 +103,8 @@ class ModelConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise UsageError(f"unknown model config field(s): {', '.join(unknown)}")
+        if "name" not in d:
+            raise UsageError("model config lacks field: name")
         return cls(**{**d, "schema_version": SCHEMA_VERSION})  # older versions upgrade
 
     @classmethod

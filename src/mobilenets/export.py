@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .artifact import ArtifactMeta
 from .errors import MobilenetsError, UsageError
 from .fold import fold_bn
 from .preprocess import Preprocess
@@ -34,105 +35,66 @@ FP32_ATOL = 1e-4
 # ---------------------------------------------------------------- metadata
 
 
-def default_preprocess(cfg: Any) -> Preprocess:
-    """Identity normalization at the model's resolution (mean 0, std 1, whole image)."""
-    return Preprocess(cfg.resolution, cfg.in_chans, [0.0] * cfg.in_chans, [1.0] * cfg.in_chans)
-
-
 def model_metadata(
     model: nn.Module,
     class_names: Sequence[str] | None = None,
     preprocess: Preprocess | None = None,
 ) -> dict[str, str]:
-    """The ``metadata_props`` written into exported files (all values are strings, JSON inside)."""
+    """The ``metadata_props`` written into exported files (all values are strings, JSON inside),
+    checked by :meth:`ArtifactMeta.create`."""
     cfg = getattr(model, "config", None)
     if cfg is None:
         raise UsageError(
             "export needs a mobilenets model (with a .config); build it with create_model"
         )
-    n = cfg.num_classes
-    names = list(class_names) if class_names else [str(i) for i in range(n)]
-    if len(names) != n:
-        raise UsageError(f"{len(names)} class names for a model with {n} classes")
-    prep = preprocess or default_preprocess(cfg)
-    if (prep.resolution, prep.in_chans) != (cfg.resolution, cfg.in_chans):
-        raise UsageError(
-            f"preprocess is for {prep.resolution} px x {prep.in_chans} channels, "
-            f"the model takes {cfg.resolution} px x {cfg.in_chans}"
-        )
+    meta = ArtifactMeta.create(cfg, class_names, preprocess)
     return {
         "mobilenets.format_version": FORMAT_VERSION,
         "config": cfg.to_json(),
         "architecture": cfg.name,
-        "class_names": json.dumps(names),
-        "preprocess": json.dumps(prep.to_dict()),
+        "class_names": json.dumps(list(meta.class_names)),
+        "preprocess": json.dumps(meta.preprocess.to_dict()),
     }
 
 
 def _legacy_preprocess(props: dict[str, str], cfg: Any) -> dict[str, Any]:
     """The preprocess record of a format-1 file (five separate props)."""
-    d: dict[str, Any] = {"in_chans": cfg.in_chans}
-    d["resolution"] = int(props.get("resolution", cfg.resolution))
-    d["mean"] = json.loads(props.get("mean", "null")) or [0.0] * cfg.in_chans
-    d["std"] = json.loads(props.get("std", "null")) or [1.0] * cfg.in_chans
+    d: dict[str, Any] = {"in_chans": cfg["in_chans"] if "in_chans" in cfg else 3}
+    d["resolution"] = int(props.get("resolution", cfg.get("resolution", 224)))
+    d["mean"] = json.loads(props.get("mean", "null")) or [0.0] * d["in_chans"]
+    d["std"] = json.loads(props.get("std", "null")) or [1.0] * d["in_chans"]
     d["crop_pct"] = float(props.get("crop_pct", 1.0))
     return d
 
 
 def parse_metadata(props: dict[str, str], where: str) -> dict[str, Any]:
-    """config, architecture, class_names, preprocess and quantization from ``metadata_props``;
-    MobilenetsError naming the prop at fault."""
-    from .config import ModelConfig
-
-    def bad(key: str, why: Any) -> MobilenetsError:
-        return MobilenetsError(f"{where}: metadata {key!r} is damaged ({why})")
-
+    """config, architecture, class_names, preprocess and quantization from ``metadata_props``,
+    checked by :meth:`ArtifactMeta.parse` (the checks of checkpoints and ``.tflite`` files);
+    MobilenetsError naming the field at fault."""
     if "config" not in props:
         raise MobilenetsError(
             f"{where}: no mobilenets metadata (export it with `mobilenets export`)"
         )
-    try:
-        cfg = ModelConfig.from_json(props["config"])
-    except (UsageError, TypeError, ValueError) as e:
-        raise bad("config", e) from None
-    try:
-        names = json.loads(props.get("class_names", "null")) or [
-            str(i) for i in range(cfg.num_classes)
-        ]
-    except ValueError as e:
-        raise bad("class_names", e) from None
-    if (
-        not isinstance(names, list)
-        or len(names) != cfg.num_classes
-        or not all(isinstance(c, str) for c in names)
-    ):
-        raise bad("class_names", f"needs a list of {cfg.num_classes} strings")
-    key = "preprocess" if "preprocess" in props else "mean/std/resolution/crop_pct"
-    try:
-        raw = (
-            json.loads(props["preprocess"])
-            if key == "preprocess"
-            else _legacy_preprocess(props, cfg)
-        )
-        prep = Preprocess.from_dict(raw)
-    except (UsageError, TypeError, ValueError) as e:
-        raise bad(key, e) from None
-    if (prep.resolution, prep.in_chans) != (cfg.resolution, cfg.in_chans):
-        raise bad(
-            key,
-            f"{prep.resolution} px x {prep.in_chans} channels, the model takes "
-            f"{cfg.resolution} px x {cfg.in_chans}",
-        )
-    try:
-        quant = json.loads(props["quantization"]) if "quantization" in props else None
-    except ValueError as e:
-        raise bad("quantization", e) from None
+    fields: dict[str, Any] = {}
+    for key in ("config", "class_names", "preprocess", "quantization"):
+        if key in props:
+            try:
+                fields[key] = json.loads(props[key])
+            except ValueError as e:
+                raise MobilenetsError(f"{where}: {key}: not JSON ({e})") from None
+    if "preprocess" not in props and isinstance(fields["config"], dict):
+        try:
+            fields["preprocess"] = _legacy_preprocess(props, fields["config"])
+        except (TypeError, ValueError) as e:
+            raise MobilenetsError(f"{where}: mean/std/resolution/crop_pct: {e}") from None
+    meta = ArtifactMeta.parse(fields, where)
     return {
-        "config": cfg,
-        "architecture": cfg.name,
-        "class_names": names,
-        "preprocess": prep,
-        "quantization": quant,
+        "config": meta.config,
+        "architecture": meta.config.name,
+        "class_names": list(meta.class_names),
+        "preprocess": meta.preprocess,
+        "quantization": meta.quantization,
+        "artifact": meta,
     }
 
 

@@ -10,6 +10,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .config import MAX_RESOLUTION
 from .errors import UsageError
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
@@ -66,6 +67,8 @@ def validate(p: Preprocess) -> None:
         v = getattr(p, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise UsageError(f"{name} must be an integer >= 1, got {v!r}")
+    if p.resolution > MAX_RESOLUTION:
+        raise UsageError(f"resolution must be <= {MAX_RESOLUTION}, got {p.resolution}")
     for name in ("mean", "std"):
         v = getattr(p, name)
         if len(v) not in (1, p.in_chans):

@@ -50,8 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _load(args: argparse.Namespace) -> tuple[nn.Module | Path, dict[str, Any]]:
     """The model to time and the export_onnx keywords (class_names, preprocess) it carries."""
+    from ..artifact import default_preprocess
     from ..config import MODEL_NAMES
-    from ..export import default_preprocess
     from .args import model_from_args, refuse_model_options
 
     if args.model in MODEL_NAMES:

@@ -9,7 +9,6 @@ SOFTMAX has been seen to abort the process).
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -99,18 +98,6 @@ def _check_model(model: nn.Module) -> Any:
     return cfg
 
 
-def _preprocess(cfg: Any, preprocess: Preprocess | None) -> Preprocess:
-    if preprocess is None:
-        c = cfg.in_chans
-        return Preprocess(cfg.resolution, c, (0.0,) * c, (1.0,) * c)
-    if (preprocess.resolution, preprocess.in_chans) != (cfg.resolution, cfg.in_chans):
-        raise UsageError(
-            f"preprocess is for {preprocess.resolution} px, {preprocess.in_chans} channels; "
-            f"the model takes {cfg.resolution} px, {cfg.in_chans} channels"
-        )
-    return preprocess
-
-
 def export_tflite(
     model: nn.Module,
     path: str | Path,
@@ -142,13 +129,13 @@ def export_tflite(
     Returns:
         The report: path, bytes, ops, padding, tflm_* figures, max_abs_diff_lsb, accuracies...
     """
-    from ..export import model_metadata
+    from ..artifact import ArtifactMeta
     from .quantizer import DEFAULT_METHOD
     from .tflite import write_tflite
 
     cfg = _check_model(model)
-    prep = _preprocess(cfg, preprocess)
-    names = json.loads(model_metadata(model, class_names)["class_names"])
+    art = ArtifactMeta.create(cfg, class_names, preprocess)
+    prep, names = art.preprocess, list(art.class_names)
     method = calib_method or DEFAULT_METHOD
     graph = _graph(model, calib_data, method) if int8 else _graph(model)
     graph.class_names, graph.preprocess = names, prep.to_dict()

@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from ..artifact import ArtifactMeta
 from ..errors import MobilenetsError
 from .graph import Op, QuantizedModel, Tensor
+from .validate import check_model
 
 FORMAT_VERSION = 1
 SCHEMA_VERSION = 3
@@ -375,7 +377,30 @@ def _metadata(model, path) -> dict[str, Any]:
             continue  # someone else's metadata (e.g. min_runtime_version)
     if "mobilenets" not in meta or "config" not in meta:
         raise MobilenetsError(f"{path}: not a mobilenets .tflite (no mobilenets metadata)")
-    return meta
+    art = ArtifactMeta.parse(meta, str(path))  # the checks of checkpoints and ONNX files
+    io = _io_shapes(model)
+    if io is not None:
+        (_, h, w, c), (*_, outputs) = io
+        art.check_io(c, (h, w), outputs, str(path))
+    return {**meta, **art.to_fields(), "artifact": art}
+
+
+def _io_shapes(model) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """(input shape, output shape) of subgraph 0 when they are readable NHWC / (N, K) shapes;
+    None otherwise (the graph reader then names what is wrong)."""
+    if model.SubgraphsLength() < 1:
+        return None
+    sub = model.Subgraphs(0)
+    n = sub.TensorsLength()
+    if sub.InputsLength() < 1 or sub.OutputsLength() < 1:
+        return None
+    i, o = int(sub.Inputs(0)), int(sub.Outputs(0))
+    if not (0 <= i < n and 0 <= o < n):
+        return None
+    shapes = tuple(tuple(int(v) for v in _np(sub.Tensors(t), "Shape", np.int64)) for t in (i, o))
+    if len(shapes[0]) != 4 or len(shapes[1]) < 1:
+        return None
+    return shapes
 
 
 def _const(model, sub, i: int) -> np.ndarray:
@@ -487,6 +512,7 @@ def read_tflite(path: str | Path) -> tuple[QuantizedModel, dict[str, Any]]:
     inp, out = int(sub.Inputs(0)), int(sub.Outputs(0))
     graph = QuantizedModel(tensors, ops, inp, out, config=meta["config"])
     graph.class_names, graph.preprocess = meta.get("class_names"), meta.get("preprocess") or {}
+    check_model(graph, str(path))  # indices, topological order, shapes, quantization, names
     if not graph.is_float:
         for op in ops:
             t_out = tensors[op.output]
