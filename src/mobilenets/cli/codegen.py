@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError
-from ..micro.codegen import TARGETS, _check_out_dir, generate_c
+from ..micro.codegen import DEFAULT_PREFIX, TARGETS, _check_out_dir, check_prefix, generate_c
 from ..micro.graph import QuantizedModel
 
 
@@ -42,9 +42,21 @@ def register(sub: Any) -> None:
         type=int,
         default=5,
         metavar="N",
-        help="test images compiled into the drivers (default 5; zero-point images without data)",
+        help="test images compiled into the drivers, 0..256 (default 5; zero-point images "
+        "without data)",
+    )
+    p.add_argument(
+        "--prefix",
+        default=DEFAULT_PREFIX,
+        metavar="NAME",
+        help="C identifier put before every exported symbol (NAMEinfer) and, upper-cased, every "
+        f"macro and the include guard, to link several models into one program "
+        f"(default {DEFAULT_PREFIX})",
     )
     p.set_defaults(func=run_codegen)
+
+
+MAX_SAMPLE_IMAGES = 256  # one test batch
 
 
 def _load_qmodel(args: Any) -> tuple[QuantizedModel, np.ndarray | None]:
@@ -52,6 +64,11 @@ def _load_qmodel(args: Any) -> tuple[QuantizedModel, np.ndarray | None]:
     if path.suffix == ".tflite":
         if not path.is_file():
             raise UsageError(f"MODEL {path}: no such file")
+        if args.calib_data or args.data_dir:
+            flag = "--calib-data" if args.calib_data else "--data-dir"
+            raise UsageError(
+                f"{flag} applies to a checkpoint only; {path.name} is already quantized"
+            )
         from ..micro.tflite import read_tflite
 
         qm, _meta = read_tflite(path)
@@ -87,6 +104,11 @@ def run_codegen(args: Any) -> int:
     _check_out_dir(out)
     if args.max_sram is not None and args.max_sram < 1:
         raise UsageError(f"--max-sram must be >= 1, got {args.max_sram}")
+    if not 0 <= args.sample_images <= MAX_SAMPLE_IMAGES:
+        raise UsageError(
+            f"--sample-images must be 0..{MAX_SAMPLE_IMAGES}, got {args.sample_images}"
+        )
+    check_prefix(args.prefix)
     qm, samples = _load_qmodel(args)
     if qm.is_float:
         raise UsageError(f"MODEL {args.model}: a float model; codegen needs an int8 one")
@@ -97,6 +119,7 @@ def run_codegen(args: Any) -> int:
         max_sram=args.max_sram,
         streaming=not args.layer_by_layer,
         test_inputs=samples,
+        prefix=args.prefix,
     )
     print(
         f"wrote {out}: MN_ARENA_BYTES {rep['arena_bytes']:,} (peak at op {rep['peak_op']}; "

@@ -130,7 +130,7 @@ class Plan:
     peak_stage: int = -1
     peak_buffers: list[tuple[str, int]] = field(default_factory=list)
     stage_live_bytes: list[int] = field(default_factory=list)
-    layer_by_layer_bytes: int = 0
+    layer_by_layer_bytes: int = 0  # the arena with streaming off (0 in hold_input=False plans)
     streaming: bool = True
     deltas: dict[tuple[int, int], int] = field(default_factory=dict)
 
@@ -405,7 +405,10 @@ def plan_memory(
         deltas=deltas,
     )
     _peak(plan)
-    plan.layer_by_layer_bytes = layer_by_layer_bytes(qm)
+    if not streaming:
+        plan.layer_by_layer_bytes = arena
+    elif hold_input:  # the arena the generator needs with streaming off
+        plan.layer_by_layer_bytes = plan_memory(qm, streaming=False).arena_bytes
     if max_sram is not None and arena > max_sram:
         live = ", ".join(f"{n} {b:,} B" for n, b in plan.peak_buffers[:6])
         raise MobilenetsError(
@@ -626,8 +629,9 @@ def _peak(plan: Plan) -> None:
     )
 
 
-def layer_by_layer_bytes(qm: QuantizedModel) -> int:
-    """The naive peak: each op's whole inputs plus its whole output, nothing overlapped."""
+def naive_peak_bytes(qm: QuantizedModel) -> int:
+    """The tensors-only peak: each op's whole inputs plus its whole output (no scratch, no
+    placement), a lower bound of the layer-by-layer arena, not an arena."""
     peak = 0
     for op in qm.ops:
         if op.kind == "reshape":

@@ -207,7 +207,7 @@ static void mn_dot_block(const mn_conv_params *p, int k, const int8_t *x0, const
     int o;
     for (o = 0; o < cout; o += 2) {
         const int two = o + 1 < cout;
-        const int8_t *const wr = wt + (size_t)o * k;
+        const int8_t *const wr = wt + (size_t)o * (size_t)k;
         const ptrdiff_t ws = two ? k : 0;
         const mn_acc4 init = {{be[o], be[o + two], be[o], be[o + two]}};
         const mn_acc4 a = mn_mac2x2(init, wr, ws, x0, x1 - x0, k);
@@ -230,7 +230,7 @@ static void mn_dot_one(const mn_conv_params *p, int k, const int8_t *x0, int8_t 
     int o;
     for (o = 0; o < cout; o += 2) {
         const int two = o + 1 < cout;
-        const int8_t *const wr = wt + (size_t)o * k;
+        const int8_t *const wr = wt + (size_t)o * (size_t)k;
         const ptrdiff_t ws = two ? k : 0;
         int32_t a0 = be[o], a1 = be[o + two];
         int i;
@@ -273,7 +273,7 @@ static void mn_pw_pairs(const mn_conv_params *p, int k, const int8_t *in, int pa
     (void)fast;
     for (o = 0; o < cout; o += 2) {
         const int two = o + 1 < cout, o1 = o + two;
-        const int8_t *const wr = wt + (size_t)o * k;
+        const int8_t *const wr = wt + (size_t)o * (size_t)k;
         const ptrdiff_t ws = two ? k : 0;
         const mn_acc4 init = {{be[o], be[o1], be[o], be[o1]}};
         const int32_t ma = m0[o], ea = -sh[o], ra = (1 << ea) >> 1;
@@ -310,12 +310,12 @@ static void mn_pw8(const mn_conv_params *p, const int8_t *in, int npix, int8_t *
     int o, px;
     (void)fast;
     for (px = 0; px + 1 < npix; px += 2) {
-        const int8_t *const x = in + (size_t)px * 8;
+        const int8_t *const x = in + (size_t)px * (size_t)8;
         const int16x2_t p0 = __sxtb16(mn_rd32(x)), p1 = mn_sxtb16_odd(mn_rd32(x));
         const int16x2_t p2 = __sxtb16(mn_rd32(x + 4)), p3 = mn_sxtb16_odd(mn_rd32(x + 4));
         const int16x2_t q0 = __sxtb16(mn_rd32(x + 8)), q1 = mn_sxtb16_odd(mn_rd32(x + 8));
         const int16x2_t q2 = __sxtb16(mn_rd32(x + 12)), q3 = mn_sxtb16_odd(mn_rd32(x + 12));
-        int8_t *const y = out + (size_t)px * cout;
+        int8_t *const y = out + (size_t)px * (size_t)cout;
         const int8_t *w = wt;
         for (o = 0; o < cout; ++o) {
             const int32_t wa = mn_rd32(w), wb = mn_rd32(w + 4);
@@ -335,7 +335,7 @@ static void mn_pw8(const mn_conv_params *p, const int8_t *in, int npix, int8_t *
         }
     }
     if (npix & 1)
-        mn_dot_one(p, k, in + (size_t)(npix - 1) * k, out + (size_t)(npix - 1) * cout);
+        mn_dot_one(p, k, in + (size_t)(npix - 1) * (size_t)k, out + (size_t)(npix - 1) * (size_t)cout);
 }
 #endif
 
@@ -365,12 +365,12 @@ static void mn_pointwise_k(const mn_conv_params *p, int k, const int8_t *in, int
     if (!fast) {
         int px;
         for (px = 0; px + 1 < npix; px += 2)
-            mn_dot_block(p, k, in + (size_t)px * k, in + (size_t)(px + 1) * k,
-                         out + (size_t)px * cout, out + (size_t)(px + 1) * cout);
+            mn_dot_block(p, k, in + (size_t)px * (size_t)k, in + (size_t)(px + 1) * (size_t)k,
+                         out + (size_t)px * (size_t)cout, out + (size_t)(px + 1) * (size_t)cout);
     }
     if (fast) mn_pw_pairs(p, k, in, npix >> 1, out);
     if (npix & 1)
-        mn_dot_one(p, k, in + (size_t)(npix - 1) * k, out + (size_t)(npix - 1) * cout);
+        mn_dot_one(p, k, in + (size_t)(npix - 1) * (size_t)k, out + (size_t)(npix - 1) * (size_t)cout);
 }
 
 #define MN_PATCH_MAX 64
@@ -385,14 +385,14 @@ static void mn_gather(const mn_conv_params *p, const int8_t *const *rows, int kh
     int ky, kx;
     for (ky = 0; ky < kh; ++ky) {
         if (rows[ky] && inside) { /* the kw taps of a row are contiguous */
-            memcpy(dst, rows[ky] + (size_t)ix0 * cin, (size_t)(kw * cin));
+            memcpy(dst, rows[ky] + (size_t)ix0 * (size_t)cin, (size_t)kw * (size_t)cin);
             dst += kw * cin;
             continue;
         }
         for (kx = 0; kx < kw; ++kx) {
             const int ix = ix0 + kx;
             if (rows[ky] && ix >= 0 && ix < in_w)
-                memcpy(dst, rows[ky] + (size_t)ix * cin, (size_t)cin);
+                memcpy(dst, rows[ky] + (size_t)ix * (size_t)cin, (size_t)cin);
             else
                 memset(dst, -p->in_offset, (size_t)cin);
             dst += cin;
@@ -410,7 +410,7 @@ void mn_conv_row(const mn_conv_params *p, const int8_t *const *rows, int kh, int
     int ox, o, ky, kx, i;
     if (k <= MN_PATCH_MAX && scratch) {
         for (ox = 0; ox < out_w; ++ox) {
-            int8_t *dst = scratch + (size_t)ox * kp;
+            int8_t *dst = scratch + (size_t)ox * (size_t)kp;
             mn_gather(p, rows, kh, kw, sw, pl, in_w, ox, dst);
             for (i = k; i < kp; ++i) dst[i] = 0;
         }
@@ -428,12 +428,12 @@ void mn_conv_row(const mn_conv_params *p, const int8_t *const *rows, int kh, int
                     const int ix = ix0 + kx;
                     const int8_t *x, *w;
                     if (ix < 0 || ix >= in_w) continue;
-                    x = row + (size_t)ix * cin;
-                    w = p->w + (((size_t)o * kh + ky) * kw + kx) * cin;
+                    x = row + (size_t)ix * (size_t)cin;
+                    w = p->w + (((size_t)o * (size_t)kh + (size_t)ky) * (size_t)kw + (size_t)kx) * (size_t)cin;
                     for (i = 0; i < cin; ++i) acc += (x[i] + p->in_offset) * w[i];
                 }
             }
-            out[(size_t)ox * cout + o] = mn_out(p, acc, o);
+            out[(size_t)ox * (size_t)cout + (size_t)o] = mn_out(p, acc, o);
         }
     }
 }
@@ -442,7 +442,7 @@ void mn_conv_row(const mn_conv_params *p, const int8_t *const *rows, int kh, int
 static inline size_t mn_dw_widx(int t, int o, int cout, int taps)
 {
     const int c4 = cout & ~3;
-    return o < c4 ? (size_t)(o >> 2) * (size_t)taps * 4u + (size_t)t * 4u + (size_t)(o & 3)
+    return o < c4 ? (size_t)(o >> 2) * (size_t)taps * (size_t)4u + (size_t)t * (size_t)4u + (size_t)(o & 3)
                   : (size_t)c4 * (size_t)taps + (size_t)t * (size_t)(cout - c4) + (size_t)(o - c4);
 }
 
@@ -541,9 +541,9 @@ void mn_dw_row(const mn_conv_params *p, const int8_t *const *rows, int kh, int k
     const int full_rows = k3 && rows[0] && rows[1] && rows[2];
     for (ox = 0; ox < out_w; ++ox) {
         const int ix0 = ox * sw - pl;
-        int8_t *y = out + (size_t)ox * cout;
+        int8_t *y = out + (size_t)ox * (size_t)cout;
         if (full_rows && ix0 >= 0 && ix0 + 3 <= in_w) {
-            const size_t at = (size_t)ix0 * cin;
+            const size_t at = (size_t)ix0 * (size_t)cin;
             mn_dw3x3_pixel(p, rows[0] + at, rows[1] + at, rows[2] + at, y);
             continue;
         }
@@ -551,9 +551,9 @@ void mn_dw_row(const mn_conv_params *p, const int8_t *const *rows, int kh, int k
             for (ky = 0; ky < 3; ++ky) {
                 for (kx = 0; kx < 3; ++kx) {
                     const int ix = ix0 + kx;
-                    int8_t *dst = patch + (size_t)(ky * 3 + kx) * cin;
+                    int8_t *dst = patch + (size_t)(ky * 3 + kx) * (size_t)cin;
                     if (rows[ky] && ix >= 0 && ix < in_w)
-                        memcpy(dst, rows[ky] + (size_t)ix * cin, (size_t)cin);
+                        memcpy(dst, rows[ky] + (size_t)ix * (size_t)cin, (size_t)cin);
                     else
                         memset(dst, -off, (size_t)cin);
                 }
@@ -570,7 +570,7 @@ void mn_dw_row(const mn_conv_params *p, const int8_t *const *rows, int kh, int k
                 for (kx = 0; kx < kw; ++kx) {
                     const int ix = ix0 + kx;
                     if (ix < 0 || ix >= in_w) continue;
-                    acc += (row[(size_t)ix * cin + ci] + off) * wt[mn_dw_widx(ky * kw + kx, o, cout, kh * kw)];
+                    acc += (row[(size_t)ix * (size_t)cin + (size_t)ci] + off) * wt[mn_dw_widx(ky * kw + kx, o, cout, kh * kw)];
                 }
             }
             y[o] = MN_OUT(acc, o);
@@ -609,7 +609,7 @@ void mn_pool_row(const mn_pool_params *p, int32_t *acc, const int8_t *row, int w
     if (first)
         for (i = 0; i < c; ++i) acc[i] = 0;
     for (x = 0; x < w; ++x)
-        for (i = 0; i < c; ++i) acc[i] += row[(size_t)x * c + i] + off;
+        for (i = 0; i < c; ++i) acc[i] += row[(size_t)x * (size_t)c + (size_t)i] + off;
 }
 
 void mn_pool_finish(const mn_pool_params *p, const int32_t *acc, int8_t *out, int c)

@@ -7,6 +7,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 enum { MN_CONV = 0, MN_DW = 1, MN_ADD = 2, MN_POOL = 3, MN_FC = 4 };
 
 /* Per-channel requantization of a conv, depthwise conv or fully connected op. */
@@ -73,5 +77,9 @@ void mn_pool_finish(const mn_pool_params *p, const int32_t *acc, int8_t *out, in
 /* Runs the network: ``next`` holds n_tensors counters and ``stack`` 2 * n_tensors entries
  * (both on the caller's stack). Returns 0. */
 int mn_run(const mn_net *net, uint8_t *arena, int16_t *next, int16_t *stack);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -2,8 +2,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-extern uint32_t __stack_top, __data_load__, __data_start__, __data_end__, __bss_start__,
+extern uint32_t __data_load__, __data_start__, __data_end__, __bss_start__,
     __bss_end__;
+/* the linker script's stack top, declared as a function so that the vector table needs no
+ * object-to-function pointer conversion (ISO C has none) */
+extern void __stack_top(void);
 extern int main(void);
 extern void initialise_monitor_handles(void);
 extern void __libc_init_array(void);
@@ -34,7 +37,7 @@ void Fault_Handler(void) { exit(99); }
 void SysTick_Handler(void) { mn_systick_wraps++; }
 
 __attribute__((section(".vectors"), used)) static void (*const vectors[16])(void) = {
-    (void (*)(void))(&__stack_top), Reset_Handler, Fault_Handler, Fault_Handler,
+    __stack_top, Reset_Handler, Fault_Handler, Fault_Handler,
     Fault_Handler, Fault_Handler, Fault_Handler, 0, 0, 0, 0, Fault_Handler, Fault_Handler, 0,
     Fault_Handler, SysTick_Handler,
 };
