@@ -3,6 +3,7 @@ ModelConfig option on the command line, the small-input default, and fit() run i
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import gc
 import math
@@ -13,9 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 from support import needs_fashion
+from torch import nn
 
-from mobilenets import cli, engine, train
-from mobilenets.config import _CHOICES, ModelConfig
+from mobilenets import cli, engine, runplan, train
+from mobilenets.cli import train as cli_train
+from mobilenets.config import _CHOICES, ModelConfig, model_flag
 from mobilenets.engine import RECIPES, ModelEma, ema_decay_at, lr_at, warmup_steps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -215,18 +218,18 @@ def test_every_model_config_option_is_a_train_flag(capsys):
     for f in fields:
         value = _non_default(f.name, f.default)
         model = "mobilenet_v2" if f.name in V2_ONLY else "mobilenet_v1"
-        flag = cli.model_flag(f.name)
+        flag = model_flag(f.name)
         argv = [*base, "--model", model]
         argv += (
             [flag if value else f"--no-{flag[2:]}"]
             if isinstance(value, bool)
             else [flag, str(value)]
         )
-        args = train.args_from_namespace(_parser().parse_args(argv), [])
+        args = cli_train.args_from_namespace(_parser().parse_args(argv), [])
         assert args.model_options == {f.name: value}, f.name
         cfg = ModelConfig(name=model, **args.model_options)  # what the run builds
         assert getattr(cfg, f.name) == value
-    assert cli.model_flag("width_mult") == "--width" and "--schema-version" not in str(
+    assert model_flag("width_mult") == "--width" and "--schema-version" not in str(
         _parser()._subparsers._group_actions[0].choices["train"].format_help()
     )
 
@@ -235,7 +238,7 @@ def test_train_flags_and_train_args_share_their_defaults():
     ns = _parser().parse_args(
         ["train", "--model", "mobilenet_v1", "--data", "d", "--epochs", "1", "--out", "o"]
     )
-    args = train.args_from_namespace(ns, [])
+    args = cli_train.args_from_namespace(ns, [])
     ref = train.TrainArgs(model="mobilenet_v1", data="d", out="o", epochs=1)
     assert args == ref  # workers, batch size, recipe...: one definition
     assert args.model_options == {}
@@ -261,8 +264,8 @@ def test_small_input_is_the_datasets_default_at_every_resolution(
     options, dataset_small, expect, why
 ):
     name = "fashion-mnist" if dataset_small else "imagefolder"
-    t = train.Trainer(train.TrainArgs("mobilenet_v2", "d", "o", 1, model_options=dict(options)))
-    cfg, reason = t._model_config(_FakeDataset(name, dataset_small))
+    args = train.TrainArgs("mobilenet_v2", "d", "o", 1, model_options=dict(options))
+    cfg, reason = runplan.model_config(args, _FakeDataset(name, dataset_small))
     assert cfg.small_input is expect and why in reason
 
 
@@ -303,3 +306,47 @@ def test_fit_runs_three_times_in_one_process_without_leaking(tmp_path):
     )
     s = train.fit(cfg, ds, tmp_path / "cfg", 1, **kw)
     assert s["config"] == cfg.to_dict() and "ModelConfig" in s["small_input"]["why"]
+
+
+# ---------------------------------------------------------------- Precise BN
+
+
+def _precise_bn_before_update_bn(model: nn.Module, images: torch.Tensor, batch_size: int) -> None:
+    """The hand-written Precise BN that ``recalibrate_bn`` replaced with torch's update_bn."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in bns]
+    was_training = model.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for chunk in images.split(batch_size):
+        model(chunk)
+    for m, momentum in zip(bns, momenta, strict=True):
+        m.momentum = momentum
+    model.train(was_training)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2"])
+def test_recalibrate_bn_is_bit_identical_to_the_hand_written_version(name):
+    from mobilenets import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, width_mult=0.25, resolution=28, num_classes=10, in_chans=1,
+                         small_input=True).eval()  # fmt: skip
+    x = torch.randn(100, 1, 28, 28) * 3 + 1  # 100 = 3 x 32 + a partial batch of 4
+    ref = copy.deepcopy(model)
+    torch.manual_seed(1)
+    _precise_bn_before_update_bn(ref, x, 32)
+    torch.manual_seed(1)
+    engine.recalibrate_bn(model, x, 32)
+    a, b = ref.state_dict(), model.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    assert any("running_var" in k and not torch.equal(a[k], torch.ones_like(a[k])) for k in a)
+    assert not model.training and all(
+        m.momentum == 0.1 for m in model.modules() if isinstance(m, nn.BatchNorm2d)
+    )
+    before = copy.deepcopy(model.state_dict())
+    engine.recalibrate_bn(model, x[:0], 32)  # no images: the statistics are kept
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -69,11 +69,11 @@ def snapshot(folder: Path) -> dict[str, str]:
 def stop_after_epoch(monkeypatch, epoch: int) -> None:
     """Simulate a kill right after epoch ``epoch``'s checkpoint is in place."""
 
-    def event(self, text):
+    def event(rank, text):
         if text == f"checkpoint epoch-{epoch:04d}.ckpt":
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train.Trainer, "_debug_event", event)
+    monkeypatch.setattr(train, "HOOKS", train.TrainHooks(on_event=event))
 
 
 @pytest.fixture(scope="module")

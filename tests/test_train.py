@@ -389,3 +389,35 @@ def test_rmsprop_tf_matches_timm_and_keeps_eps_inside_the_root():
     p.grad = torch.tensor([1e6])
     train.RMSpropTF([p], lr=0.045).step()
     assert abs(float(p.detach())) <= 0.045 * 10**0.5 * (1 + 1e-6)
+
+
+# ---------------------------------------------------------------- fit() misuse (issue 20 item 10)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, error, named",
+    [
+        (("mobilenet_v1", None, "o", 1), {}, TypeError, "fit(data=...): expected a"),
+        (("mobilenet_v1", "np", "o", 1), {}, TypeError, "fit(data=...): expected a"),
+        (("mobilenet_v1", "fashion-mnist", "o", "2"), {}, TypeError, "fit(epochs=...)"),
+        (("mobilenet_v1", "fashion-mnist", "o", 0), {}, ValueError, "fit(epochs=...)"),
+        (("mobilenet_v1", "fashion-mnist", "o", 1), {"batch_size": 1.5}, TypeError, "batch_size"),
+        (("module", "fashion-mnist", "o", 1), {}, TypeError, "fit(config=...): expected a"),
+    ],
+)
+def test_fit_misuse_names_the_argument_and_what_it_accepts(tmp_path, args, kwargs, error, named):
+    import numpy as np
+
+    from mobilenets import create_model
+
+    config, data, _, epochs = args
+    if data == "np":
+        data = np.zeros((4, 28, 28), dtype=np.uint8)
+    if config == "module":
+        config = create_model("mobilenet_v1", width_mult=0.25)
+    with pytest.raises(error) as e:
+        train.fit(config, data, tmp_path / "r", epochs, **kwargs)
+    msg = str(e.value)
+    assert named in msg and "\n" not in msg and not (tmp_path / "r").exists()
+    if error is TypeError and "config" in named:
+        assert "ModelConfig or a model name" in msg and "nn.Module" not in msg

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -475,9 +473,37 @@ class RunState:
     world: int = 1
     step: int = 0  # optimizer steps taken
     check_every: int = 1  # read the non-finite flag every k steps (1 on CPU)
-    kill_at_step: int = 0  # tests: SIGKILL this process after that optimizer step
     train_step: Callable | None = None  # (x, y) -> (loss, correct), possibly compiled
     extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainHooks:
+    """Test-only fault injection and tracing, outside the training step (default: none).
+
+    ``on_step(step)`` runs after each optimizer step (e.g. a SIGKILL at a known step),
+    ``on_shard(rank, epoch, batches)`` sees the sample indices a rank trains on in an epoch,
+    ``on_event(rank, text)`` hears what was written to ``--out`` (``checkpoint epoch-0001.ckpt``).
+    """
+
+    on_step: Callable[[int], None] | None = None
+    on_shard: Callable[[int, int, list[torch.Tensor]], None] | None = None
+    on_event: Callable[[int, str], None] | None = None
+
+
+@dataclass
+class Progress:
+    """What the epoch loop has reached (restored on resume)."""
+
+    start_epoch: int = 0
+    best: float = -1.0
+    best_epoch: int = 0
+    best_saved: float = -1.0  # the best saved epoch's selection top-1 (best.ckpt's)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_s: float = 0.0
+    train_images: int = 0
+    last_row: dict[str, Any] = field(default_factory=dict)
+    test: dict[str, float] | None = None
 
 
 def make_train_step(state: RunState) -> Callable:
@@ -529,8 +555,6 @@ def train_one_epoch(
         sums += torch.stack([loss.double() * len(y), correct.double(), sums.new_tensor(len(y))])
         if progress is not None:
             progress(i, sums)
-        if state.step == state.kill_at_step:
-            os.kill(os.getpid(), signal.SIGKILL)  # tests: a kill at a known step
     on_bad_step(first_bad, epoch)
     if state.world > 1:
         import torch.distributed as dist
@@ -612,20 +636,12 @@ def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int) -> N
     lr 0.05 or 0.1) trained to 33-35% train top-1 yet evaluated at exactly 10.00% (one class
     for every image) on the CPU. Deterministic (fixed, unaugmented images), so resume stays exact.
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns or not len(images):
+    # torch.optim.swa_utils.update_bn is this very procedure (reset, momentum None, one pass in
+    # train mode, momenta restored): bit-identical (tests/test_engine.py checks it). It would
+    # reset the statistics for an empty set of images, which the old code kept: keep them too.
+    if not len(images):
         return
-    momenta = [m.momentum for m in bns]
-    was_training = model.training
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over the batches below
-    model.train()
-    for chunk in images.split(batch_size):
-        model(chunk)
-    for m, momentum in zip(bns, momenta, strict=True):
-        m.momentum = momentum
-    model.train(was_training)
+    torch.optim.swa_utils.update_bn(images.split(batch_size), model)
 
 
 def check_finite_epoch(model: nn.Module, ema: ModelEma | None, metrics: list[tuple]) -> list[str]:
@@ -653,3 +669,57 @@ def bad_step_error(epoch: int, step: int, steps: int, last_good: str) -> Mobilen
     return MobilenetsError(
         f"non-finite loss at epoch {epoch} step {step}/{steps}; stopped ({last_good})"
     )
+
+
+# ---------------------------------------------------------------- the run's data
+
+
+@dataclass
+class RunData:
+    """The run's data: the training split (on the device when in memory) and the eval sets."""
+
+    train: Any  # data.Split
+    train_images: DeviceImages | None
+    sel: EvalSet
+    test: EvalSet
+    bad: Any  # data.BadImages
+
+
+def eval_set(name: str, split: Any, prep: Any, device: torch.device, workers: int, bad: Any):
+    """An :class:`EvalSet`: in-memory images preprocessed once on ``device``, or a loader."""
+    from .data import eval_batches
+    from .transforms import preprocess_images
+
+    if split.images is not None:
+        x = torch.cat([preprocess_images(prep, c.to(device)) for c in split.images.split(4096)])
+        x = x.contiguous(memory_format=torch.channels_last)
+        return EvalSet(name, len(split), x, split.labels.to(device))
+
+    def batches(idx: torch.Tensor):
+        return eval_batches(split, prep, 512, device, idx, workers, bad)
+
+    return EvalSet(name, len(split), batches=batches)
+
+
+def run_data(plan: Any, ds: Any, prep: Any, eval_prep: Any, device: torch.device) -> RunData:
+    """Check the evaluation images, move in-memory data to the device (normalized once).
+
+    ``plan``: the :class:`mobilenets.runplan.RunPlan`; ``prep``/``eval_prep``: the training
+    (no crop) and evaluation preprocessing.
+    """
+    from .data import BadImages, check_images
+
+    a = plan.args
+    bad = BadImages(a.skip_bad_images)
+    for split in {id(s): s for s in (plan.sel, plan.test)}.values():
+        check_images(split, bad, a.workers)  # before an epoch is spent training
+    train_images = None
+    if plan.train.images is not None:
+        train_images = DeviceImages(plan.train.images, plan.train.labels, prep, ds.pad, device)
+    sel = eval_set(plan.sel_name, plan.sel, eval_prep, device, a.workers, bad)
+    test = (
+        sel
+        if plan.test is plan.sel
+        else eval_set("test", plan.test, eval_prep, device, a.workers, bad)
+    )
+    return RunData(plan.train, train_images, sel, test, bad)

@@ -19,14 +19,31 @@ import fcntl
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_text as write_atomic
 from .errors import MobilenetsError, UsageError
 
 RECORD = "run.json"
 METRICS = "metrics.jsonl"
 LOCK = ".lock"
+SUMMARY = "summary.json"
+# What a checkpoint's training_state.pt must hold to be resumed.
+STATE_KEYS = (
+    "epoch",
+    "model",
+    "optimizer",
+    "scheduler",
+    "ema",
+    "rng",
+    "best_val_top1",
+    "best_epoch",
+    "config",
+    "global_batch",
+    "train_images",
+)
 
 # Run-defining values: the flag(s) that set each, for the refusal message.
 DEFINING = {
@@ -42,20 +59,6 @@ DEFINING = {
     "recipe": "the recipe (--recipe, --weight-decay, --label-smoothing, --ema, --ema-decay)",
     "lr": "--lr",
 }
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a fsync'ed temporary file and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class RunLock:
@@ -224,3 +227,188 @@ def read_metrics(out: Path, upto: int) -> list[dict[str, Any]]:
 def write_metrics(out: Path, rows: list[dict[str, Any]]) -> None:
     """Rewrite ``metrics.jsonl`` atomically (a kill leaves the old or the new file, whole)."""
     write_atomic(out / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG state as tensors and plain values (loadable with ``weights_only=True``)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, pystate, pygauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "python": {
+            "version": version,
+            "state": torch.tensor(pystate, dtype=torch.int64),
+            "gauss": pygauss,
+        },
+    }
+
+
+def set_rng_state(s: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(s["torch"])
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+    n = s["numpy"]
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
+    p = s["python"]
+    random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss"]))
+
+
+class RunFolder:
+    """``--out`` of one training run: lock, resume point, record, checkpoints, links, summary.
+
+    Rank 0 (``main``) alone locks and writes; every rank reads. ``on_event(text)`` is told what
+    was written (test hooks); ``log`` prints a line.
+    """
+
+    def __init__(
+        self,
+        out: Path,
+        main: bool,
+        log: Callable[[str], None],
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
+        self.out = Path(out)
+        self.main = main
+        self.log = log
+        self.on_event = on_event
+        self.lock: RunLock | None = None
+
+    def open(self, record: dict[str, Any], epochs: int, resume: bool) -> dict[str, Any] | None:
+        """Lock the folder (rank 0); the verified training state to resume, or None."""
+        if self.main:
+            self.lock = RunLock(self.out)
+        found = markers(self.out) if self.out.is_dir() else []
+        if found and not resume:
+            raise UsageError(
+                f"{self.out} already holds a run ({', '.join(found[:3])}); pass --resume to "
+                f"continue it or choose another --out"
+            )
+        if not found:
+            if resume:
+                self.log(f"--resume: no checkpoint in {self.out} yet, starting from scratch")
+            return None
+        _, state, note = resume_point(self.out, STATE_KEYS)
+        check_record(self.out, record, epochs, started=True)
+        if note:
+            self.log(f"--resume: {note}")
+        return state
+
+    def release(self) -> None:
+        """Drop the lock (no-op when not held)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def finished_summary(self, epoch: int, epochs: int) -> dict[str, Any] | None:
+        """The run's summary when it has trained all its epochs and written one, else None."""
+        if epoch < epochs:
+            return None
+        try:
+            summary = json.loads((self.out / SUMMARY).read_text())
+        except (OSError, ValueError):
+            return None  # killed before the summary was (fully) written: finish the run
+        return summary if isinstance(summary, dict) else None
+
+    def check_state(self, state: dict[str, Any], config: dict, batch: int, n_train: int) -> None:
+        """Checks for runs recorded before run.json existed."""
+        where = self.out / "last.ckpt"
+        if state["config"] != config:
+            raise UsageError(f"--resume: {where} was trained with another model configuration")
+        if state["global_batch"] != batch or state["train_images"] != n_train:
+            raise UsageError(
+                f"--resume: {where} was trained with another --batch-size or training set"
+            )
+
+    def prepare(
+        self, record: dict[str, Any], epochs: int, runtime: dict[str, Any], resumed: int | None
+    ) -> list[dict[str, Any]]:
+        """Rank 0: remove leftovers, record the run; the metrics rows of the resumed epochs."""
+        if not self.main:
+            return []
+        clean_leftovers(self.out)
+        write_record(self.out, record, epochs, runtime)
+        if resumed is None:
+            return []
+        rows = read_metrics(self.out, resumed)
+        write_metrics(self.out, rows)
+        return rows
+
+    def save_epoch(
+        self, epoch: int, history: list[dict[str, Any]], improved: bool, **checkpoint: Any
+    ) -> None:
+        """Checkpoint folder, then metrics.jsonl, best.ckpt, last.ckpt: each step atomic.
+
+        ``checkpoint``: :func:`mobilenets.checkpoint.save_checkpoint`'s arguments after the path.
+        """
+        from .atomic import point_link
+        from .checkpoint import save_checkpoint
+
+        folder = self.out / f"epoch-{epoch:04d}.ckpt"
+        try:
+            save_checkpoint(folder, **checkpoint)
+            write_metrics(self.out, history)
+            if improved:
+                point_link(self.out / "best.ckpt", folder)
+            point_link(self.out / "last.ckpt", folder)
+            if self.on_event is not None:
+                self.on_event(f"checkpoint {folder.name}")
+            self.prune()
+        except OSError as e:
+            cause = e.strerror or str(e)
+            raise MobilenetsError(
+                f"could not write {folder.name} at epoch {epoch}: {cause}"
+                f"{f' ({e.filename})' if e.filename else ''}; stopped ({self.last_good()})"
+            ) from None
+
+    def prune(self) -> None:
+        """Remove the epoch folders that neither last.ckpt nor best.ckpt points to."""
+        keep = {
+            (self.out / n).resolve() for n in ("last.ckpt", "best.ckpt") if (self.out / n).exists()
+        }
+        for folder in self.out.glob("epoch-*.ckpt"):
+            if folder.resolve() not in keep:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def last_good(self) -> str:
+        """Where the run can be resumed from, for error messages."""
+        last = self.out / "last.ckpt"
+        if last.is_symlink() and last.exists():
+            return f"last good checkpoint: {last} -> {os.readlink(last)}"
+        return "no checkpoint was written yet"
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """Write ``summary.json`` atomically (rank 0)."""
+        if self.main:
+            write_atomic(self.out / SUMMARY, json.dumps(summary, indent=2))
+
+    def plot(self, history: list[dict[str, Any]]) -> None:
+        """``curves.png`` from the metrics rows (rank 0); a write failure is only logged."""
+        if not (self.main and history):
+            return
+        from .plots import plot_curves
+
+        try:
+            plot_curves(history, self.out / "curves.png")
+        except OSError as e:
+            self.log(f"curves.png not written: {e}")

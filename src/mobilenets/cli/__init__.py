@@ -21,7 +21,7 @@ from ..errors import MobilenetsError, UsageError
 COMMANDS: list[tuple[str, str]] = [
     ("summary", "mobilenets.cli.summary"),
     ("compare", "mobilenets.cli.compare"),
-    ("train", "mobilenets.train"),
+    ("train", "mobilenets.cli.train"),
     ("eval", "mobilenets.cli.eval"),
     ("export", "mobilenets.cli.export"),
     ("predict", "mobilenets.cli.predict"),

@@ -43,7 +43,7 @@ def section_dict(s: Section) -> dict[str, Any]:
 def _environment(ev: Evidence) -> dict[str, Any]:
     import onnxruntime
 
-    from ..train import hardware, versions
+    from ..env import hardware, versions
 
     return {
         "hardware": hardware(),
