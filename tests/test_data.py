@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +144,97 @@ def test_imagefolder_layout(tmp_path):
     prep = data.Preprocess(32, 3, *ds.stats(3), ds.crop_pct)
     ((x, y),) = list(data.eval_batches(ds.split("test"), prep, 8, torch.device("cpu")))
     assert x.shape == (2, 3, 32, 32) and y.tolist() == [0, 1]
+
+
+# ---------------------------------------------------------------- issue 20, item 12
+
+
+def test_float_tiff_with_values_0_to_1_is_scaled_to_0_255(tmp_path):
+    """A mode-F image holding 0..1 intensities (the float convention) is scaled by 255, not
+    rounded to 0 and 1; a float image in 0..255 keeps its values."""
+    from PIL import Image
+
+    from mobilenets.transforms import decode_image
+
+    unit = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    Image.fromarray(unit, mode="F").save(tmp_path / "unit.tiff")
+    got = decode_image(tmp_path / "unit.tiff", 1)[0].numpy()
+    assert got.min() == 0 and got.max() == 255
+    np.testing.assert_array_equal(got, np.rint(unit * 255).astype(np.uint8))
+    Image.fromarray(unit * 200, mode="F").save(tmp_path / "bytes.tiff")
+    np.testing.assert_array_equal(
+        decode_image(tmp_path / "bytes.tiff", 1)[0].numpy(), np.rint(unit * 200).astype(np.uint8)
+    )
+
+
+def test_imagefolder_with_one_class_warns_that_its_accuracy_means_nothing(tmp_path):
+    from support import make_imagefolder
+
+    root = make_imagefolder(tmp_path / "imgs")
+    for split in ("train", "val"):
+        shutil.rmtree(root / split / "square")
+    with pytest.warns(UserWarning, match=r"one class folder \(circle\).*100%"):
+        ds = data.load_imagefolder(root)
+    assert ds.class_names == ["circle"]
+
+
+def test_hidden_class_folder_is_skipped_in_train_and_val_alike(tmp_path):
+    """``..dots`` starts with a dot: hidden, skipped in train/; it must not then be reported
+    as "a class not in train/" of train/ itself, nor of val/."""
+    from support import make_imagefolder
+
+    root = make_imagefolder(tmp_path / "imgs")
+    for split in ("train", "val"):
+        shutil.copytree(root / split / "circle", root / split / "..dots")
+    ds = data.load_imagefolder(root)
+    assert ds.class_names == ["circle", "square"]
+    assert len(ds.split("train")) == 12 and len(ds.split("test")) == 4
+
+
+def fake_download(monkeypatch) -> list[Path]:
+    """torchvision's FashionMNIST download replaced by one that makes its folder and fails."""
+    import torchvision
+
+    calls: list[Path] = []
+
+    def download(root, train=True, download=False):
+        calls.append(Path(root))
+        (Path(root) / "FashionMNIST" / "raw").mkdir(parents=True, exist_ok=True)
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", download)
+    monkeypatch.delenv("MOBILENETS_OFFLINE", raising=False)
+    return calls
+
+
+def test_data_dir_with_only_the_training_files_is_refused_without_a_download(
+    tmp_path, no_system, monkeypatch
+):
+    calls = fake_download(monkeypatch)
+    folder = fake_fashion(tmp_path / "d")
+    for name in data.FASHION_MNIST_FILES["test"]:
+        (folder / f"{name}.gz").unlink()
+    with pytest.raises(MobilenetsError, match="incomplete.*t10k-images-idx3-ubyte") as e:
+        data.load_fashion_mnist(folder)
+    assert "train-images" not in str(e.value) and calls == []
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+    ]
+
+
+def test_failed_download_leaves_no_folder_behind(tmp_path, no_system, monkeypatch):
+    calls = fake_download(monkeypatch)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MobilenetsError, match="download failed"):
+        data.load_fashion_mnist(tmp_path / "empty")
+    assert calls and list((tmp_path / "empty").iterdir()) == []
+
+
+def test_mean_with_too_many_values_for_one_channel_says_one_value():
+    with pytest.raises(UsageError) as e:
+        data.Preprocess(28, 1, (0.1, 0.2), (0.3,))
+    assert "mean needs 1 value (in_chans=1), got 2" in str(e.value)
+    assert "1 or 1" not in str(e.value)
+    with pytest.raises(UsageError, match=r"std needs 1 or 3 values \(in_chans=3\), got 2"):
+        data.Preprocess(28, 3, (0.1,), (0.3, 0.2))

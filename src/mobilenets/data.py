@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import gzip
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,11 +187,32 @@ def check_labels(labels: np.ndarray, num_classes: int, path: Path) -> None:
 
 
 def _download_fashion_mnist(root: Path) -> Path:
+    """Download into ``root/FashionMNIST/raw``; a failed download leaves no folder behind."""
+    import shutil
+
     import torchvision
 
-    torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
-    torchvision.datasets.FashionMNIST(str(root), train=False, download=True)
+    made = not (root / "FashionMNIST").exists()
+    try:
+        torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
+        torchvision.datasets.FashionMNIST(str(root), train=False, download=True)
+    except BaseException:
+        if made:
+            shutil.rmtree(root / "FashionMNIST", ignore_errors=True)
+        raise
     return root
+
+
+def _refuse_partial(folder: Path) -> None:
+    """Refuse a ``--data-dir`` that holds some of the four IDX files but not all, naming the
+    missing ones (a download there would mix two copies, and leave a folder behind)."""
+    bases = [b for pair in FASHION_MNIST_FILES.values() for b in pair]
+    missing = [b for b in bases if _find_idx(folder, b) is None]
+    if missing and len(missing) < len(bases):
+        raise MobilenetsError(
+            f"--data-dir {folder}: Fashion-MNIST is incomplete there, missing "
+            f"{', '.join(missing)}[.gz]; add them (nothing was downloaded)"
+        )
 
 
 def load_fashion_mnist(data_dir: str | Path | None = None) -> Dataset:
@@ -204,6 +226,7 @@ def load_fashion_mnist(data_dir: str | Path | None = None) -> Dataset:
         candidates.append(("--data-dir", Path(data_dir)))
         if not Path(data_dir).is_dir():
             raise MobilenetsError(f"--data-dir {data_dir}: no such folder")
+        _refuse_partial(Path(data_dir))
     else:
         if env:
             candidates.append(("$MOBILENETS_DATA", Path(env)))
@@ -273,7 +296,8 @@ def load_imagefolder(path: Path) -> Dataset:
     """An ImageNet-layout tree: ``path/train/<class>/*`` and ``path/val/<class>/*``.
 
     Every non-hidden file in a class folder counts as an image; one that does not decode is an
-    error naming it, unless training runs with ``--skip-bad-images``.
+    error naming it, unless training runs with ``--skip-bad-images``. Hidden folders (``.*``)
+    are skipped in train/ and val/ alike; one class folder in train/ gives a warning.
     """
     if not (path / "train").is_dir():
         raise MobilenetsError(
@@ -284,12 +308,23 @@ def load_imagefolder(path: Path) -> Dataset:
     )
     if not classes:
         raise MobilenetsError(f"imagefolder: no class folders in {path / 'train'}")
+    if len(classes) == 1:  # every prediction is right: training reports a meaningless 100%
+        warnings.warn(
+            f"imagefolder: {path / 'train'} has one class folder ({classes[0]}): a model "
+            f"trained on it is 100% accurate without learning anything; classification needs "
+            f"at least 2 classes (hidden folders, named .*, are skipped)",
+            stacklevel=2,
+        )
     splits = {}
     for split, folder in (("train", "train"), ("test", "val")):
         root = path / folder
         if not root.is_dir():
             continue
-        extra = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name not in classes)
+        extra = sorted(
+            d.name
+            for d in root.iterdir()
+            if d.is_dir() and not d.name.startswith(".") and d.name not in classes
+        )
         if extra:
             raise MobilenetsError(
                 f"imagefolder: {root} has classes not in train/: {', '.join(extra[:5])}"

@@ -72,7 +72,8 @@ def validate(p: Preprocess) -> None:
     for name in ("mean", "std"):
         v = getattr(p, name)
         if len(v) not in (1, p.in_chans):
-            raise UsageError(f"{name} needs 1 or {p.in_chans} values, got {len(v)}")
+            need = "1 value" if p.in_chans == 1 else f"1 or {p.in_chans} values"
+            raise UsageError(f"{name} needs {need} (in_chans={p.in_chans}), got {len(v)}")
         if not all(math.isfinite(x) for x in v):
             raise UsageError(f"{name} must be finite, got {list(v)}")
     if not all(s > 0 for s in p.std):

@@ -59,7 +59,9 @@ def pil_to_tensor(im, in_chans: int, name: str = "image") -> torch.Tensor:
 
     - EXIF orientation is applied (``ImageOps.exif_transpose``);
     - 16-bit gray (``I;16*``) keeps its top 8 bits (``>> 8``): scaled, not clipped;
-    - 32-bit ``I`` and float ``F`` images must hold values in 0..255 (else MobilenetsError);
+    - float ``F`` images whose values all lie in 0..1 are intensities in 0..1 (the float
+      convention): scaled by 255; other ``F`` and 32-bit ``I`` images must hold values in
+      0..255 (else MobilenetsError);
     - transparency (``RGBA``, ``LA``, ``PA``, ``P`` or ``L``/``RGB`` with a transparent color)
       is composited onto white, as viewers show such images on a page;
     - other modes (``1``, ``P``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``...) use Pillow's conversion.
@@ -71,6 +73,13 @@ def pil_to_tensor(im, in_chans: int, name: str = "image") -> torch.Tensor:
         im = Image.fromarray((np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8))
     elif im.mode in ("I", "F"):
         arr = np.asarray(im)
+        if (
+            im.mode == "F"
+            and arr.size
+            and np.isfinite(arr).all()
+            and 0 <= arr.min() <= arr.max() <= 1
+        ):
+            arr = arr * 255.0
         if arr.size and not (np.isfinite(arr).all() and arr.min() >= 0 and arr.max() <= 255):
             kind = "32-bit integer" if im.mode == "I" else "floating-point"
             raise MobilenetsError(
