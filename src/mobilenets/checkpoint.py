@@ -21,6 +21,10 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
+from .atomic import fsync_dir as _fsync_dir
+from .atomic import point_link  # noqa: F401 - checkpoint.point_link
+from .atomic import replace_folder as _replace_folder
+from .atomic import write_new_file as _write_file
 from .config import ModelConfig
 from .errors import MobilenetsError, UsageError
 from .preprocess import Preprocess
@@ -52,22 +56,6 @@ class Checkpoint:
     def std(self) -> list[float]:
         """``preprocess.std`` as a list."""
         return list(self.preprocess.std)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: Path, data: bytes | memoryview) -> None:
-    """Write and fsync a new file; its mode follows the umask (0644 under the usual 022)."""
-    with open(path, "xb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def save_checkpoint(
@@ -145,29 +133,6 @@ def _config_json(
         "preprocess": preprocess.to_dict(),
         "meta": meta,
     }
-
-
-def _replace_folder(tmp: Path, path: Path) -> None:
-    """Move the complete folder ``tmp`` to ``path``; what was at ``path`` is removed after."""
-    old = None
-    if path.exists() or path.is_symlink():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
-
-
-def point_link(link: str | Path, target: str | Path) -> None:
-    """Make ``link`` a symlink to ``target`` (a sibling folder), swapped atomically."""
-    link, target = Path(link), Path(target)
-    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    os.symlink(target.name, tmp)
-    os.replace(tmp, link)
-    _fsync_dir(link.parent)
 
 
 def resolve(path: str | Path) -> Path:

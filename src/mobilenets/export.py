@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .artifact import ArtifactMeta
+from .atomic import replace, write_via
 from .errors import MobilenetsError, UsageError
 from .fold import fold_bn
 from .preprocess import Preprocess
@@ -116,14 +117,9 @@ def write_onnx(proto: Any, path: str | Path) -> Path:
     """Save ``proto`` as one file (weights inside), atomically via a temporary sibling."""
     import onnx
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        onnx.save_model(proto, str(tmp), save_as_external_data=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_via(
+        path, lambda tmp: onnx.save_model(proto, str(tmp), save_as_external_data=False)
+    )
 
 
 def set_metadata(proto: Any, props: dict[str, str]) -> None:
@@ -260,7 +256,10 @@ def export_onnx(
     Returns:
         ``{"path", "bytes", "max_abs_diff", "max_abs_logit", "opset"}`` (the file's real opset).
     """
+    from .fold import check_finite_weights
+
     _check_opset(opset)
+    check_finite_weights(model)
     cfg = getattr(model, "config", None)
     meta = model_metadata(model, class_names, preprocess)
     proto = _to_onnx(fold_bn(model), cfg, opset)
@@ -307,7 +306,7 @@ def _write_verified(
                 f"{path}: not written: onnxruntime and PyTorch logits differ by {diff:.3g} "
                 f"(> {atol:g} x max(1, largest |logit| {scale:.3g}))"
             )
-        os.replace(tmp, path)
+        replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return diff, scale

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import replace_folder
 from ..errors import UsageError
 from .arith import conv_multipliers, quantize_multiplier
 from .graph import QuantizedModel
@@ -457,8 +458,7 @@ def generate_c(
         _write_folder(tmp, qmodel, plan, report, target, inputs, prefix)
         if out.exists():
             _check_out_dir(out)  # nothing of the user's appeared meanwhile
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -10,13 +10,13 @@ graph and everything ``predict``/``eval`` need.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..artifact import ArtifactMeta
+from ..atomic import write_bytes
 from ..errors import MobilenetsError
 from .graph import Op, QuantizedModel, Tensor
 from .validate import check_model
@@ -348,13 +348,7 @@ def write_tflite(
     """Write ``graph`` as a ``.tflite`` file, atomically (temporary sibling + ``os.replace``)."""
     path = Path(path)
     payload = tflite_bytes(graph, metadata)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(payload)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_bytes(path, payload)
 
 
 # ---------------------------------------------------------------- reader

@@ -8,10 +8,10 @@ resumed study does not time a model twice and the report reads exactly what ``be
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_text
 from .cells import Variant
 
 LATENCY_RUNTIMES = ("onnx", "onnx-int8")
@@ -20,9 +20,7 @@ LATENCY_RUNTIMES = ("onnx", "onnx-int8")
 def write_json(path: Path, obj: Any) -> None:
     """Atomic JSON write: temp file + os.replace."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=2))
 
 
 def read_json(path: Path) -> Any | None:

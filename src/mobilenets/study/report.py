@@ -12,10 +12,11 @@ import csv
 import html
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from ..atomic import replace
+from ..atomic import write_text as _write_atomic
 from .claims import Evidence, Num, Section, all_sections
 from .measure import write_json
 
@@ -86,12 +87,6 @@ def _config(ev: Evidence, key: str) -> dict[str, Any]:
     raise KeyError(key)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _write_csv(path: Path, sections: list[Section]) -> None:
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -122,7 +117,7 @@ def _plots(ev: Evidence, sections: list[Section], folder: Path) -> dict[str, str
             for ext in ("png", "svg"):
                 tmp = folder / f".{spec['name']}.tmp.{ext}"
                 fig.savefig(tmp, dpi=110, bbox_inches="tight")
-                os.replace(tmp, folder / f"{spec['name']}.{ext}")
+                replace(tmp, folder / f"{spec['name']}.{ext}")
             plt.close(fig)
             data = (folder / f"{spec['name']}.png").read_bytes()
             uris[spec["name"]] = "data:image/png;base64," + base64.b64encode(data).decode()
