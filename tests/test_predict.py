@@ -113,3 +113,23 @@ def test_predictor_accepts_arrays(models, images):
     assert abs(from_array["prob"] - from_file["prob"]) < 1e-6
     with pytest.raises(Exception, match="broken.jpg"):
         p.predict([images / "broken.jpg"])
+
+
+def test_predict_escapes_control_characters_of_class_names_on_the_terminal(
+    models, images, tmp_path, capsys
+):
+    """A class name with ESC/NUL/BEL (from a checkpoint's config) must not reach the terminal
+    raw, where it could recolour, retitle or clear it; --json keeps the names as they are."""
+    model = models[0]
+    hostile = ["\x1b[2J\x1b]0;pwned\x07", "nul\x00x", "tab\tx", "ok", "café", "e"]
+    save_checkpoint(tmp_path / "step-1", model, hostile, MEAN, STD, meta={})
+    point_link(tmp_path / "last.ckpt", tmp_path / "step-1")
+    argv = ["predict", str(tmp_path / "last.ckpt"), str(images / "a.png"), "--top-k", "6"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert not {"\x1b", "\x00", "\x07", "\t"} & set(out)
+    assert "\\x1b[2J\\x1b]0;pwned\\x07" in out and "nul\\x00x" in out and "tab\\tx" in out
+    assert "café" in out  # printable non-ASCII stays readable
+    assert main([*argv, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)[0]["predictions"]
+    assert sorted(p["class"] for p in got) == sorted(hostile)

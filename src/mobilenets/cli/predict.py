@@ -70,7 +70,12 @@ def run_predict(args: argparse.Namespace) -> int:
         for r in results:
             if "predictions" not in r:
                 continue
-            print(r["image"])
+            print(_terminal(r["image"]))
             for t in r["predictions"]:
-                print(f"  {t['prob']:.4f}  {t['class']}")
+                print(f"  {t['prob']:.4f}  {_terminal(t['class'])}")
     return 1 if failed else 0
+
+
+def _terminal(text: object) -> str:
+    """``text`` safe for a terminal: control characters (ESC, NUL...) escaped as ``\\x1b``."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
