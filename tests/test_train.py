@@ -421,3 +421,35 @@ def test_fit_misuse_names_the_argument_and_what_it_accepts(tmp_path, args, kwarg
     assert named in msg and "\n" not in msg and not (tmp_path / "r").exists()
     if error is TypeError and "config" in named:
         assert "ModelConfig or a model name" in msg and "nn.Module" not in msg
+
+
+# ---------------------------------------------------------------- RunPlan: the run.json record
+
+
+@needs_fashion
+def test_study_cells_are_checked_against_the_whole_run_record(tmp_path):
+    from mobilenets.data import load_dataset
+    from mobilenets.runfolder import RECORD
+    from mobilenets.runplan import TrainArgs, resolve_run
+    from mobilenets.study.cells import Cell, Training, Variant
+
+    ds = load_dataset("fashion-mnist")
+    training = Training("fashion-mnist", 1, 64, 256, 64)
+    cell = Cell(Variant("mobilenet_v1", width=0.25), 0)
+    kw, options = cell.fit_kwargs(training, tmp_path), cell.variant.options()
+    args = TrainArgs(**{k: v for k, v in kw.items() if k not in options}, model_options=options)
+    record = resolve_run(args, ds, world=1).record
+    folder = cell.folder(tmp_path)
+    folder.mkdir(parents=True)
+
+    def stored(defining):
+        (folder / RECORD).write_text(json.dumps({"defining": defining, "epochs": 1}))
+        return cell.mismatch(training, tmp_path, ds)
+
+    assert stored(record) is None
+    # values the old subset check never saw: the recipe, the model, the data
+    recipe = {**record["recipe"], "weight_decay": 0.5}
+    assert stored({**record, "recipe": recipe}).startswith("recipe weight_decay 0.5 (this study:")
+    model = {**record["model"], "drop_rate": 0.0}
+    assert stored({**record, "model": model}) == "model drop_rate 0.0 (this study: 0.2)"
+    assert stored({**record, "val_split": 100}) == "val_split 100 (this study: 0)"

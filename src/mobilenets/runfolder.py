@@ -397,6 +397,60 @@ class RunFolder:
             return f"last good checkpoint: {last} -> {os.readlink(last)}"
         return "no checkpoint was written yet"
 
+    def restore(self, run: Any, state: dict[str, Any]) -> tuple[Any, float]:
+        """Load a verified training state into ``run`` (an :class:`engine.RunState`); the
+        :class:`engine.Progress` it had reached and the wall time of the earlier processes."""
+        from .engine import Progress
+
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.step = int(state["scheduler"].get("last_epoch", 0))  # optimizer steps taken
+        if run.ema is not None and state.get("ema") is not None:
+            run.ema.load_state_dict(state["ema"])
+        set_rng_state(state["rng"])
+        p = Progress(int(state["epoch"]), float(state["best_val_top1"]), int(state["best_epoch"]))
+        p.best_saved = float(state.get("best_saved", p.best))
+        self.log(f"resuming {self.out} after epoch {p.start_epoch}")
+        return p, float(state.get("elapsed_s", 0.0))
+
+    def save_training(
+        self, epoch: int, run: Any, p: Any, plan: Any, ds: Any, prep: Any, improved: bool
+    ) -> None:
+        """The epoch's checkpoint: the training state to resume (``run``, progress ``p``), the
+        inference weights (the EMA's when there is one) and the metadata of ``plan``."""
+        row = p.history[-1]
+        state = {
+            "epoch": epoch,
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": {"last_epoch": run.step},  # optimizer steps taken (LambdaLR's name)
+            "ema": run.ema.state_dict() if run.ema is not None else None,
+            "rng": rng_state(),
+            "best_val_top1": p.best,
+            "best_epoch": p.best_epoch,
+            "best_saved": p.best_saved,
+            "config": plan.cfg.to_dict(),
+            "global_batch": plan.batch,
+            "train_images": plan.n_train,
+            "elapsed_s": row["elapsed_s"],
+        }
+        a = plan.args
+        meta = {
+            "epoch": epoch,
+            "data": ds.spec,
+            "data_dir": a.data_dir,
+            "val_split": a.val_split,
+            "split_seed": a.seed,
+            "recipe": plan.recipe.name,
+            "ema": run.ema is not None,
+            "metrics": {k: row[k] for k in ("val_top1", "val_top5", "val_loss", "eval_set")},
+        }
+        weights = run.ema.module.state_dict() if run.ema is not None else None
+        self.save_epoch(
+            epoch, p.history, improved, model=run.model, class_names=ds.class_names, meta=meta,
+            training_state=state, state_dict=weights, preprocess=prep,
+        )  # fmt: skip
+
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Write ``summary.json`` atomically (rank 0)."""
         if self.main:
@@ -412,3 +466,59 @@ class RunFolder:
             plot_curves(history, self.out / "curves.png")
         except OSError as e:
             self.log(f"curves.png not written: {e}")
+
+
+def run_summary(
+    plan: Any, p: Any, ds: Any, data: Any, device: Any, wall_s: float
+) -> dict[str, Any]:
+    """``summary.json``: the final figures of ``plan``'s run (progress ``p``, its ``data``)."""
+    from dataclasses import asdict
+
+    from .env import hardware, versions
+
+    row, test, history = p.last_row, p.test, p.history
+    last = history[-1] if history else {}
+    return {
+        "final_val_top1": row.get("val_top1", last.get("val_top1")),
+        "final_val_top5": row.get("val_top5", last.get("val_top5")),
+        "final_test_top1": test["top1"] if test else None,
+        "final_test_top5": test["top5"] if test else None,
+        "best_val_top1": p.best,
+        "best_epoch": p.best_epoch,
+        "eval_set": plan.sel_name,
+        "eval_images": {plan.sel_name: data.sel.n, "test": data.test.n},
+        "epochs": plan.args.epochs,
+        "wall_s": wall_s,
+        "train_s": p.train_s,
+        "images_per_s": p.train_images / p.train_s if p.train_s else None,
+        "world_size": plan.world,
+        "global_batch": plan.batch,
+        "lr": plan.lr,
+        "recipe": asdict(plan.recipe),
+        "data": ds.spec,
+        "small_input": {"value": plan.cfg.small_input, "why": plan.small_why},
+        "run_length": {"augment": plan.augment, "why": plan.length_why},
+        "skipped_images": len(data.bad),
+        "hardware": hardware(device),
+        "versions": versions(),
+        "config": plan.cfg.to_dict(),
+        "command": plan.args.command,
+    }
+
+
+def runtime_record(args: Any, device: str, world: int) -> dict[str, Any]:
+    """This process's options that may change between resumes (``run.json``'s ``processes``)."""
+    import time
+
+    from .env import versions
+
+    return {
+        "time": time.time(),
+        "command": args.command,
+        "device": device,
+        "world_size": world,
+        "workers": args.workers,
+        "compile": args.compile,
+        "sync_bn": args.sync_bn,
+        "versions": versions(),
+    }

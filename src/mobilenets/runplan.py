@@ -281,3 +281,26 @@ def resolve_run(args: TrainArgs, dataset: Any, world: int | None = None) -> RunP
         args, world, batch, recipe, lr, length.augment, length.why, cfg, small_why,
         dataset.spec, train, sel, test, sel_name,
     )  # fmt: skip
+
+
+def check_fit_types(config: Any, data: Any, epochs: Any, batch_size: Any) -> None:
+    """:func:`mobilenets.fit` misuse: TypeError/ValueError naming the argument and what it takes."""
+    from .data import Dataset
+
+    if not isinstance(config, (ModelConfig, str)):
+        raise TypeError(
+            f"fit(config=...): expected a ModelConfig or a model name, got {type(config).__name__}"
+            + (" (pass its .config, or a name)" if isinstance(config, torch.nn.Module) else "")
+        )
+    if not isinstance(data, (Dataset, str)):
+        raise TypeError(
+            f"fit(data=...): expected a mobilenets.data.Dataset or a --data spec string, "
+            f"got {type(data).__name__}"
+        )
+    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
+        if v is None and name == "batch_size":
+            continue
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"fit({name}=...): expected an integer >= 1, got {v!r}")
+        if v < 1:
+            raise ValueError(f"fit({name}=...): expected an integer >= 1, got {v}")

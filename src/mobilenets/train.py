@@ -33,7 +33,6 @@ import dataclasses
 import os
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -58,16 +57,19 @@ from .engine import (  # noqa: F401 - re-exported: the recipes and optimizer liv
     check_finite_epoch,
     cross_entropy,
     device_batches,
+    epoch_batches,
+    epoch_row,
     evaluate_split,
     make_train_step,
     recalibrate_bn,
     run_data,
+    run_state,
     train_one_epoch,
+    wrap_model,
 )
-from .env import hardware, versions
 from .errors import MobilenetsError, UsageError
-from .runfolder import STATE_KEYS, RunFolder, rng_state, set_rng_state  # noqa: F401
-from .runplan import RunPlan, TrainArgs, check_args, derive_seed, option_error, resolve_run  # noqa: F401
+from .runfolder import STATE_KEYS, RunFolder, rng_state, run_summary, runtime_record  # noqa: F401
+from .runplan import RunPlan, TrainArgs, check_args, check_fit_types, option_error, resolve_run  # noqa: F401
 
 KILL_AT_STEP = "MOBILENETS_KILL_AT_STEP"  # tests: SIGKILL the run after that optimizer step
 DEBUG_SHARDS = "MOBILENETS_DEBUG_SHARDS"  # tests: each rank records its samples and writes
@@ -79,57 +81,13 @@ HOOKS = TrainHooks()  # what a Trainer given no hooks uses; tests install theirs
 
 
 def hooks_from_env() -> TrainHooks | None:
-    """The test hooks that ``MOBILENETS_KILL_AT_STEP`` / ``MOBILENETS_DEBUG_SHARDS`` ask for
-    (read once, at startup, by the ``train`` command), or None when neither is set."""
-    import json
-    import signal
-
-    kill_at, folder = int(os.environ.get(KILL_AT_STEP) or 0), os.environ.get(DEBUG_SHARDS)
-    if not kill_at and not folder:
-        return None
-    hooks = TrainHooks()
-    if kill_at:
-        hooks.on_step = lambda step: step == kill_at and os.kill(os.getpid(), signal.SIGKILL)
-    if folder:
-
-        def shard(rank: int, epoch: int, batches: list[torch.Tensor]) -> None:
-            Path(folder).mkdir(parents=True, exist_ok=True)
-            idx = json.dumps(torch.cat(batches).tolist())
-            (Path(folder) / f"rank{rank}-epoch{epoch}.json").write_text(idx)
-
-        def event(rank: int, text: str) -> None:
-            with open(Path(folder) / f"rank{rank}.log", "a") as f:
-                f.write(text + "\n")
-
-        hooks.on_shard, hooks.on_event = shard, event
-    return hooks
+    """The hooks ``MOBILENETS_KILL_AT_STEP`` / ``MOBILENETS_DEBUG_SHARDS`` ask for (None: neither)."""
+    return TrainHooks.from_env(KILL_AT_STEP, DEBUG_SHARDS)
 
 
 def make_criterion(label_smoothing: float):
     """The training loss: cross-entropy with label smoothing."""
     return cross_entropy(label_smoothing)
-
-
-def _check_fit_types(config: Any, data: Any, epochs: Any, batch_size: Any) -> None:
-    from .data import Dataset
-
-    if not isinstance(config, (ModelConfig, str)):
-        raise TypeError(
-            f"fit(config=...): expected a ModelConfig or a model name, got {type(config).__name__}"
-            + (" (pass its .config, or a name)" if isinstance(config, nn.Module) else "")
-        )
-    if not isinstance(data, (Dataset, str)):
-        raise TypeError(
-            f"fit(data=...): expected a mobilenets.data.Dataset or a --data spec string, "
-            f"got {type(data).__name__}"
-        )
-    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
-        if v is None and name == "batch_size":
-            continue
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"fit({name}=...): expected an integer >= 1, got {v!r}")
-        if v < 1:
-            raise ValueError(f"fit({name}=...): expected an integer >= 1, got {v}")
 
 
 def fit(
@@ -163,7 +121,7 @@ def fit(
         TypeError, ValueError: ``config``, ``data``, ``epochs`` or ``batch_size`` of the wrong
             kind, naming the argument; UsageError: a bad option value, naming its flag.
     """
-    _check_fit_types(config, data, epochs, batch_size)
+    check_fit_types(config, data, epochs, batch_size)
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"name", "schema_version"}
     model_options = {k: options.pop(k) for k in list(options) if k in model_fields}
     unknown = sorted(
@@ -242,7 +200,8 @@ class Trainer:
         torch.manual_seed(a.seed)
         kw = {k: v for k, v in self.plan.cfg.to_dict().items() if k != "schema_version"}
         model = create_model(kw.pop("name"), pretrained=a.pretrained, **kw)
-        run = self._run_state(model)
+        crit = make_criterion(self.plan.recipe.label_smoothing)  # a seam for tests
+        run = run_state(model, self.plan, self.device, crit, a.compile)
         state = self.folder.open(self.plan.record, a.epochs, a.resume)
         progress = Progress()
         if state is not None:
@@ -250,10 +209,13 @@ class Trainer:
             if done is not None:
                 self._log(f"{self.folder.out} is complete ({a.epochs} epochs); nothing to do")
                 return done
-            progress = self._restore(run, state)
+            plan = self.plan
+            self.folder.check_state(state, plan.cfg.to_dict(), plan.batch, plan.n_train)
+            progress, self.elapsed_before = self.folder.restore(run, state)
         self._prepare_folder(state, progress)
         data = run_data(self.plan, ds, self._prep(1.0), self._prep(ds.crop_pct), self.device)
-        self._wrap(run)
+        backend = os.environ.get(COMPILE_BACKEND, "inductor") if a.compile else None
+        wrap_model(run, a.sync_bn, self.world, backend)
         self._log_start()
         for epoch in range(progress.start_epoch + 1, a.epochs + 1):
             self._epoch(run, data, progress, epoch)
@@ -265,87 +227,14 @@ class Trainer:
         cfg, (mean, std) = self.plan.cfg, self.stats
         return Preprocess(cfg.resolution, cfg.in_chans, mean, std, crop_pct)
 
-    def _run_state(self, model: nn.Module) -> RunState:
-        plan, dev = self.plan, self.device
-        # channels-last on the CPU too: oneDNN's kernels train V1 alpha 0.25 at 28 px in
-        # 3.0-3.2 instead of 4.0-4.8 ms of CPU time per image (batch 128, one thread)
-        model.to(dev).to(memory_format=torch.channels_last)
-        recipe = plan.recipe
-        ema = None
-        if recipe.ema_decay is not None:
-            ema = ModelEma(model, recipe.ema_decay, recipe.ema_every)
-        tensor_lr = self.args.compile and recipe.optimizer == "sgd"
-        return RunState(
-            model=model,
-            net=model,
-            optimizer=build_optimizer(model, recipe, plan.lr, tensor_lr=tensor_lr),
-            criterion=make_criterion(recipe.label_smoothing),
-            recipe=recipe,
-            peak_lr=plan.lr,
-            steps_per_epoch=plan.steps,
-            total_steps=plan.steps * self.args.epochs,
-            device=dev,
-            ema=ema,
-            amp=dev.type == "cuda",
-            world=self.world,
-            # On CPU every step is checked for a non-finite loss; on CUDA that would stall the
-            # GPU, so the first bad step is kept on the device and read every 50 steps.
-            check_every=1 if dev.type == "cpu" else 50,
-        )
-
-    def _restore(self, run: RunState, state: dict[str, Any]) -> Progress:
-        """Load a verified training state into ``run``; the progress it had reached."""
-        plan = self.plan
-        self.folder.check_state(state, plan.cfg.to_dict(), plan.batch, plan.n_train)
-        run.model.load_state_dict(state["model"])
-        run.optimizer.load_state_dict(state["optimizer"])
-        run.step = int(state["scheduler"].get("last_epoch", 0))  # optimizer steps taken
-        if run.ema is not None and state.get("ema") is not None:
-            run.ema.load_state_dict(state["ema"])
-        set_rng_state(state["rng"])
-        self.elapsed_before = float(state.get("elapsed_s", 0.0))
-        p = Progress(int(state["epoch"]), float(state["best_val_top1"]), int(state["best_epoch"]))
-        p.best_saved = float(state.get("best_saved", p.best))
-        self._log(f"resuming {self.folder.out} after epoch {p.start_epoch}")
-        return p
-
     def _prepare_folder(self, state: dict[str, Any] | None, p: Progress) -> None:
         """Record the run (and this process's runtime options); keep the resumed epochs' rows."""
         a = self.args
-        runtime = {
-            "time": time.time(),
-            "command": a.command,
-            "device": self.device.type,
-            "world_size": self.world,
-            "workers": a.workers,
-            "compile": a.compile,
-            "sync_bn": a.sync_bn,
-            "versions": versions(),
-        }
+        runtime = runtime_record(a, self.device.type, self.world)
         resumed = p.start_epoch if state is not None else None
         p.history = self.folder.prepare(self.plan.record, a.epochs, runtime, resumed)
         p.train_s = sum(h.get("train_s", 0.0) for h in p.history)
         p.train_images = sum(h.get("train_images", 0) for h in p.history)
-
-    def _wrap(self, run: RunState) -> None:
-        """Sync-BN, DDP and --compile around the model."""
-        a, dev = self.args, self.device
-        net: nn.Module = run.model
-        if a.sync_bn:
-            if dev.type != "cuda":
-                raise UsageError(
-                    "--sync-bn needs CUDA (PyTorch's SyncBatchNorm does not run on CPU)"
-                )
-            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-        if self.world > 1:
-            net = nn.parallel.DistributedDataParallel(
-                net, device_ids=[dev.index] if dev.type == "cuda" else None
-            )
-        run.net = net
-        run.train_step = make_train_step(run)
-        if a.compile:  # the whole step: forward, loss, backward and the optimizer update
-            backend = os.environ.get(COMPILE_BACKEND, "inductor")
-            run.train_step = torch.compile(run.train_step, backend=backend)
 
     def _log_start(self) -> None:
         plan, cfg, b = self.plan, self.plan.cfg, self.plan.batch
@@ -358,36 +247,11 @@ class Trainer:
         if plan.length_why:
             self._log(f"run length: {plan.length_why}")
 
-    def _epoch_batches(self, run: RunState, data: RunData, epoch: int):
-        """This rank's augmented batches of ``epoch`` (a function of seed, epoch and rank)."""
-        from .data import train_batches
-
-        seed, dev, B, r = self.args.seed, self.device, self.plan.batch, self.rank
-        b, steps = B // self.world, run.steps_per_epoch
-        torch.manual_seed(derive_seed(seed, epoch, r))  # dropout: a function of the epoch
-        gen = torch.Generator().manual_seed(derive_seed(seed, epoch))
-        perm = torch.randperm(self.plan.n_train, generator=gen)
-        if data.train_images is None:  # image files: a DataLoader decodes and augments
-            batches = [perm[s * B + r * b : s * B + (r + 1) * b] for s in range(steps)]
-            self._shard(epoch, batches)
-            gen = torch.Generator().manual_seed(derive_seed(seed, epoch, r, 1))
-            prep, workers = self._prep(self.ds.crop_pct), self.args.workers
-            return train_batches(
-                self.ds, data.train, batches, prep, gen, dev, None, workers, data.bad
-            )
-        perm = perm[: steps * B].view(steps, self.world, b)[:, r].to(dev)
-        self._shard(epoch, list(perm))
-        gen = torch.Generator(device=dev).manual_seed(derive_seed(seed, epoch, r, 1))
-        erasing = self.plan.recipe.random_erasing
-        return device_batches(data.train_images, list(perm), gen, erasing, self.plan.augment)
-
-    def _shard(self, epoch: int, batches: list[torch.Tensor]) -> None:
-        if self.hooks.on_shard is not None:
-            self.hooks.on_shard(self.rank, epoch, batches)
-
     def _epoch(self, run: RunState, data: RunData, p: Progress, epoch: int) -> None:
         a, plan = self.args, self.plan
-        batches = self._epoch_batches(run, data, epoch)
+        prep = self._prep(self.ds.crop_pct)
+        shard = self.hooks.on_shard and (lambda e, b: self.hooks.on_shard(self.rank, e, b))
+        batches = epoch_batches(plan, self.ds, data, run, self.rank, epoch, prep, shard)
         bar = self._bar(epoch, run.steps_per_epoch)
         stats = train_one_epoch(run, batches, epoch, self._check_finite, self._on_step(bar, run))
         if bar is not None:
@@ -413,14 +277,16 @@ class Trainer:
             )
         if sel["top1"] > p.best:
             p.best, p.best_epoch = sel["top1"], epoch
-        p.last_row = row = self._row(epoch, stats, sel, data.bad)
+        elapsed = self.elapsed_before + time.time() - self.t0
+        p.last_row = row = epoch_row(epoch, stats, sel, plan.sel_name, data.bad, elapsed)
         if self.main:
             p.history.append(row)
             if epoch % a.save_every == 0 or epoch == a.epochs:
                 # best.ckpt: the best of the saved epochs (all of them without --save-every)
                 improved = sel["top1"] > p.best_saved
                 p.best_saved = max(p.best_saved, sel["top1"])
-                self._save(epoch, run, p, improved)
+                prep = self._prep(self.ds.crop_pct)
+                self.folder.save_training(epoch, run, p, self.plan, self.ds, prep, improved)
         self._log(
             f"epoch {epoch}/{a.epochs}  train loss {row['train_loss']:.4f} top-1 "
             f"{100 * row['train_top1']:.2f}%  {plan.sel_name} loss {row['val_loss']:.4f} top-1 "
@@ -431,35 +297,8 @@ class Trainer:
     def _evaluate(self, model: nn.Module, split: EvalSet) -> dict[str, float]:
         cuda, n = self.device.type == "cuda", self.plan.cfg.num_classes
         return evaluate_split(
-            model,
-            split,
-            n,
-            self.device,
-            cuda,
-            self.rank,
-            self.world,
-            batch_size=1024 if cuda else 128,
-        )
-
-    def _row(self, epoch: int, stats: EpochStats, sel: dict[str, float], bad) -> dict[str, Any]:
-        row = {
-            "epoch": epoch,
-            "train_loss": stats.loss,
-            "train_top1": stats.top1,
-            "val_loss": sel["loss"],
-            "val_top1": sel["top1"],
-            "val_top5": sel["top5"],
-            "eval_set": self.plan.sel_name,
-            "lr": stats.lr,
-            "images_per_s": stats.images / max(stats.seconds, 1e-9),
-            "train_s": stats.seconds,
-            "train_images": stats.images,
-            "elapsed_s": self.elapsed_before + time.time() - self.t0,
-            "time": time.time(),
-        }
-        if len(bad):
-            row["skipped_images"] = len(bad)
-        return row
+            model, split, n, self.device, cuda, self.rank, self.world, batch_size=1024 if cuda else 128
+        )  # fmt: skip
 
     def _bar(self, epoch: int, steps: int):
         if not self.main or self.args.quiet or not sys.stderr.isatty():
@@ -495,40 +334,6 @@ class Trainer:
         if step >= 0:
             raise bad_step_error(epoch, step, self.plan.steps, self.folder.last_good())
 
-    def _save(self, epoch: int, run: RunState, p: Progress, improved: bool) -> None:
-        """The epoch's checkpoint (training state, EMA weights, metadata) through the folder."""
-        plan, row = self.plan, p.history[-1]
-        state = {
-            "epoch": epoch,
-            "model": run.model.state_dict(),
-            "optimizer": run.optimizer.state_dict(),
-            "scheduler": {"last_epoch": run.step},  # optimizer steps taken (LambdaLR's name)
-            "ema": run.ema.state_dict() if run.ema is not None else None,
-            "rng": rng_state(),
-            "best_val_top1": p.best,
-            "best_epoch": p.best_epoch,
-            "best_saved": p.best_saved,
-            "config": plan.cfg.to_dict(),
-            "global_batch": plan.batch,
-            "train_images": plan.n_train,
-            "elapsed_s": row["elapsed_s"],
-        }
-        meta = {
-            "epoch": epoch,
-            "data": self.ds.spec,
-            "data_dir": self.args.data_dir,
-            "val_split": self.args.val_split,
-            "split_seed": self.args.seed,
-            "recipe": plan.recipe.name,
-            "ema": run.ema is not None,
-            "metrics": {k: row[k] for k in ("val_top1", "val_top5", "val_loss", "eval_set")},
-        }
-        self.folder.save_epoch(
-            epoch, p.history, improved, model=run.model, class_names=self.ds.class_names,
-            meta=meta, training_state=state, preprocess=self._prep(self.ds.crop_pct),
-            state_dict=run.ema.module.state_dict() if run.ema is not None else None,
-        )  # fmt: skip
-
     def _end(self, run: RunState, data: RunData, p: Progress) -> dict[str, Any]:
         """Plots, the test figures of a run killed before its summary, then the summary."""
         if p.test is None:  # killed after the last checkpoint, before summary.json
@@ -541,7 +346,8 @@ class Trainer:
             self._log(
                 f"skipped {len(data.bad)} unreadable image(s), e.g. {sorted(data.bad.paths)[0]}"
             )
-        summary = self._summary(p, len(data.bad), data.sel.n, data.test.n)
+        wall = self.elapsed_before + time.time() - self.t0
+        summary = run_summary(self.plan, p, self.ds, data, self.device, wall)
         self.folder.write_summary(summary)
         test = p.test
         if test:
@@ -553,33 +359,3 @@ class Trainer:
         if self.world > 1:
             dist.barrier()
         return summary
-
-    def _summary(self, p: Progress, skipped: int, n_sel: int, n_test: int) -> dict[str, Any]:
-        plan, row, test, history = self.plan, p.last_row, p.test, p.history
-        last = history[-1] if history else {}
-        return {
-            "final_val_top1": row.get("val_top1", last.get("val_top1")),
-            "final_val_top5": row.get("val_top5", last.get("val_top5")),
-            "final_test_top1": test["top1"] if test else None,
-            "final_test_top5": test["top5"] if test else None,
-            "best_val_top1": p.best,
-            "best_epoch": p.best_epoch,
-            "eval_set": plan.sel_name,
-            "eval_images": {plan.sel_name: n_sel, "test": n_test},
-            "epochs": self.args.epochs,
-            "wall_s": self.elapsed_before + time.time() - self.t0,
-            "train_s": p.train_s,
-            "images_per_s": p.train_images / p.train_s if p.train_s else None,
-            "world_size": self.world,
-            "global_batch": plan.batch,
-            "lr": plan.lr,
-            "recipe": asdict(plan.recipe),
-            "data": self.ds.spec,
-            "small_input": {"value": plan.cfg.small_input, "why": plan.small_why},
-            "run_length": {"augment": plan.augment, "why": plan.length_why},
-            "skipped_images": skipped,
-            "hardware": hardware(self.device),
-            "versions": versions(),
-            "config": plan.cfg.to_dict(),
-            "command": self.args.command,
-        }
