@@ -147,26 +147,29 @@ class Cell:
     def done(self, out: str | Path) -> bool:
         return (self.folder(out) / "summary.json").exists()
 
-    def mismatch(self, training: Training, out: str | Path) -> str | None:
-        """What differs between this cell's finished run in ``out`` (its ``run.json``) and
-        ``training``; None when they agree or nothing was recorded yet."""
+    def mismatch(self, training: Training, out: str | Path, dataset: Any = None) -> str | None:
+        """What differs between this cell's finished run in ``out`` (its ``run.json``) and the
+        run this study would train: the epochs, then the whole run record
+        (:attr:`mobilenets.runplan.RunPlan.record`: model, data, recipe, lr, seed, batch,
+        splits); None when they agree or nothing was recorded yet. ``dataset``: the loaded
+        ``training.data`` (loaded here when not given)."""
+        from ..runplan import TrainArgs, resolve_run
+
         try:
             stored = json.loads((self.folder(out) / RECORD).read_text())
         except (OSError, ValueError):
             return None  # not started, or resume reports the damage
-        run = stored.get("defining", {}) if isinstance(stored, dict) else {}
-        pairs = {
-            "epochs": (stored.get("epochs"), training.epochs),
-            "seed": (run.get("seed"), self.seed),
-            "batch_size": (run.get("batch_size"), training.batch_size),
-            "max_train_samples": (run.get("max_train_samples"), training.max_train_samples),
-            "max_eval_samples": (run.get("max_eval_samples"), training.max_eval_samples),
-        }
-        if training.lr is not None:
-            pairs["lr"] = (run.get("lr"), training.lr)
-        for key, (old, new) in pairs.items():
-            if old != new:
-                return f"{key} {old} (this study: {new})"
+        stored = stored if isinstance(stored, dict) else {}
+        if stored.get("epochs") != training.epochs:  # first: the lr and EMA follow from it
+            return f"epochs {stored.get('epochs')} (this study: {training.epochs})"
+        kw, options = self.fit_kwargs(training, out), self.variant.options()
+        args = TrainArgs(**{k: v for k, v in kw.items() if k not in options}, model_options=options)
+        record = resolve_run(args, dataset or _load_dataset(training.data), world=1).record
+        old = stored.get("defining")
+        old = old if isinstance(old, dict) else {}
+        for key, new in record.items():
+            if old.get(key) != new:
+                return _differs(key, old.get(key), new)
         return None
 
 
@@ -333,3 +336,24 @@ def run_cell(cell: Cell, training: Training, out: str | Path, dataset: Any) -> d
     kw = cell.fit_kwargs(training, out)
     kw.pop("data")  # the spec: the plan's commands load it; here it is already loaded
     return fit(kw.pop("model"), dataset, kw.pop("out"), **kw)
+
+
+def _load_dataset(spec: str) -> Any:
+    """The dataset of ``spec``, loaded once per process (the cells of a study share it)."""
+    if spec not in _DATASETS:
+        from ..data import load_dataset
+
+        _DATASETS[spec] = load_dataset(spec)
+    return _DATASETS[spec]
+
+
+_DATASETS: dict[str, Any] = {}
+
+
+def _differs(key: str, old: Any, new: Any) -> str:
+    """``key old (this study: new)``, naming the first differing field of a dict value."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new)):
+            if old.get(k) != new.get(k):
+                return f"{key} {k} {old.get(k)} (this study: {new.get(k)})"
+    return f"{key} {old} (this study: {new})"
