@@ -199,8 +199,8 @@ def _split(ds, split: str, meta: dict[str, Any]):
 
 def _write_eval_files(out: Path, result: dict[str, Any]) -> list[str]:
     """confusion_matrix.json/.png and eval.json in ``out`` (JSON written atomically)."""
+    from .atomic import write_text as write_atomic
     from .plots import plot_confusion
-    from .runfolder import write_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     matrix = {"class_names": result["class_names"], "matrix": result["confusion"]}

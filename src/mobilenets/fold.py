@@ -11,7 +11,7 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["fold_bn"]
+__all__ = ["check_finite_weights", "fold_bn"]
 
 
 def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
@@ -69,3 +69,17 @@ def fold_bn(model: nn.Module) -> nn.Module:
         parent, _, attr = bn_name.rpartition(".")
         setattr(folded.get_submodule(parent) if parent else folded, attr, nn.Identity())
     return folded
+
+
+def check_finite_weights(model: nn.Module, what: str = "model") -> None:
+    """MobilenetsError naming the first parameter or buffer with a NaN or infinite value
+    (a diverged or damaged checkpoint), before anything is exported or generated from it."""
+    from .errors import MobilenetsError
+
+    for name, t in (*model.named_parameters(), *model.named_buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise MobilenetsError(
+                f"{what}: weight {name} has {bad} non-finite value(s) (NaN/inf); "
+                "refusing to export it (retrain or pick an earlier checkpoint)"
+            )

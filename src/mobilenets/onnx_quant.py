@@ -209,52 +209,18 @@ def _scheme_info(options: dict[str, Any], samples: int) -> dict[str, Any]:
     }
 
 
-def _dedupe_initializers(proto: Any) -> int:
-    """Make nodes share one copy of each set of identical small initializers (the quantizer
-    writes a scale and a zero point per tensor, most of them equal). Returns how many went."""
-    from onnx import numpy_helper
-
-    keep: dict[tuple, str] = {}
-    rename: dict[str, str] = {}
-    graph_io = {v.name for v in (*proto.graph.input, *proto.graph.output)}
-    for init in proto.graph.initializer:
-        if init.name in graph_io or np.prod(init.dims, dtype=np.int64) > 1024:
-            continue
-        arr = numpy_helper.to_array(init)
-        key = (init.data_type, tuple(init.dims), arr.tobytes())
-        if key in keep:
-            rename[init.name] = keep[key]
-        else:
-            keep[key] = init.name
-    if not rename:
-        return 0
-    for node in proto.graph.node:
-        for i, name in enumerate(node.input):
-            if name in rename:
-                node.input[i] = rename[name]
-    kept = [i for i in proto.graph.initializer if i.name not in rename]
-    del proto.graph.initializer[:]
-    proto.graph.initializer.extend(kept)
-    return len(rename)
-
-
-def _drop_unused_domains(proto: Any) -> None:
-    """Keep only the opset imports that some node (or local function) uses."""
-    used = {n.domain or "" for n in proto.graph.node}
-    used |= {f.domain for f in proto.functions}
-    for f in proto.functions:
-        used |= {n.domain or "" for n in f.node}
-    used.add("")
-    kept = [o for o in proto.opset_import if (o.domain or "") in used or o.domain == "ai.onnx"]
-    del proto.opset_import[:]
-    proto.opset_import.extend(kept)
-
-
 def shrink(proto: Any) -> None:
-    """Dedupe identical scale/zero-point initializers and drop unused opset domains, in place;
-    the graph computes exactly what it did."""
-    _dedupe_initializers(proto)
-    _drop_unused_domains(proto)
+    """Dedupe identical small initializers (the quantizer writes a scale and a zero point per
+    tensor, most of them equal) and drop unused opset imports, in place, with ``onnx_ir``'s
+    ``DeduplicateInitializersPass`` and ``RemoveUnusedOpsetsPass``; the graph computes exactly
+    what it did (tests/test_onnx_quant.py compares it with the former hand-written passes)."""
+    import onnx_ir as ir
+    from onnx_ir.passes.common import DeduplicateInitializersPass, RemoveUnusedOpsetsPass
+
+    model = ir.serde.deserialize_model(proto)
+    DeduplicateInitializersPass(size_limit=1024)(model)
+    RemoveUnusedOpsetsPass()(model)
+    proto.CopyFrom(ir.serde.serialize_model(model))
 
 
 def evaluate_sessions(

@@ -59,6 +59,11 @@ def _load(args: argparse.Namespace) -> tuple[nn.Module | Path, dict[str, Any]]:
         return model, {"preprocess": default_preprocess(model.config)}
     refuse_model_options(args, f"{args.model} (a saved model keeps its own configuration)")
     path = Path(args.model)
+    if path.suffix == ".tflite":
+        raise UsageError(
+            f"{path}: bench takes a model name, checkpoint folder or .onnx file; to time the "
+            ".tflite path, bench its checkpoint with --runtimes tflite-int8"
+        )
     if path.suffix == ".onnx":
         if not path.is_file():
             raise MobilenetsError(f"{path}: no such ONNX file")

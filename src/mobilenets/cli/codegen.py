@@ -75,6 +75,7 @@ def _load_qmodel(args: Any) -> tuple[QuantizedModel, np.ndarray | None]:
         return qm, None
     from ..checkpoint import load_checkpoint, read_info
     from ..data import calibration_inputs, test_batches
+    from ..fold import check_finite_weights
     from ..micro.export import quantize_input
     from ..micro.quantizer import quantize_int8
 
@@ -89,6 +90,7 @@ def _load_qmodel(args: Any) -> tuple[QuantizedModel, np.ndarray | None]:
     if name not in ("mobilenet_v1", "mobilenet_v2"):
         raise UsageError(f"MODEL {path}: {name} is not supported (MobileNets only)")
     ck = load_checkpoint(path)
+    check_finite_weights(ck.model, str(ck.path))
     calib = calibration_inputs(args.calib_data, ck.preprocess, args.calib_samples, args.data_dir)
     qm = quantize_int8(ck.model, calib)
     qm.class_names = list(ck.class_names)

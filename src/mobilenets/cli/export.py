@@ -10,11 +10,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import replace, temp_sibling
+from ..atomic import write_text as write_atomic
 from ..errors import UsageError
 from ..export import DEFAULT_OPSET, MIN_OPSET, _finite, export_onnx, ort_session, run_ort
+from ..fold import check_finite_weights
 from ..micro.export import _check_model, export_tflite
 from ..preprocess import Preprocess
-from ..runfolder import write_atomic
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--opset",
         type=int_at_least(MIN_OPSET),
-        default=DEFAULT_OPSET,
+        default=None,  # None: not given (refused with --format tflite); DEFAULT_OPSET for onnx
         help=f"ONNX opset, {MIN_OPSET}..the installed onnx's newest (default {DEFAULT_OPSET})",
     )
     p.add_argument(
@@ -96,14 +98,14 @@ def _add_calibration_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--activation-type",
         choices=ACTIVATION_TYPES,
-        default="uint8",
+        default=None,  # None: not given; uint8 for onnx
         help="uint8: fastest on x86 onnxruntime (default); int8: the LiteRT/TFLite-Micro scheme",
     )
     p.add_argument(
         "--weight-bits",
         type=int,
         choices=(7, 8),
-        default=7,
+        default=None,  # None: not given; 7 for onnx
         help="int8 weight range: 7 bits (default) is exact in onnxruntime on every x86 CPU; "
         "8 bits saturates on x86 CPUs without VNNI (use it for ARM/VNNI targets)",
     )
@@ -124,11 +126,10 @@ def run_export(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if args.format == "tflite":
-        from ..micro.export import run_export_tflite
-
         return run_export_tflite(args)
     _check_onnx_args(args, out)
     ck = load_checkpoint(args.checkpoint)
+    check_finite_weights(ck.model, str(ck.path))
     prep = ck.preprocess
     data = args.calib_data if args.calib_data and args.calib_data != "random" else None
 
@@ -141,7 +142,7 @@ def run_export(args: argparse.Namespace) -> int:
         out,
         class_names=ck.class_names,
         preprocess=prep,
-        opset=args.opset,
+        opset=DEFAULT_OPSET if args.opset is None else args.opset,
         verify_inputs=verify,
     )
     report: dict[str, Any] = {"checkpoint": str(ck.path), "architecture": ck.config.name, **res}
@@ -173,6 +174,8 @@ def _check_onnx_args(args: argparse.Namespace, out: Path) -> None:
         raise UsageError(f"--out: folder {out.parent} does not exist")
     if out.is_dir():
         raise UsageError(f"--out {out}: is a folder; name the .onnx file to write")
+    if out.suffix == ".tflite":
+        raise UsageError(f"--out {out}: --format onnx writes ONNX; name an .onnx file")
 
 
 def _export_int8_onnx(
@@ -194,9 +197,9 @@ def _export_int8_onnx(
         out,
         q_out,
         calib,
-        activation_type=args.activation_type,
+        activation_type=args.activation_type or "uint8",
         calib_method=args.calib_method or DEFAULT_CALIB_METHOD,
-        reduce_range=args.weight_bits == 7,
+        reduce_range=args.weight_bits != 8,
     )
     sessions["int8"] = ort_session(q_out)
     report.update(
@@ -228,51 +231,79 @@ def _report_accuracy(sessions: dict[str, Any], batches: Any, report: dict[str, A
 
 
 def run_export_tflite(args: Any) -> int:
-    """``mobilenets export CKPT --format tflite [--int8 --calib-data SPEC] --out FILE.tflite``."""
+    """``mobilenets export CKPT --format tflite [--int8 --calib-data SPEC] --out FILE.tflite``.
+
+    The file is written under a temporary name, verified, and moved into place together with
+    its FILE.json: an interrupted or failed export leaves neither."""
     from ..checkpoint import load_checkpoint
-    from ..data import calibration_inputs, test_batches
-    from ..export import _finite
-    from ..profiling import profile
+    from ..data import calibration_inputs
 
     out = Path(args.out)
     _check_tflite_args(args, out)
     ck = load_checkpoint(args.checkpoint)
-    cfg, prep = ck.config, ck.preprocess
     _check_model(ck.model)
-    spec = args.calib_data
-    data = spec if spec and spec != "random" else None
+    check_finite_weights(ck.model, str(ck.path))
     calib = None
     if args.int8:
-        calib = calibration_inputs(spec, prep, args.calib_samples, args.data_dir)
-    n_eval = args.eval_samples
-    if n_eval is None:
-        n_eval = None if profile(ck.model).macs <= 100e6 else 500
-    verify = eval_data = None
-    if data:
-        verify = next(test_batches(data, prep, args.verify_samples, args.data_dir))[0]
-        eval_data = test_batches(data, prep, n_eval, args.data_dir)
-    elif spec == "random":
-        verify = calib[: args.verify_samples] if calib is not None else None
-    report = export_tflite(
-        ck.model,
-        out,
-        int8=args.int8,
-        calib_data=calib,
-        preprocess=prep,
-        class_names=ck.class_names,
-        calib_method=args.calib_method,
-        verify_inputs=verify,
-        eval_data=eval_data,
-        metadata={"data": ck.meta.get("data")},
-    )
-    report = {"checkpoint": str(ck.path), "architecture": cfg.name, **report}
-    if calib is not None:
-        report["calib_samples"] = len(calib)
-    _print_summary(report)
+        calib = calibration_inputs(
+            args.calib_data, ck.preprocess, args.calib_samples, args.data_dir
+        )
+    verify, eval_data = _tflite_test_data(args, ck, calib)
+    tmp = temp_sibling(out, "export")
     report_path = out.with_name(out.name + ".json")
-    write_atomic(report_path, json.dumps(_finite(report), indent=2) + "\n")
+    json_tmp = temp_sibling(report_path, "export")
+    try:
+        report = export_tflite(
+            ck.model,
+            tmp,
+            int8=args.int8,
+            calib_data=calib,
+            preprocess=ck.preprocess,
+            class_names=ck.class_names,
+            calib_method=args.calib_method,
+            verify_inputs=verify,
+            eval_data=eval_data,
+            metadata={"data": ck.meta.get("data")},
+        )
+        report = {"checkpoint": str(ck.path), "architecture": ck.config.name, **report}
+        report["path"] = str(out)
+        if calib is not None:
+            report["calib_samples"] = len(calib)
+        json_tmp.write_text(json.dumps(_finite(report), indent=2) + "\n")
+        replace(tmp, out)
+        replace(json_tmp, report_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        json_tmp.unlink(missing_ok=True)
+    _print_summary(report)
     print(f"wrote {report_path}")
     return 0
+
+
+def _tflite_test_data(args: Any, ck: Any, calib: Any) -> tuple[Any, Any]:
+    """(verify inputs, eval batches) of a .tflite export: test images of --calib-data, or the
+    first calibration inputs for ``random``."""
+    from ..data import test_batches
+    from ..profiling import profile
+
+    spec, prep = args.calib_data, ck.preprocess
+    if spec and spec != "random":
+        n_eval = args.eval_samples
+        if n_eval is None:
+            n_eval = None if profile(ck.model).macs <= 100e6 else 500
+        verify = next(test_batches(spec, prep, args.verify_samples, args.data_dir))[0]
+        return verify, test_batches(spec, prep, n_eval, args.data_dir)
+    if spec == "random" and calib is not None:
+        return calib[: args.verify_samples], None
+    return None, None
+
+
+ONNX_ONLY = (
+    ("--opset", "opset"),
+    ("--activation-type", "activation_type"),
+    ("--weight-bits", "weight_bits"),
+    ("--int8-out", "int8_out"),
+)
 
 
 def _check_tflite_args(args: Any, out: Path) -> None:
@@ -286,6 +317,9 @@ def _check_tflite_args(args: Any, out: Path) -> None:
         raise UsageError(
             "--calib-method entropy is for --format onnx; tflite takes minmax, percentile or mse"
         )
+    given = [flag for flag, attr in ONNX_ONLY if getattr(args, attr) is not None]
+    if given:
+        raise UsageError(f"{', '.join(given)} apply to --format onnx only, not tflite")
     for flag, v, lo in (
         ("--calib-samples", args.calib_samples, 1),
         ("--verify-samples", args.verify_samples, 1),
@@ -295,6 +329,10 @@ def _check_tflite_args(args: Any, out: Path) -> None:
             raise UsageError(f"{flag} must be >= {lo}, got {v}")
     if not out.parent.is_dir():
         raise UsageError(f"--out: folder {out.parent} does not exist")
+    if out.is_dir():
+        raise UsageError(f"--out {out}: is a folder; name the .tflite file to write")
+    if out.suffix == ".onnx":
+        raise UsageError(f"--out {out}: --format tflite writes a .tflite file, not ONNX")
 
 
 def _print_summary(r: dict[str, Any]) -> None:

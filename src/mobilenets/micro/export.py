@@ -9,6 +9,7 @@ SOFTMAX has been seen to abort the process).
 from __future__ import annotations
 
 import dataclasses
+import os
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -87,9 +88,17 @@ NO_LITERT = "ai-edge-litert is not installed (pip install 'mobilenets[micro]')"
 
 
 def _check_model(model: nn.Module) -> Any:
+    from ..fold import check_finite_weights
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"export_tflite: model must be a mobilenets torch.nn.Module (create_model or "
+            f"load_checkpoint(...).model), got {type(model).__name__}"
+        )
     cfg = getattr(model, "config", None)
     if cfg is None:
         raise UsageError("export_tflite needs a mobilenets model (with a .config)")
+    check_finite_weights(model)
     if cfg.name == "vgg16" and cfg.resolution != 224:
         raise UsageError(
             f"vgg16 exports to .tflite only at 224 px (where its adaptive average pool is an "
@@ -130,34 +139,80 @@ def export_tflite(
         The report: path, bytes, ops, padding, tflm_* figures, max_abs_diff_lsb, accuracies...
     """
     from ..artifact import ArtifactMeta
+    from ..atomic import replace, temp_sibling
     from .quantizer import DEFAULT_METHOD
     from .tflite import write_tflite
 
+    path = _check_path(path)
     cfg = _check_model(model)
     art = ArtifactMeta.create(cfg, class_names, preprocess)
-    prep, names = art.preprocess, list(art.class_names)
     method = calib_method or DEFAULT_METHOD
-    graph = _graph(model, calib_data, method) if int8 else _graph(model)
-    graph.class_names, graph.preprocess = names, prep.to_dict()
+    graph = _graph(model, _check_calib(calib_data), method) if int8 else _graph(model)
+    graph.class_names, graph.preprocess = list(art.class_names), art.preprocess.to_dict()
     quant = {"scheme": SCHEME, "calib_method": method} if int8 else None
-    path = write_tflite(graph, path, {**(metadata or {}), "quantization": quant})
-    report: dict[str, Any] = {
-        "path": str(path),
-        "format": "tflite-int8" if int8 else "tflite-fp32",
-        "bytes": path.stat().st_size,
-        "ops": {TFLITE_NAMES[k]: v for k, v in graph.op_counts().items()},
-        "padding": cfg.padding,
-    }
-    if int8:
-        report["calib_method"] = method
-    x = verify_inputs if verify_inputs is not None else _seeded_inputs(cfg, 20)
-    report["verify_samples"] = len(x)
-    report.update(_verify_int8(path, graph, x) if int8 else _verify_fp32(model, path, x))
-    if int8 and arena:
-        report.update(_arena_report(path, graph))
-    if eval_data is not None:
-        report.update(_accuracy(model, graph if int8 else None, eval_data))
+    tmp = temp_sibling(path, "unverified")  # moved to ``path`` only once verified
+    try:
+        write_tflite(graph, tmp, {**(metadata or {}), "quantization": quant})
+        report: dict[str, Any] = {
+            "path": str(path),
+            "format": "tflite-int8" if int8 else "tflite-fp32",
+            "bytes": tmp.stat().st_size,
+            "ops": {TFLITE_NAMES[k]: v for k, v in graph.op_counts().items()},
+            "padding": cfg.padding,
+        }
+        if int8:
+            report["calib_method"] = method
+        x = verify_inputs if verify_inputs is not None else _seeded_inputs(cfg, 20)
+        report["verify_samples"] = len(x)
+        report.update(_verify_int8(tmp, graph, x) if int8 else _verify_fp32(model, tmp, x))
+        if int8 and arena:
+            report.update(_arena_report(tmp, graph))
+        if eval_data is not None:
+            report.update(_accuracy(model, graph if int8 else None, eval_data))
+        replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return report
+
+
+def _check_path(path: Any) -> Path:
+    """``path`` as a Path: TypeError unless it is a str or os.PathLike, UsageError for a
+    folder (the .tflite file is written next to nothing else)."""
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
+        raise TypeError(
+            "export_tflite: path must be a str or os.PathLike naming the .tflite file to "
+            f"write, got {type(path).__name__}"
+        )
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path}: is a folder; name the .tflite file to write")
+    if not path.parent.is_dir():
+        raise UsageError(f"{path}: folder {path.parent} does not exist")
+    return path
+
+
+def _check_calib(calib_data: Any) -> Any:
+    """``calib_data`` with at least one image: ValueError naming it when it has none (a list
+    or other iterable of batches is materialised to count them)."""
+    if calib_data is None:
+        return None
+    if isinstance(calib_data, (torch.Tensor, np.ndarray)):
+        batches = [calib_data]
+    elif isinstance(calib_data, Iterable) and not isinstance(calib_data, (str, bytes)):
+        batches = list(calib_data)
+        calib_data = batches
+    else:
+        raise TypeError(
+            "export_tflite: calib_data must be a float tensor/array (N, C, H, W) or an iterable "
+            f"of them, got {type(calib_data).__name__}"
+        )
+    n = sum(len(b) if getattr(b, "ndim", 0) == 4 else 1 for b in batches)
+    if n == 0:
+        raise ValueError(
+            "export_tflite: calib_data has 0 images; an int8 export needs normalized float "
+            "inputs (N, C, H, W) with N >= 1 (a few hundred training images)"
+        )
+    return calib_data
 
 
 def _seeded_inputs(cfg: Any, n: int) -> torch.Tensor:

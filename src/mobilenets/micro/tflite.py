@@ -371,6 +371,8 @@ def _metadata(model, path) -> dict[str, Any]:
             continue  # someone else's metadata (e.g. min_runtime_version)
     if "mobilenets" not in meta or "config" not in meta:
         raise MobilenetsError(f"{path}: not a mobilenets .tflite (no mobilenets metadata)")
+    if meta.get("preprocess") == {}:  # what the writer stores for a graph without one
+        meta["preprocess"] = None
     art = ArtifactMeta.parse(meta, str(path))  # the checks of checkpoints and ONNX files
     io = _io_shapes(model)
     if io is not None:
