@@ -108,7 +108,10 @@ def test_host_bit_exact_on_fashion_mnist(trained, tmp_path, streaming):
     assert len(np.unique(ref)) > 20  # real, varied logits
     acc = float((ref.argmax(1) == y.numpy()).mean())
     assert acc > 0.5, acc  # a trained model, not noise
-    assert rep["arena_bytes"] < rep["layer_by_layer_bytes"]
+    if streaming:
+        assert rep["arena_bytes"] < rep["layer_by_layer_bytes"]
+    else:  # the figure is the layer-by-layer arena itself
+        assert rep["arena_bytes"] == rep["layer_by_layer_bytes"]
     if streaming:  # the peer runtime: TFLite Micro's interpreter on the same graph
         if not have_tflm():
             pytest.skip("tflite-micro not installed (pip install '.[micro]')")

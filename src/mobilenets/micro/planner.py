@@ -630,8 +630,8 @@ def _peak(plan: Plan) -> None:
 
 
 def naive_peak_bytes(qm: QuantizedModel) -> int:
-    """The tensors-only peak: each op's whole inputs plus its whole output (no scratch, no
-    placement), a lower bound of the layer-by-layer arena, not an arena."""
+    """The tensors-only peak: each op's whole inputs plus its whole output, nothing overlapped
+    and no scratch. Not an arena (``Plan.layer_by_layer_bytes`` is the layer-by-layer one)."""
     peak = 0
     for op in qm.ops:
         if op.kind == "reshape":
