@@ -10,13 +10,15 @@ from typing import Any
 from .errors import UsageError
 
 # 2: ``padding`` ("symmetric" or "same"); version-1 configs load as symmetric.
-SCHEMA_VERSION = 2
+# 3: ``minimal`` (MobileNetV3's minimalistic variants); older configs load with minimal=False.
+SCHEMA_VERSION = 3
 
 # The largest input side any model file may declare: 4096 px (a 3-channel float input is then
 # 200 MB); a damaged file asking for 100000 px is refused before anything is allocated.
 MAX_RESOLUTION = 4096
 
-MOBILENETS = ("mobilenet_v1", "mobilenet_v2")
+MOBILENET_V3 = ("mobilenet_v3_large", "mobilenet_v3_small")
+MOBILENETS = ("mobilenet_v1", "mobilenet_v2", *MOBILENET_V3)
 BASELINES = ("resnet50", "vgg16")
 MODEL_NAMES = MOBILENETS + BASELINES
 
@@ -29,15 +31,20 @@ _CHOICES = {
 }
 # The widest width multiplier alpha accepted: beyond it layers have thousands of channels.
 MAX_WIDTH_MULT = 4.0
+# The one per-family option schema: the models each option applies to. Config validation, the
+# command-line flags (a flag given for a model it does not apply to is refused) and weight import
+# (the options a source network was trained with) all read it. Options not listed apply to all.
+APPLIES_TO: dict[str, tuple[str, ...]] = {
+    "width_mult": MOBILENETS,
+    "activation": ("mobilenet_v1", "mobilenet_v2"),  # V3 fixes ReLU / hard-swish per block
+    "conv_type": ("mobilenet_v1",),
+    "bottleneck_activation": ("mobilenet_v2",),
+    "shortcut": ("mobilenet_v2",),
+    "padding": MOBILENETS,
+    "minimal": MOBILENET_V3,
+}
 # ModelConfig fields that only MobileNets have (baselines refuse them).
-MOBILENET_ONLY = (
-    "width_mult",
-    "activation",
-    "conv_type",
-    "bottleneck_activation",
-    "shortcut",
-    "padding",
-)
+MOBILENET_ONLY = tuple(APPLIES_TO)
 
 
 def model_flag(option: str) -> str:
@@ -52,7 +59,9 @@ class ModelConfig:
     ``activation`` defaults to ReLU6, as in the official TensorFlow MobileNets and timm
     (the V1 paper's text says ReLU; ReLU6 bounds activations, which helps int8).
     ``bn_eps`` defaults to PyTorch's 1e-5 so that torchvision/timm weights reproduce their logits.
-    ``conv_type`` applies to V1 only; ``bottleneck_activation`` and ``shortcut`` to V2 only.
+    ``conv_type`` applies to V1 only; ``bottleneck_activation`` and ``shortcut`` to V2 only;
+    ``activation`` to V1 and V2 (V3 fixes ReLU or hard-swish per block); ``minimal`` to V3 only
+    (Keras's ``minimalistic``: ReLU, 3x3 kernels and no squeeze-excite everywhere).
     ``padding``: ``symmetric`` (PyTorch's k//2 on every side; torchvision/timm weights) or
     ``same`` (TensorFlow SAME: stride-2 convs pad less on the top/left, as timm's ``tf_``
     models), which exports to ``.tflite`` without PAD ops. MobileNets only.
@@ -72,6 +81,7 @@ class ModelConfig:
     bottleneck_activation: str = "linear"
     shortcut: str = "bottleneck"
     padding: str = "symmetric"
+    minimal: bool = False
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -124,8 +134,6 @@ def validate(cfg: ModelConfig) -> None:
         raise UsageError(f"width_mult must be a number, got {cfg.width_mult!r}")
     if not cfg.width_mult > 0:
         raise UsageError(f"width_mult must be > 0, got {cfg.width_mult}")
-    if cfg.name in BASELINES and cfg.width_mult != 1.0:
-        raise UsageError(f"{cfg.name} has no width multiplier; width_mult must be 1.0")
     if isinstance(cfg.resolution, bool) or not isinstance(cfg.resolution, int):
         raise UsageError(f"resolution must be an integer, got {cfg.resolution!r}")
     lo = min_resolution(cfg.small_input)
@@ -147,11 +155,19 @@ def validate(cfg: ModelConfig) -> None:
             raise UsageError(
                 f"{field} must be one of {', '.join(choices)}, got {getattr(cfg, field)!r}"
             )
+    if not isinstance(cfg.minimal, bool):
+        raise UsageError(f"minimal must be true or false, got {cfg.minimal!r}")
+    check_applies(cfg)
+
+
+def check_applies(cfg: ModelConfig) -> None:
+    """UsageError for an option set away from its default on a model it does not apply to
+    (``APPLIES_TO``); the width of a baseline has its own message."""
     defaults = ModelConfig.__dataclass_fields__
-    if cfg.name not in MOBILENETS and cfg.padding != "symmetric":
-        raise UsageError(f"option padding does not apply to {cfg.name} (MobileNets only)")
-    v1_only, v2_only = ("conv_type",), ("bottleneck_activation", "shortcut")
-    for field in v1_only + v2_only:
-        applies = cfg.name == ("mobilenet_v1" if field in v1_only else "mobilenet_v2")
-        if not applies and getattr(cfg, field) != defaults[field].default:
-            raise UsageError(f"option {field} does not apply to {cfg.name}")
+    for field, models in APPLIES_TO.items():
+        if cfg.name in models or getattr(cfg, field) == defaults[field].default:
+            continue
+        if field == "width_mult":
+            raise UsageError(f"{cfg.name} has no width multiplier; width_mult must be 1.0")
+        where = "MobileNets only" if models == MOBILENETS else ", ".join(models) + " only"
+        raise UsageError(f"option {field} does not apply to {cfg.name} ({where})")

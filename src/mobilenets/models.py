@@ -1,4 +1,5 @@
-"""MobileNet V1/V2 as data (the papers' tables) with one builder, plus torchvision baselines.
+"""MobileNet V1, V2 and V3 as data (the papers' tables) with one builder, plus torchvision
+baselines.
 
 Conv, BN and activation are separate submodules of :class:`ConvBNAct`, so BN folding,
 int8 quantization and C code generation see each of them.
@@ -6,7 +7,8 @@ int8 quantization and C code generation see each of them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,34 +18,90 @@ from torch import fx, nn
 
 from .config import BASELINES, ModelConfig
 
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a family's table, the same fields for every family (timm's
+    ``_efficientnet_builder`` block definitions, as data).
+
+    kind: ``ds`` (V1 depthwise separable) or ``ir`` (inverted residual: V2, V3).
+    out: output channels at alpha = 1. exp: expansion ratio t of the (rounded) input channels.
+    kernel: depthwise kernel. se: squeeze-excite width as a ratio of the expanded channels
+    (0: none). act: ``relu``/``hswish``, or None for the config's ``activation``.
+    repeat: blocks of this row (only the first has ``stride``).
+    """
+
+    kind: str
+    out: int
+    stride: int = 1
+    exp: float = 1.0
+    kernel: int = 3
+    se: float = 0.0
+    act: str | None = None
+    repeat: int = 1
+
+
 # Howard et al. 2017, Table 1: a 3x3 stride-2 conv with 32 filters, then 13 depthwise-separable
-# blocks as (pointwise output channels c, depthwise stride s). Table 1 prints the last stride
-# as 2; it is 1 (erratum, tensorflow/models#1997): only stride 1 fits the 7x7 average pool.
+# blocks (pointwise output channels, depthwise stride). Table 1 prints the last stride as 2; it
+# is 1 (erratum, tensorflow/models#1997): only stride 1 fits the 7x7 average pool.
 MOBILENET_V1_STEM = 32
-MOBILENET_V1_BLOCKS: list[tuple[int, int]] = [
-    (64, 1),
-    (128, 2),
-    (128, 1),
-    (256, 2),
-    (256, 1),
-    (512, 2),
-    *[(512, 1)] * 5,
-    (1024, 2),
-    (1024, 1),
-]
+MOBILENET_V1_ROWS: tuple[Row, ...] = (
+    Row("ds", 64, 1),
+    Row("ds", 128, 2),
+    Row("ds", 128, 1),
+    Row("ds", 256, 2),
+    Row("ds", 256, 1),
+    Row("ds", 512, 2),
+    Row("ds", 512, 1, repeat=5),
+    Row("ds", 1024, 2),
+    Row("ds", 1024, 1),
+)
 
 # Sandler et al. 2018, Table 2: rows of (t expansion, c output channels, n repeats, s stride).
 MOBILENET_V2_STEM = 32
-MOBILENET_V2_BLOCKS: list[tuple[int, int, int, int]] = [
-    (1, 16, 1, 1),
-    (6, 24, 2, 2),
-    (6, 32, 3, 2),
-    (6, 64, 4, 2),
-    (6, 96, 3, 1),
-    (6, 160, 3, 2),
-    (6, 320, 1, 1),
-]
+MOBILENET_V2_ROWS: tuple[Row, ...] = (
+    Row("ir", 16, 1, exp=1),
+    Row("ir", 24, 2, exp=6, repeat=2),
+    Row("ir", 32, 2, exp=6, repeat=3),
+    Row("ir", 64, 2, exp=6, repeat=4),
+    Row("ir", 96, 1, exp=6, repeat=3),
+    Row("ir", 160, 2, exp=6, repeat=3),
+    Row("ir", 320, 1, exp=6),
+)
 MOBILENET_V2_HEAD = 1280
+
+# Howard et al. 2019 ("Searching for MobileNetV3"), Table 1 (Large) and Table 2 (Small): a 3x3
+# stride-2 conv with 16 filters and hard-swish, then bneck rows (kernel, exp size, out, SE, NL,
+# stride), then a 1x1 conv to 6x the last width, a pool, and a 1x1 conv with bias (1280 / 1024).
+# The paper's "exp size" column is kept as the ratio to the input width, as TF-slim, Keras and
+# timm do (e.g. 200 / 80 = 2.5, 184 / 80 = 2.3), so alpha rounds the input first; torchvision
+# rounds exp size * alpha instead, and the two agree at alpha = 1 only.
+MOBILENET_V3_STEM = 16  # not scaled by alpha (Keras; timm's fix_stem below alpha 0.75)
+MOBILENET_V3_LARGE_ROWS: tuple[Row, ...] = (
+    Row("ir", 16, 1, exp=1, kernel=3, act="relu"),
+    Row("ir", 24, 2, exp=4, kernel=3, act="relu"),  # exp 64
+    Row("ir", 24, 1, exp=3, kernel=3, act="relu"),  # exp 72
+    Row("ir", 40, 2, exp=3, kernel=5, se=0.25, act="relu"),  # exp 72
+    Row("ir", 40, 1, exp=3, kernel=5, se=0.25, act="relu", repeat=2),  # exp 120
+    Row("ir", 80, 2, exp=6, kernel=3, act="hswish"),  # exp 240
+    Row("ir", 80, 1, exp=2.5, kernel=3, act="hswish"),  # exp 200
+    Row("ir", 80, 1, exp=2.3, kernel=3, act="hswish", repeat=2),  # exp 184
+    Row("ir", 112, 1, exp=6, kernel=3, se=0.25, act="hswish", repeat=2),  # exp 480, 672
+    Row("ir", 160, 2, exp=6, kernel=5, se=0.25, act="hswish"),  # exp 672
+    Row("ir", 160, 1, exp=6, kernel=5, se=0.25, act="hswish", repeat=2),  # exp 960
+)
+MOBILENET_V3_SMALL_ROWS: tuple[Row, ...] = (
+    Row("ir", 16, 2, exp=1, kernel=3, se=0.25, act="relu"),
+    Row("ir", 24, 2, exp=72 / 16, kernel=3, act="relu"),  # exp 72
+    Row("ir", 24, 1, exp=88 / 24, kernel=3, act="relu"),  # exp 88
+    Row("ir", 40, 2, exp=4, kernel=5, se=0.25, act="hswish"),  # exp 96
+    Row("ir", 40, 1, exp=6, kernel=5, se=0.25, act="hswish", repeat=2),  # exp 240
+    Row("ir", 48, 1, exp=3, kernel=5, se=0.25, act="hswish", repeat=2),  # exp 120, 144
+    Row("ir", 96, 2, exp=6, kernel=5, se=0.25, act="hswish"),  # exp 288
+    Row("ir", 96, 1, exp=6, kernel=5, se=0.25, act="hswish", repeat=2),  # exp 576
+)
+MOBILENET_V3_HEAD_EXPANSION = 6  # the last 1x1 conv: 6x the last block's width (960 / 576)
+MOBILENET_V3_PRE_LOGITS = {"mobilenet_v3_large": 1280, "mobilenet_v3_small": 1024}
 
 
 def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -69,7 +127,8 @@ class BlockSpec:
     """One block of the body, in timm's spirit: the same field names for every block type.
 
     kind: ``ds`` (V1 depthwise separable), ``conv`` (V1 full 3x3 conv, Table 4's Conv MobileNet)
-    or ``ir`` (V2 inverted residual with linear bottleneck).
+    or ``ir`` (V2/V3 inverted residual with linear bottleneck). ``se_chs``: squeeze-excite
+    width (0: none); ``act``: the block's activation (None: the config's).
     """
 
     kind: str
@@ -77,12 +136,15 @@ class BlockSpec:
     out_chs: int
     stride: int
     exp_chs: int = 0
+    kernel: int = 3
+    se_chs: int = 0
+    act: str | None = None
 
 
 def _act(name: str | None) -> nn.Module:
     if name is None or name == "linear":
         return nn.Identity()
-    return {"relu": nn.ReLU, "relu6": nn.ReLU6}[name](inplace=True)
+    return {"relu": nn.ReLU, "relu6": nn.ReLU6, "hswish": nn.Hardswish}[name](inplace=True)
 
 
 def pad_same(x: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
@@ -161,24 +223,43 @@ class FullConv(nn.Module):
         return self.conv(x)
 
 
+class SqueezeExcite(nn.Module):
+    """V3's squeeze-and-excite (Hu et al. 2018 with MobileNetV3's gates): global average pool
+    -> 1x1 conv (bias) -> ReLU -> 1x1 conv (bias) -> hard-sigmoid, scaling each channel."""
+
+    def __init__(self, chs: int, rd_chs: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.conv_reduce = nn.Conv2d(chs, rd_chs, 1, bias=True)
+        self.act = nn.ReLU(inplace=True)
+        self.conv_expand = nn.Conv2d(rd_chs, chs, 1, bias=True)
+        self.gate = nn.Hardsigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(self.conv_expand(self.act(self.conv_reduce(self.pool(x)))))
+
+
 class InvertedResidual(nn.Module):
-    """V2 block: 1x1 expand -> BN -> ReLU6 -> 3x3 depthwise -> BN -> ReLU6 -> 1x1 project -> BN.
+    """V2/V3 block: 1x1 expand -> BN -> act -> kxk depthwise -> BN -> act [-> squeeze-excite]
+    -> 1x1 project -> BN.
 
     There is no expand conv when t = 1. The projection is linear unless the Fig. 6a ablation
     asks for ReLU6. ``shortcut``: ``bottleneck`` (paper: joins the thin bottlenecks when
     stride is 1 and channels match), ``expansion`` (Fig. 6b ablation: the shortcut joins the
-    expanded tensors, around the stride-1 depthwise conv) or ``none``.
+    expanded tensors, around the stride-1 depthwise conv) or ``none``. A V3 block brings its
+    own kernel, activation and squeeze-excite width in ``spec``.
     """
 
     def __init__(
         self, spec: BlockSpec, act: str, project_act: str, shortcut: str, **bn: Any
     ) -> None:
         super().__init__()
-        hid = spec.exp_chs
+        hid, act = spec.exp_chs, spec.act or act
         self.expand = (
             ConvBNAct(spec.in_chs, hid, 1, 1, 1, act, **bn) if hid != spec.in_chs else None
         )
-        self.dw = ConvBNAct(hid, hid, 3, spec.stride, hid, act, **bn)
+        self.dw = ConvBNAct(hid, hid, spec.kernel, spec.stride, hid, act, **bn)
+        self.se = SqueezeExcite(hid, spec.se_chs) if spec.se_chs else None
         self.project = ConvBNAct(hid, spec.out_chs, 1, 1, 1, project_act, **bn)
         self.bottleneck_shortcut = (
             shortcut == "bottleneck" and spec.stride == 1 and spec.in_chs == spec.out_chs
@@ -188,6 +269,8 @@ class InvertedResidual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.expand(x) if self.expand is not None else x
         d = self.dw(h)
+        if self.se is not None:
+            d = self.se(d)
         if self.expansion_shortcut:
             d = d + h
         out = self.project(d)
@@ -197,7 +280,8 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNet(nn.Module):
-    """stem -> blocks -> head (V2's 1x1 conv) -> global average pool -> dropout -> classifier."""
+    """stem -> blocks -> head (V2/V3's 1x1 conv) -> global average pool -> [pre-logits: V3's
+    1x1 conv with bias and hard-swish, on the pooled vector] -> dropout -> classifier."""
 
     def __init__(
         self,
@@ -206,6 +290,7 @@ class MobileNet(nn.Module):
         blocks: Sequence[nn.Module],
         head: nn.Module | None,
         num_features: int,
+        pre_logits: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -214,6 +299,7 @@ class MobileNet(nn.Module):
         self.head = head if head is not None else nn.Identity()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
+        self.pre_logits = pre_logits
         self.dropout = nn.Dropout(config.drop_rate)
         self.classifier = nn.Linear(num_features, config.num_classes)
         self.num_features = num_features
@@ -224,6 +310,8 @@ class MobileNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.flatten(self.pool(self.forward_features(x)))
+        if self.pre_logits is not None:
+            x = self.pre_logits(x)
         return self.classifier(self.dropout(x))
 
 
@@ -232,6 +320,8 @@ def _init_weights(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:  # squeeze-excite's convs (torchvision's V3 initialisation)
+                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
@@ -240,41 +330,100 @@ def _init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def _divisible(c: float, alpha: float) -> int:
+    """V2/V3 width rule: every channel count ``c * alpha`` rounded by :func:`make_divisible`."""
+    return make_divisible(c * alpha)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A MobileNet family as data: its table, stem, head and channel rounding."""
+
+    rows: tuple[Row, ...]
+    stem: int
+    round: Callable[[float, float], int]  # (c, alpha) -> channels: V1's rule or make_divisible
+    scale_stem: bool = True
+    stem_act: str | None = None  # None: the config's activation
+    head: int | None = None  # the last 1x1 conv's channels (V2), kept when alpha < 1
+    head_expansion: int = 0  # or the last 1x1 conv as a multiple of the last width (V3)
+    pre_logits: int | None = None  # V3's 1x1 conv on the pooled vector, kept when alpha < 1
+
+
+FAMILIES: dict[str, Family] = {
+    "mobilenet_v1": Family(MOBILENET_V1_ROWS, MOBILENET_V1_STEM, v1_channels),
+    "mobilenet_v2": Family(
+        MOBILENET_V2_ROWS, MOBILENET_V2_STEM, _divisible, head=MOBILENET_V2_HEAD
+    ),
+    **{
+        name: Family(
+            rows,
+            MOBILENET_V3_STEM,
+            _divisible,
+            scale_stem=False,
+            stem_act="hswish",
+            head_expansion=MOBILENET_V3_HEAD_EXPANSION,
+            pre_logits=MOBILENET_V3_PRE_LOGITS[name],
+        )
+        for name, rows in (
+            ("mobilenet_v3_large", MOBILENET_V3_LARGE_ROWS),
+            ("mobilenet_v3_small", MOBILENET_V3_SMALL_ROWS),
+        )
+    },
+}
+
+
+def _row_spec(row: Row, cfg: ModelConfig, in_chs: int, out: int, stride: int) -> BlockSpec:
+    """The BlockSpec of one block of ``row`` (V3's minimal variant: ReLU, 3x3, no SE)."""
+    if row.kind == "ds":
+        return BlockSpec("ds" if cfg.conv_type == "separable" else "conv", in_chs, out, stride)
+    exp = in_chs if row.exp == 1 else make_divisible(in_chs * row.exp)
+    kernel, act = (3, "relu") if cfg.minimal and row.act else (row.kernel, row.act)
+    se = make_divisible(exp * row.se) if row.se and not cfg.minimal else 0
+    return BlockSpec("ir", in_chs, out, stride, exp, kernel, se, act)
+
+
 def block_specs(cfg: ModelConfig) -> tuple[int, list[BlockSpec], int | None]:
-    """Expand the paper's table for ``cfg`` into (stem channels, block specs, head channels)."""
-    a = cfg.width_mult
+    """Expand the family's table for ``cfg`` into (stem channels, block specs, head channels).
+
+    ``small_input`` makes the stem and the first stride-2 block stride 1 (total stride 8)."""
+    fam, a = FAMILIES[cfg.name], cfg.width_mult
+    stem = fam.round(fam.stem, a) if fam.scale_stem else fam.stem
     specs: list[BlockSpec] = []
-    if cfg.name == "mobilenet_v1":
-        stem = v1_channels(MOBILENET_V1_STEM, a)
-        in_chs, first_s2 = stem, True
-        for c, s in MOBILENET_V1_BLOCKS:
-            if cfg.small_input and s == 2 and first_s2:
-                s, first_s2 = 1, False
-            out = v1_channels(c, a)
-            kind = "ds" if cfg.conv_type == "separable" else "conv"
-            specs.append(BlockSpec(kind, in_chs, out, s))
+    in_chs, first_s2 = stem, cfg.small_input
+    for row in fam.rows:
+        out = fam.round(row.out, a)
+        for i in range(row.repeat):
+            stride = row.stride if i == 0 else 1
+            if first_s2 and stride == 2:
+                stride, first_s2 = 1, False
+            specs.append(_row_spec(row, cfg, in_chs, out, stride))
             in_chs = out
-        return stem, specs, None
-    stem = make_divisible(MOBILENET_V2_STEM * a)
-    in_chs = stem
-    for t, c, n, s in MOBILENET_V2_BLOCKS:
-        out = make_divisible(c * a)
-        for i in range(n):
-            stride = s if i == 0 else 1
-            if cfg.small_input and c == 24 and i == 0:
-                stride = 1
-            exp = in_chs if t == 1 else make_divisible(in_chs * t)
-            specs.append(BlockSpec("ir", in_chs, out, stride, exp))
-            in_chs = out
-    # The last 1x1 conv keeps 1280 channels when alpha < 1 (V2 paper, Sec. 5.1).
-    head = make_divisible(MOBILENET_V2_HEAD * a) if a > 1.0 else MOBILENET_V2_HEAD
+    head = None
+    if fam.head is not None:  # V2 keeps 1280 channels when alpha < 1 (V2 paper, Sec. 5.1)
+        head = make_divisible(fam.head * a) if a > 1.0 else fam.head
+    elif fam.head_expansion:
+        head = make_divisible(in_chs * fam.head_expansion)
     return stem, specs, head
 
 
+def _pre_logits(fam: Family, cfg: ModelConfig, chs: int) -> tuple[nn.Module | None, int]:
+    """V3's last 1x1 conv with bias on the pooled vector (as a Linear) and its activation;
+    its width is kept when alpha <= 1 (Keras, timm)."""
+    if fam.pre_logits is None:
+        return None, chs
+    width = (
+        make_divisible(fam.pre_logits * cfg.width_mult) if cfg.width_mult > 1 else fam.pre_logits
+    )
+    act = "relu" if cfg.minimal else "hswish"
+    return nn.Sequential(OrderedDict(fc=nn.Linear(chs, width), act=_act(act))), width
+
+
 def build_mobilenet(cfg: ModelConfig) -> MobileNet:
-    """The one builder: turn a config (and its paper table) into a :class:`MobileNet`."""
+    """The one builder: turn a config (and its family's table) into a :class:`MobileNet`."""
     bn = {"bn_eps": cfg.bn_eps, "bn_momentum": cfg.bn_momentum, "padding": cfg.padding}
-    act = cfg.activation
+    fam, act = FAMILIES[cfg.name], cfg.activation
+    if fam.stem_act is not None:  # V3: hard-swish outside the ReLU blocks, ReLU if minimal
+        act = "relu" if cfg.minimal else fam.stem_act
     stem_chs, specs, head_chs = block_specs(cfg)
     stem = ConvBNAct(cfg.in_chans, stem_chs, 3, 1 if cfg.small_input else 2, 1, act, **bn)
     blocks: list[nn.Module] = []
@@ -292,7 +441,8 @@ def build_mobilenet(cfg: ModelConfig) -> MobileNet:
     if head_chs is not None:
         head = ConvBNAct(last, head_chs, 1, 1, 1, act, **bn)
         last = head_chs
-    return MobileNet(cfg, stem, blocks, head, last)
+    pre_logits, last = _pre_logits(fam, cfg, last)
+    return MobileNet(cfg, stem, blocks, head, last, pre_logits)
 
 
 def build_baseline(cfg: ModelConfig) -> nn.Module:

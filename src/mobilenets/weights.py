@@ -10,6 +10,9 @@ layout                         saved from
 ``timm_mobilenetv1``           timm ``mobilenetv1_100``, ``mobilenetv1_125`` (any plain width)
 ``timm_mobilenetv2``           timm ``mobilenetv2_035/050/075/100/140`` (any plain width)
 ``torchvision_mobilenet_v2``   torchvision ``mobilenet_v2`` (any ``width_mult``)
+``timm_mobilenetv3``           timm ``mobilenetv3_large_075/100``, ``mobilenetv3_small_050/075/100``
+                               and the ``tf_`` ports (with ``padding="same"``, ``bn_eps=1e-3``)
+``torchvision_mobilenet_v3``   torchvision ``mobilenet_v3_large``/``_small`` (``bn_eps=1e-3``)
 ``torchvision_resnet50``       torchvision ``resnet50`` (the ``resnet50`` baseline)
 ``torchvision_vgg16``          torchvision ``vgg16`` (the ``vgg16`` baseline)
 =============================  ===============================================================
@@ -47,6 +50,7 @@ import torch
 from torch import nn
 
 from . import checkpoint
+from .config import APPLIES_TO, MOBILENETS
 from .errors import MobilenetsError
 
 # timm EfficientNet-style keys: conv_stem/bn1, blocks.{stage}.{index}.*, conv_head/bn2, classifier.
@@ -57,7 +61,7 @@ TIMM_TOP = {
     "bn2": "head.bn",
     "classifier": "classifier",
 }
-TIMM_BLOCK = re.compile(r"blocks\.(\d+)\.(\d+)\.(\w+)")
+TIMM_BLOCK = re.compile(r"blocks\.(\d+)\.(\d+)\.([\w.]+)")
 TIMM_V1_DS = {"conv_dw": "dw.conv", "bn1": "dw.bn", "conv_pw": "pw.conv", "bn2": "pw.bn"}
 # V2's first block (t = 1) is a timm DepthwiseSeparableConv; its pointwise conv is our projection.
 TIMM_V2_DS = {"conv_dw": "dw.conv", "bn1": "dw.bn", "conv_pw": "project.conv", "bn2": "project.bn"}
@@ -69,7 +73,19 @@ TIMM_V2_IR = {
     "conv_pwl": "project.conv",
     "bn3": "project.bn",
 }
+TIMM_SE = {"se.conv_reduce": "se.conv_reduce", "se.conv_expand": "se.conv_expand"}
+# V3's first block is a DepthwiseSeparableConv (Small's with squeeze-excite), the others
+# InvertedResiduals with squeeze-excite, the last stage one ConvBnAct: our head.
+TIMM_V3_DS = {**TIMM_V2_DS, **TIMM_SE}
+TIMM_V3_IR = {**TIMM_V2_IR, **TIMM_SE}
+TIMM_V3_CN = {"conv": "head.conv", "bn1": "head.bn"}
+# V3's conv_head is the 1x1 conv with bias on the pooled vector: our pre_logits.fc.
+TIMM_V3_TOP = {**TIMM_TOP, "conv_head": "pre_logits.fc"}
 TIMM_DEPTHS = {"timm_mobilenetv1": (1, 2, 2, 6, 2), "timm_mobilenetv2": (1, 2, 3, 4, 3, 3, 1)}
+TIMM_V3_FAMILY = {
+    (1, 2, 3, 4, 2, 3, 1): "mobilenet_v3_large",
+    (1, 2, 3, 2, 3, 1): "mobilenet_v3_small",
+}
 
 # torchvision MobileNetV2: features.0 stem, features.1..N-1 blocks, features.N head, classifier.1.
 TV_TOP = {"features.0.0": "stem.conv", "features.0.1": "stem.bn", "classifier.1": "classifier"}
@@ -89,6 +105,13 @@ TV_IR = {
     "conv.3": "project.bn",
 }
 TV_HEAD = {"0": "head.conv", "1": "head.bn"}
+# torchvision MobileNetV3: features.0 stem, features.i.block.j blocks (their conv layers in
+# order: [expand], depthwise, projection; squeeze-excite as fc1/fc2), the last feature the head,
+# classifier.0 the pre-logits Linear and classifier.3 the classifier.
+TV3_TOP = {**TV_TOP, "classifier.0": "pre_logits.fc", "classifier.3": "classifier"}
+TV3_BLOCK = re.compile(r"features\.(\d+)\.block\.(\d+)\.(.+)")
+TV3_SE = {"fc1": "se.conv_reduce", "fc2": "se.conv_expand"}
+TV3_FAMILY = {16: "mobilenet_v3_large", 12: "mobilenet_v3_small"}  # index of the head feature
 
 # Which model each layout fits, and the options its source network was trained with.
 FAMILY = {
@@ -96,6 +119,7 @@ FAMILY = {
     "timm_mobilenetv2": "mobilenet_v2",
     "torchvision_mobilenet_v2": "mobilenet_v2",
     "torchvision_resnet50": "resnet50",
+    # V3 layouts: the family follows from the stage depths / feature count (_v3_family)
     "torchvision_vgg16": "vgg16",
 }
 SOURCE_OPTIONS = {
@@ -105,15 +129,20 @@ SOURCE_OPTIONS = {
     "bottleneck_activation": "linear",
     "shortcut": "bottleneck",
 }
+# Where a layout's source network differs from SOURCE_OPTIONS (torchvision's V3 uses
+# BatchNorm2d(eps=0.001)); None: not known from the file (timm's V3 files of its own models use
+# eps 1e-5, its tf_ ports 1e-3 with SAME padding, under the same key names).
+LAYOUT_OPTIONS = {
+    "torchvision_mobilenet_v3": {"bn_eps": 1e-3},
+    "timm_mobilenetv3": {"bn_eps": None},
+}
 STEM = {
-    "mobilenet_v1": "stem.conv.weight",
-    "mobilenet_v2": "stem.conv.weight",
+    **{name: "stem.conv.weight" for name in MOBILENETS},
     "resnet50": "conv1.weight",
     "vgg16": "features.0.weight",
 }
 CLASSIFIER = {
-    "mobilenet_v1": "classifier",
-    "mobilenet_v2": "classifier",
+    **{name: "classifier" for name in MOBILENETS},
     "resnet50": "fc",
     "vgg16": "classifier.6",
 }
@@ -144,9 +173,7 @@ def load_pretrained(model: nn.Module, path: str | Path) -> dict[str, Any]:
     if saved_cfg is not None:
         family = saved_cfg.get("name")
     else:
-        family = FAMILY.get(layout) or (
-            "mobilenet_v2" if "head.conv.weight" in sd else "mobilenet_v1"
-        )
+        family = FAMILY.get(layout) or _v3_family(layout, sd) or _our_family(sd)
     if family != cfg.name:
         raise MobilenetsError(
             f"{path}: {layout} weights are for {family}, but the model is {cfg.name}"
@@ -203,10 +230,38 @@ def _unwrap(obj: Any, path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def _our_family(sd: dict[str, torch.Tensor]) -> str:
+    """The family of a bare mobilenets state dict, from its keys."""
+    if "pre_logits.fc.weight" in sd:
+        n_blocks = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+        return "mobilenet_v3_large" if n_blocks == 15 else "mobilenet_v3_small"
+    return "mobilenet_v2" if "head.conv.weight" in sd else "mobilenet_v1"
+
+
+def _v3_family(layout: str, sd: dict[str, torch.Tensor]) -> str | None:
+    """mobilenet_v3_large or _small for a V3 layout (stage depths / feature count), else None."""
+    if layout == "timm_mobilenetv3":
+        return TIMM_V3_FAMILY.get(_timm_depths(sd))
+    if layout == "torchvision_mobilenet_v3":
+        return TV3_FAMILY.get(max(int(m[1]) for k in sd if (m := TV_BLOCK.match(k))))
+    return None
+
+
 def _detect(sd: dict[str, torch.Tensor], path: str | Path) -> str:
     """The layout's name, from key names; unsupported timm variants are refused here."""
     if "stem.conv.weight" in sd:
         return "mobilenets"
+    if "conv_stem.weight" in sd and "conv_head.bias" in sd:  # V3: a head conv with bias
+        if _timm_depths(sd) not in TIMM_V3_FAMILY:
+            raise MobilenetsError(
+                f"{path}: timm_mobilenetv3 layout with stage depths {_timm_depths(sd)} (e.g. "
+                "mobilenetv3_rw or _150d) is not supported; only the paper's Large and Small"
+            )
+        return "timm_mobilenetv3"
+    if "features.1.block.0.0.weight" in sd:
+        if _v3_family("torchvision_mobilenet_v3", sd) is None:
+            raise MobilenetsError(f"{path}: torchvision MobileNetV3 layout of unknown depth")
+        return "torchvision_mobilenet_v3"
     if "conv_stem.weight" in sd:
         layout = "timm_mobilenetv2" if any(".conv_pwl." in k for k in sd) else "timm_mobilenetv1"
         depths = _timm_depths(sd)
@@ -235,7 +290,7 @@ def _detect(sd: dict[str, torch.Tensor], path: str | Path) -> str:
         return "torchvision_vgg16"
     raise MobilenetsError(
         f"{path}: unrecognised weights layout (first key {next(iter(sd), None)!r}); expected a "
-        "torchvision or timm MobileNet V1/V2, torchvision resnet50/vgg16 or mobilenets state dict"
+        "torchvision or timm MobileNet V1/V2/V3, torchvision resnet50/vgg16 or mobilenets state dict"
     )
 
 
@@ -248,8 +303,59 @@ def _timm_depths(sd: dict[str, torch.Tensor]) -> tuple[int, ...]:
     return tuple(depth[s] for s in sorted(depth))
 
 
+def _timm_v3_renamer(sd: dict[str, torch.Tensor]) -> Callable[[str], str | None]:
+    """timm V3: stages of blocks, the last stage (one ConvBnAct) our head."""
+    depths = _timm_depths(sd)
+    offsets = [sum(depths[:s]) for s in range(len(depths))]
+
+    def timm_v3(module: str) -> str | None:
+        b = TIMM_BLOCK.fullmatch(module)
+        if b is None:
+            return TIMM_V3_TOP.get(module)
+        stage, index, sub = int(b[1]), int(b[2]), b[3]
+        if stage == len(depths) - 1:
+            return TIMM_V3_CN.get(sub)
+        table = TIMM_V3_IR if f"blocks.{stage}.{index}.conv_pwl.weight" in sd else TIMM_V3_DS
+        return f"blocks.{offsets[stage] + index}.{table[sub]}" if sub in table else None
+
+    return timm_v3
+
+
+def _tv3_renamer(sd: dict[str, torch.Tensor]) -> Callable[[str], str | None]:
+    """torchvision V3: features.i.block.j; a block's conv layers in order are [expand,] dw,
+    project (its squeeze-excite is fc1/fc2), the last feature our head."""
+    last = max(int(m[1]) for k in sd if (m := TV_BLOCK.match(k)))
+
+    def convs(i: int) -> dict[str, str]:
+        js = sorted({int(m[2]) for k in sd if (m := TV3_BLOCK.match(k)) and int(m[1]) == i})
+        names = [j for j in js if f"features.{i}.block.{j}.0.weight" in sd]
+        roles = ["expand", "dw", "project"][3 - len(names) :]
+        return dict(zip([str(j) for j in names], roles, strict=True))
+
+    def tv3(module: str) -> str | None:
+        if module in TV3_TOP:
+            return TV3_TOP[module]
+        if (f := TV_BLOCK.fullmatch(module)) and int(f[1]) == last:
+            return TV_HEAD.get(f[2])
+        b = TV3_BLOCK.fullmatch(module)
+        if b is None:
+            return None
+        i, j, sub = int(b[1]), b[2], b[3]
+        if sub in TV3_SE:
+            return f"blocks.{i - 1}.{TV3_SE[sub]}"
+        role = convs(i).get(j)
+        kind = {"0": "conv", "1": "bn"}.get(sub)
+        return f"blocks.{i - 1}.{role}.{kind}" if role and kind else None
+
+    return tv3
+
+
 def _renamer(layout: str, sd: dict[str, torch.Tensor]) -> Callable[[str], str | None]:
     """A function from the file's module path to ours (None: no counterpart)."""
+    if layout == "timm_mobilenetv3":
+        return _timm_v3_renamer(sd)
+    if layout == "torchvision_mobilenet_v3":
+        return _tv3_renamer(sd)
     if layout.startswith("timm_"):
         depths = _timm_depths(sd)
         offsets = [sum(depths[:s]) for s in range(len(depths))]
@@ -304,9 +410,13 @@ def _check_options(cfg: Any, layout: str, saved: dict[str, Any] | None, path: st
     """Refuse model options that would change the source's logits; warn for small_input."""
     if layout == "mobilenets" and saved is None:
         return  # a bare state dict of ours does not say how it was built
-    want = saved if saved is not None else {"small_input": False, **SOURCE_OPTIONS}
+    want = saved
+    if want is None:
+        want = {"small_input": False, **SOURCE_OPTIONS, **LAYOUT_OPTIONS.get(layout, {})}
     for field in SOURCE_OPTIONS:
-        if field in want and getattr(cfg, field) != want[field]:
+        if cfg.name not in APPLIES_TO.get(field, (cfg.name,)):
+            continue  # e.g. activation: V3 fixes its own per block
+        if want.get(field) is not None and getattr(cfg, field) != want[field]:
             raise MobilenetsError(
                 f"{path}: {layout} weights need {field}={want[field]!r} (the model has "
                 f"{getattr(cfg, field)!r}); use create_model({cfg.name!r}, {field}={want[field]!r}, ...)"
@@ -352,6 +462,8 @@ def _load(
                 "values; weights must be floating point"
             )
         src = tuple(theirs.shape)
+        if theirs.dim() == 4 and ours.dim() == 2 and src[2:] == (1, 1):
+            theirs = theirs.flatten(1)  # a 1x1 conv's filters as a Linear's (timm's V3 head)
         in_chans_only = src[:1] + src[2:] == tuple(ours.shape[:1] + ours.shape[2:])
         if key == stem and src != ours.shape and in_chans_only:  # (out, in, k, k): in differs
             theirs = adapt_input_conv(theirs, ours.shape[1])

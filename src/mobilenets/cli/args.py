@@ -6,7 +6,13 @@ from __future__ import annotations
 import argparse
 import math
 
-from ..config import MAX_WIDTH_MULT, MOBILENET_ONLY, model_flag  # noqa: F401 - re-exported
+from ..config import (  # noqa: F401 - re-exported
+    APPLIES_TO,
+    BASELINES,
+    MAX_WIDTH_MULT,
+    MOBILENET_ONLY,
+    model_flag,
+)
 from ..env import usable_cpus
 from ..errors import UsageError
 
@@ -107,6 +113,7 @@ MODEL_HELP = {
     "conv_type": "MobileNetV1: depthwise separable or full convolutions (paper Table 4)",
     "bottleneck_activation": "MobileNetV2: linear bottlenecks or ReLU6 (paper Fig. 6a)",
     "shortcut": "MobileNetV2: shortcut between bottlenecks, expansions or none (paper Fig. 6b)",
+    "minimal": "MobileNetV3: the minimalistic variant (ReLU, 3x3 kernels, no squeeze-excite)",
 }
 
 
@@ -261,10 +268,11 @@ def model_from_args(args: argparse.Namespace, name: str, **defaults):
     from ..factory import create_model
 
     given = given_model_args(args)
-    if name not in ("mobilenet_v1", "mobilenet_v2"):
-        wrong = [model_flag(k) for k in MOBILENET_ONLY if k in given]
-        if wrong:
-            raise UsageError(f"{', '.join(wrong)} apply only to MobileNets, not to {name}")
+    wrong = [model_flag(k) for k, models in APPLIES_TO.items() if k in given and name not in models]
+    if wrong and name in BASELINES:
+        raise UsageError(f"{', '.join(wrong)} apply only to MobileNets, not to {name}")
+    if wrong:
+        raise UsageError(f"{', '.join(wrong)} do(es) not apply to {name}")
     kw = {**defaults, **given}
     kw.setdefault("resolution", 224)
     return create_model(name, **kw)
