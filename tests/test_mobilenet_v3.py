@@ -4,6 +4,9 @@ independent counter (``torch.utils.flop_counter``)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -148,3 +151,22 @@ def test_profile_macs_equal_torch_flop_counter(name, width, res, options):
     # flop_counter counts 2 FLOPs per multiply-add of convs and matmuls; so does our MAC count
     # (squeeze-excite's two 1x1 convs included; its broadcast multiply and hard-swish are not)
     assert mobilenets.profile(m).macs == counter.get_total_flops() // 2
+
+
+KERAS = json.loads((Path(__file__).parent / "data" / "keras_mobilenet_v3.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "row", KERAS["models"], ids=lambda r: f"{r['model']}-{r['alpha']}-min{int(r['minimalistic'])}"
+)
+def test_v3_layers_equal_keras(row):
+    """Keras's MobileNetV3Large/Small (from scripts/keras_v3_shapes.py, TensorFlow in an
+    optional environment): every conv's shape in order and the trainable parameter count."""
+    m = mobilenets.create_model(row["model"], width_mult=row["alpha"], minimal=row["minimalistic"])
+    shapes = [
+        list(mod.weight.shape) + ([1, 1] if isinstance(mod, nn.Linear) else [])
+        for mod in m.modules()
+        if isinstance(mod, (nn.Conv2d, nn.Linear))
+    ]
+    assert shapes == row["conv_shapes"]
+    assert sum(p.numel() for p in m.parameters()) == row["trainable_params"]
