@@ -11,6 +11,8 @@ SOURCES = {
     "v1_slim": "tensorflow/models research/slim/nets/mobilenet_v1.md (re-trained checkpoints)",
     "v2_paper": "Sandler et al. 2018, MobileNetV2, arXiv:1801.04381 v4, Table 4",
     "v2_slim": "tensorflow/models research/slim/nets/mobilenet/README.md (MACs truncated to M)",
+    "v3_paper": "Howard et al. 2019, Searching for MobileNetV3, arXiv:1905.02244 (ICCV 2019), Table 3",
+    "v3_slim": "TF-slim/Keras MobileNetV3 checkpoint table (keras/src/applications/mobilenet_v3.py docstring)",
     "torchvision": "torchvision weight cards (ResNet50_Weights.IMAGENET1K_V1, VGG16_Weights.IMAGENET1K_V1, MobileNet_V2_Weights.IMAGENET1K_V1)",
 }
 
@@ -60,10 +62,33 @@ V2_SLIM = {
 }
 # fmt: on
 
+# V3 paper, Table 3 (ImageNet, 224 px; Pixel-1 latency not copied): (model, alpha) ->
+# (M MAdds, M params, top-1 %). The paper counts multiply-adds of convs and FC layers; whether
+# its squeeze-excite rows count the broadcast multiply is not stated (it is 0.4 M MACs at most).
+V3_PAPER = {
+    ("mobilenet_v3_large", 1.0): (219, 5.4, 75.2),
+    ("mobilenet_v3_large", 0.75): (155, 4.0, 73.3),
+    ("mobilenet_v3_small", 1.0): (56, 2.5, 67.4),
+    ("mobilenet_v3_small", 0.75): (44, 2.0, 65.4),
+}
+# TF-slim / Keras checkpoint table: (model, alpha, minimalistic) -> (M MACs, M params, top-1 %).
+# Its Small rows (66 M MACs, 2.9 M params at alpha 1) disagree with the paper's Table 3 (56 M,
+# 2.5 M) and with the network Keras itself builds (2.54 M params): printed as published.
+V3_SLIM = {
+    ("mobilenet_v3_large", 1.0, False): (217, 5.4, 75.6),
+    ("mobilenet_v3_large", 0.75, False): (155, 4.0, 73.3),
+    ("mobilenet_v3_large", 1.0, True): (209, 3.9, 72.3),
+    ("mobilenet_v3_small", 1.0, False): (66, 2.9, 68.1),
+    ("mobilenet_v3_small", 0.75, False): (44, 2.4, 65.4),
+    ("mobilenet_v3_small", 1.0, True): (65, 2.0, 61.9),
+}
+
 # The seed comparison at 224 px: name -> (M params, M MACs, ImageNet top-1 %, source key).
 BASELINES = {
     "mobilenet_v1": (4.2, 569, 70.6, "v1_paper"),
     "mobilenet_v2": (3.4, 300, 72.0, "v2_paper"),
+    "mobilenet_v3_large": (5.4, 219, 75.2, "v3_paper"),
+    "mobilenet_v3_small": (2.5, 56, 67.4, "v3_paper"),
     "resnet50": (25.557032, 4090, 76.13, "torchvision"),
     "vgg16": (138.357544, 15470, 71.59, "torchvision"),
 }
