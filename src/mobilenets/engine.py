@@ -521,21 +521,6 @@ class TrainHooks:
         return hooks
 
 
-@dataclass
-class Progress:
-    """What the epoch loop has reached (restored on resume)."""
-
-    start_epoch: int = 0
-    best: float = -1.0
-    best_epoch: int = 0
-    best_saved: float = -1.0  # the best saved epoch's selection top-1 (best.ckpt's)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    train_s: float = 0.0
-    train_images: int = 0
-    last_row: dict[str, Any] = field(default_factory=dict)
-    test: dict[str, float] | None = None
-
-
 def make_train_step(state: RunState) -> Callable:
     """One optimization step (forward, loss, backward, optimizer) as a function of (x, y),
     the unit that ``--compile`` compiles whole."""
@@ -806,7 +791,6 @@ def epoch_batches(
     every rank takes its slice of each global batch of one seeded permutation.
     ``on_shard(epoch, index_batches)``: a test hook."""
     from .data import train_batches
-    from .runplan import derive_seed
 
     seed, dev, B, r, world = plan.args.seed, run.device, plan.batch, rank, plan.world
     b, steps = B // world, run.steps_per_epoch
@@ -858,3 +842,11 @@ def run_state(
         # GPU, so the first bad step is kept on the device and read every 50 steps.
         check_every=1 if device.type == "cpu" else 50,
     )
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed derived from integers, so each (seed, epoch, rank) stream is independent."""
+    import numpy as np
+
+    seq = np.random.SeedSequence([p & 0xFFFFFFFF for p in parts])
+    return int(seq.generate_state(2, np.uint64)[0] >> 1)

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -274,6 +275,21 @@ def set_rng_state(s: dict[str, Any]) -> None:
     random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss"]))
 
 
+@dataclass
+class Progress:
+    """What the epoch loop has reached (restored on resume)."""
+
+    start_epoch: int = 0
+    best: float = -1.0
+    best_epoch: int = 0
+    best_saved: float = -1.0  # the best saved epoch's selection top-1 (best.ckpt's)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_s: float = 0.0
+    train_images: int = 0
+    last_row: dict[str, Any] = field(default_factory=dict)
+    test: dict[str, float] | None = None
+
+
 class RunFolder:
     """``--out`` of one training run: lock, resume point, record, checkpoints, links, summary.
 
@@ -400,8 +416,6 @@ class RunFolder:
     def restore(self, run: Any, state: dict[str, Any]) -> tuple[Any, float]:
         """Load a verified training state into ``run`` (an :class:`engine.RunState`); the
         :class:`engine.Progress` it had reached and the wall time of the earlier processes."""
-        from .engine import Progress
-
         run.model.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
         run.step = int(state["scheduler"].get("last_epoch", 0))  # optimizer steps taken

@@ -14,11 +14,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .config import MAX_WIDTH_MULT, MOBILENET_ONLY, MOBILENETS, ModelConfig, model_flag
-from .engine import RECIPES, Recipe, adapt_to_length
+from .engine import RECIPES, Recipe, adapt_to_length, derive_seed
 from .errors import UsageError
 
 PLOTS = ("end", "none")
@@ -170,13 +169,6 @@ def model_config(a: TrainArgs, ds: Any) -> tuple[ModelConfig, str]:
         kind = "small-image" if ds.small_input else "full-size"
         why = f"{ds.name}'s default (a {kind} dataset), at any resolution"
     return ModelConfig(name=a.model, **opts), why
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed derived from integers, so each (seed, epoch, rank) stream is independent."""
-    return int(
-        np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1
-    )
 
 
 def _eval_subset(split: Any, n: int, seed: int, salt: int) -> Any:

@@ -46,7 +46,6 @@ from .engine import (  # noqa: F401 - re-exported: the recipes and optimizer liv
     EpochStats,
     EvalSet,
     ModelEma,
-    Progress,
     Recipe,
     RMSpropTF,
     RunData,
@@ -68,7 +67,7 @@ from .engine import (  # noqa: F401 - re-exported: the recipes and optimizer liv
     wrap_model,
 )
 from .errors import MobilenetsError, UsageError
-from .runfolder import STATE_KEYS, RunFolder, rng_state, run_summary, runtime_record  # noqa: F401
+from .runfolder import STATE_KEYS, Progress, RunFolder, rng_state, run_summary, runtime_record  # noqa: F401
 from .runplan import RunPlan, TrainArgs, check_args, check_fit_types, option_error, resolve_run  # noqa: F401
 
 KILL_AT_STEP = "MOBILENETS_KILL_AT_STEP"  # tests: SIGKILL the run after that optimizer step
