@@ -18,7 +18,7 @@ from torch import nn
 
 from mobilenets import cli, engine, runplan, train
 from mobilenets.cli import train as cli_train
-from mobilenets.config import _CHOICES, ModelConfig, model_flag
+from mobilenets.config import _CHOICES, APPLIES_TO, ModelConfig, model_flag
 from mobilenets.engine import RECIPES, ModelEma, ema_decay_at, lr_at, warmup_steps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -217,7 +217,7 @@ def test_every_model_config_option_is_a_train_flag(capsys):
     assert len(fields) >= 12
     for f in fields:
         value = _non_default(f.name, f.default)
-        model = "mobilenet_v2" if f.name in V2_ONLY else "mobilenet_v1"
+        model = APPLIES_TO.get(f.name, ("mobilenet_v1",))[0]  # a model the option applies to
         flag = model_flag(f.name)
         argv = [*base, "--model", model]
         argv += (
