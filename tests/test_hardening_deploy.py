@@ -358,7 +358,7 @@ def test_ctrl_c_exits_130_without_traceback(monkeypatch, capsys):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("mobilenets.compare.run", interrupted)
+    monkeypatch.setattr("mobilenets.cli.compare.run", interrupted)
     assert main(["compare"]) == 130
     one_line_error(capsys.readouterr().err, "interrupted")
     monkeypatch.setattr(cli, "build_parser", lambda: (_ for _ in ()).throw(KeyboardInterrupt))
@@ -391,7 +391,7 @@ def test_unexpected_errors_are_one_line_unless_debugging(monkeypatch, capsys):
     def bug(args):
         raise IndexError("list index out of range")
 
-    monkeypatch.setattr("mobilenets.compare.run", bug)
+    monkeypatch.setattr("mobilenets.cli.compare.run", bug)
     assert main(["compare"]) == 1
     one_line_error(capsys.readouterr().err, "IndexError")
 
@@ -402,7 +402,7 @@ def test_unexpected_errors_are_one_line_unless_debugging(monkeypatch, capsys):
 def test_spin_option_reaches_the_onnxruntime_session(tiny, capsys):
     _, _, onnx_path, img = tiny
     for spin, flag in ((True, "--spin"), (False, "--no-spin")):
-        sess = Predictor(onnx_path, threads=1, spin=spin).session
+        sess = Predictor(onnx_path, threads=1, spin=spin).backend.session
         opts = sess.get_session_options()
         assert opts.get_session_config_entry("session.intra_op.allow_spinning") == str(int(spin))
         assert main(["predict", str(onnx_path), str(img), flag, "--json"]) == 0

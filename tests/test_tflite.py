@@ -213,7 +213,7 @@ def test_predict_needs_a_runtime_that_can_run_the_file(tmp_path, monkeypatch, ca
     with pytest.raises(MobilenetsError, match="fp32 .tflite needs LiteRT"):
         Predictor(tmp_path / "f.tflite")
     pred = Predictor(tmp_path / "q.tflite")  # int8 without LiteRT: the NumPy reference
-    assert pred.tflite.runtime == "reference"
+    assert pred.backend.name == "reference"
     x = torch.randn(2, 1, 28, 28)
     assert np.array_equal(pred.logits(x).argmax(1), run_int8(q, quantize_input(x, q)).argmax(1))
     assert main(["predict", str(tmp_path / "f.tflite"), str(tmp_path / "x.png")]) == 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ class Tally:
 
 @torch.no_grad()
 def tally(
-    model: nn.Module,
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     num_classes: int,
     device: torch.device,
@@ -105,8 +105,8 @@ def evaluate(
     skip_bad_images: bool = False,
     fast: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint folder (or ``last.ckpt``/``best.ckpt``) or a ``.tflite`` file on a
-    dataset split.
+    """Evaluate a checkpoint folder (or ``last.ckpt``/``best.ckpt``), an ``.onnx`` or a ``.tflite``
+    file (any :class:`mobilenets.backend.Backend`) on a dataset split.
 
     Args:
         data: a ``--data`` spec; defaults to the dataset the checkpoint was trained on.
@@ -124,29 +124,27 @@ def evaluate(
 
     if out is not None:
         check_writable_folder(out)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    ckpt, dev = _load_model(checkpoint, dev, fast)
-    spec = data or ckpt.meta.get("data")
+    backend, dev = _load_backend(checkpoint, device, fast, batch_size)
+    spec = data or backend.extra.get("data")
     if not spec:
-        raise UsageError("this checkpoint does not record its dataset; pass --data SPEC")
-    ds = load_dataset(spec, data_dir or ckpt.meta.get("data_dir"))
-    part = _split(ds, split, ckpt.meta)
-    cfg = ckpt.config
+        what = "checkpoint" if backend.name == "torch" else "model file"
+        raise UsageError(f"this {what} does not record its dataset; pass --data SPEC")
+    ds = load_dataset(spec, data_dir or backend.extra.get("data_dir"))
+    part = _split(ds, split, backend.extra)
+    cfg = backend.meta.config
     if cfg.num_classes != len(ds.class_names):
         raise MobilenetsError(
-            f"{ckpt.path}: the model has {cfg.num_classes} classes but {ds.name} has {len(ds.class_names)}"
+            f"{backend.path}: the model has {cfg.num_classes} classes but {ds.name} has {len(ds.class_names)}"
         )
-    model = ckpt.model
-    if dev.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
     bad = BadImages(skip_bad_images)
-    batches = eval_batches(part, ckpt.preprocess, batch_size, dev, workers=workers, bad=bad)
-    t = tally(model, batches, cfg.num_classes, dev, dev.type == "cuda")
+    prep = backend.meta.preprocess
+    batches = eval_batches(part, prep, batch_size, dev, workers=workers, bad=bad)
+    t = tally(_logits_fn(backend, dev), batches, cfg.num_classes, dev, dev.type == "cuda")
     result: dict[str, Any] = {
         **_tally_result(t, ds.class_names),
         "split": split,
         "data": ds.spec,
-        "checkpoint": str(ckpt.path),
+        "checkpoint": str(backend.path),
         "skipped_images": len(bad),
     }
     if out is not None:
@@ -174,13 +172,25 @@ def _tally_result(t: Tally, class_names: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def _load_model(checkpoint: str | Path, dev: torch.device, fast: bool):
-    """The checkpoint (or ``.tflite`` file, always on the CPU) and the device it runs on."""
-    from .checkpoint import load_checkpoint
+def _load_backend(path: str | Path, device: str | None, fast: bool, batch_size: int):
+    """The backend of a checkpoint (on ``device``: default CUDA when there is one) or of an
+    ``.onnx``/``.tflite`` file (always on the CPU), and the device its inputs go to."""
+    from .backend import load_backend
 
-    if str(checkpoint).endswith(".tflite"):
-        return _tflite_as_checkpoint(checkpoint, fast), torch.device("cpu")
-    return load_checkpoint(checkpoint, dev), dev
+    exported = Path(path).suffix in (".onnx", ".tflite")
+    dev = torch.device(
+        "cpu" if exported else device or ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    return load_backend(path, device=dev, fast=fast, batch_size=batch_size), dev
+
+
+def _logits_fn(backend: Any, dev: torch.device):
+    """What :func:`tally` calls on a batch: the PyTorch model itself (channels-last on CUDA),
+    or the backend's logits as a tensor."""
+    if backend.name == "torch":
+        model = backend.model
+        return model.to(memory_format=torch.channels_last) if dev.type == "cuda" else model
+    return lambda x: torch.from_numpy(backend.logits(x))
 
 
 def _split(ds, split: str, meta: dict[str, Any]):
@@ -230,19 +240,3 @@ def check_writable_folder(folder: str | Path) -> None:
         ) from None
     if not os.access(probe, os.W_OK | os.X_OK):
         raise MobilenetsError(f"--out {folder}: {probe} is not writable; pass --out DIR")
-
-
-def _tflite_as_checkpoint(path: str | Path, fast: bool):
-    """A ``.tflite`` file behind the Checkpoint interface: its model runs in LiteRT (reference
-    kernels unless ``fast``) or, for int8 without LiteRT, in our NumPy reference."""
-    from .checkpoint import Checkpoint
-    from .predict import Predictor
-
-    pred = Predictor(path, fast=fast)
-
-    class _Model(nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(pred.logits(x))
-
-    meta = {"data": pred.tflite_meta.get("data")}
-    return Checkpoint(_Model(), pred.config, pred.class_names, pred.preprocessing, Path(path), meta)

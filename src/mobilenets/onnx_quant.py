@@ -221,28 +221,3 @@ def shrink(proto: Any) -> None:
     DeduplicateInitializersPass(size_limit=1024)(model)
     RemoveUnusedOpsetsPass()(model)
     proto.CopyFrom(ir.serde.serialize_model(model))
-
-
-def evaluate_sessions(
-    sessions: dict[str, Any], batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
-) -> dict[str, Any]:
-    """Top-1 (fraction) of each onnxruntime session, and how often each agrees with the first."""
-    from .export import run_ort
-
-    correct = dict.fromkeys(sessions, 0)
-    agree = dict.fromkeys(sessions, 0)
-    total = 0
-    for x, y in batches:
-        preds = {k: run_ort(s, x).argmax(1) for k, s in sessions.items()}
-        first = next(iter(preds.values()))
-        for k, p in preds.items():
-            correct[k] += int((p == y.numpy()).sum())
-            agree[k] += int((p == first).sum())
-        total += len(y)
-    if total == 0:
-        return {"images": 0}
-    out: dict[str, Any] = {"images": total}
-    for k in sessions:
-        out[f"{k}_top1"] = correct[k] / total
-        out[f"{k}_agreement"] = agree[k] / total
-    return out

@@ -1,4 +1,5 @@
-"""Classify image files with a checkpoint or an exported ``.onnx`` file.
+"""Classify image files with a checkpoint or an exported ``.onnx``/``.tflite`` file (any
+:class:`mobilenets.backend.Backend`).
 
 Decoding, resizing and normalization are :func:`transforms.decode_image` and
 :func:`transforms.to_model_input`, the code evaluation uses, with the preprocessing stored in
@@ -40,50 +41,19 @@ class Predictor:
         spin: bool = True,
         fast: bool = False,
     ) -> None:
+        from .backend import load_backend
+
         self.path = Path(path)
         self.batch_size = batch_size
-        self.session = self.tflite = None
-        member = self.path.name in ("config.json", "model.safetensors", "training_state.pt")
-        if self.path.suffix == ".tflite":
-            self._load_tflite(fast)
-        elif self.path.suffix == ".onnx" or (self.path.is_file() and not member):
-            from .export import ort_session, read_metadata
-
-            if not self.path.is_file():
-                raise MobilenetsError(f"{path}: no such ONNX file")
-            meta = read_metadata(self.path)
-            self.session = ort_session(self.path, threads, spin)
-            self.model = None
-            self.config = meta["config"]
-            self.class_names: list[str] = meta["class_names"]
-            self.preprocessing: Preprocess = meta["preprocess"]
-        else:
-            from .checkpoint import load_checkpoint
-
-            ck = load_checkpoint(self.path)
-            self.session = None
-            self.model = ck.model.eval()
-            self.config = ck.config
-            self.class_names = ck.class_names
-            self.preprocessing = ck.preprocess
+        self.backend = load_backend(
+            self.path, threads=threads, spin=spin, fast=fast, batch_size=batch_size
+        )
+        meta = self.backend.meta
+        self.model = getattr(self.backend, "model", None)
+        self.config = meta.config
+        self.class_names: list[str] = list(meta.class_names)
+        self.preprocessing: Preprocess = meta.preprocess
         self.in_chans = self.config.in_chans
-
-    def _load_tflite(self, fast: bool) -> None:
-        from .config import ModelConfig
-        from .micro.tflite import read_tflite
-        from .micro.tflite_runner import TFLiteRunner
-        from .preprocess import Preprocess
-
-        if not self.path.is_file():
-            raise MobilenetsError(f"{self.path}: no such .tflite file")
-        graph, meta = read_tflite(self.path)
-        self.tflite_meta = meta
-        self.tflite = TFLiteRunner(self.path, graph, fast)
-        self.model = None
-        self.config = ModelConfig.from_dict(meta["config"])
-        prep = Preprocess.from_dict(meta.get("preprocess"), f"{self.path}: preprocess")
-        self.class_names = graph.class_names or [str(i) for i in range(self.config.num_classes)]
-        self.preprocessing = prep
 
     def load(self, image: ImageLike) -> torch.Tensor:
         """An image file, a PIL image or a uint8 (C, H, W) / (H, W[, C]) array as uint8 (C, H, W)."""
@@ -107,14 +77,7 @@ class Predictor:
     @torch.inference_mode()
     def logits(self, x: torch.Tensor) -> np.ndarray:
         """Logits for preprocessed float inputs (N, C, R, R); MobilenetsError if any is NaN/inf."""
-        if self.session is not None:
-            from .export import run_ort
-
-            out = run_ort(self.session, x, self.batch_size)
-        elif self.tflite is not None:
-            out = self.tflite.logits(x)
-        else:
-            out = torch.cat([self.model(c) for c in x.split(self.batch_size)]).numpy()
+        out = self.backend.logits(x)
         if not np.isfinite(out).all():
             raise MobilenetsError(
                 f"{self.path}: the model gives non-finite outputs (NaN/inf); its weights are "

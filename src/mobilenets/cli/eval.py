@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "checkpoint",
         metavar="CHECKPOINT",
-        help="checkpoint folder, or RUN/last.ckpt, RUN/best.ckpt, or a .tflite file",
+        help="checkpoint folder, or RUN/last.ckpt, RUN/best.ckpt, or an .onnx or .tflite file",
     )
     p.add_argument(
         "--fast",
@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _main(args: argparse.Namespace) -> int:
     from ..checkpoint import resolve
 
-    if str(args.checkpoint).endswith(".tflite"):
+    if Path(args.checkpoint).suffix in (".onnx", ".tflite"):
         out = args.out or Path(args.checkpoint).with_name(
             Path(args.checkpoint).stem + f"-eval-{args.split}"
         )

@@ -12,8 +12,9 @@ import torch
 
 from ..atomic import replace, temp_sibling
 from ..atomic import write_text as write_atomic
+from ..backend import accuracy, load_backend
 from ..errors import UsageError
-from ..export import DEFAULT_OPSET, MIN_OPSET, _finite, export_onnx, ort_session, run_ort
+from ..export import DEFAULT_OPSET, MIN_OPSET, _finite, export_onnx
 from ..fold import check_finite_weights
 from ..micro.export import _check_model, export_tflite
 from ..preprocess import Preprocess
@@ -149,11 +150,11 @@ def run_export(args: argparse.Namespace) -> int:
     print(
         f"wrote {out} ({res['bytes']:,} bytes, max |onnxruntime - pytorch| = {res['max_abs_diff']:.2e})"
     )
-    sessions = {"fp32": ort_session(out)}
+    backends = {"fp32": load_backend(out)}
     if args.int8:
-        _export_int8_onnx(args, out, prep, verify, sessions, report)
+        _export_int8_onnx(args, out, prep, verify, backends, report)
     if data:
-        _report_accuracy(sessions, tests(), report)
+        _report_accuracy(backends, tests(), report)
     report_path = out.with_name(out.name + ".json")
     write_atomic(report_path, json.dumps(_finite(report), indent=2) + "\n")
     print(f"wrote {report_path}")
@@ -183,10 +184,10 @@ def _export_int8_onnx(
     out: Path,
     prep: Preprocess,
     verify: torch.Tensor | None,
-    sessions: dict[str, Any],
+    backends: dict[str, Any],
     report: dict[str, Any],
 ) -> None:
-    """Quantize the fp32 file ``out`` to its int8 sibling; add its session to ``sessions`` and
+    """Quantize the fp32 file ``out`` to its int8 sibling; add its backend to ``backends`` and
     its size, scheme and largest logit difference from fp32 to ``report``."""
     from ..data import calibration_inputs
     from ..onnx_quant import DEFAULT_CALIB_METHOD, quantize_onnx
@@ -201,7 +202,7 @@ def _export_int8_onnx(
         calib_method=args.calib_method or DEFAULT_CALIB_METHOD,
         reduce_range=args.weight_bits != 8,
     )
-    sessions["int8"] = ort_session(q_out)
+    backends["int8"] = load_backend(q_out)
     report.update(
         int8_path=str(q_out),
         int8_bytes=qinfo["bytes"],
@@ -210,16 +211,14 @@ def _export_int8_onnx(
     report["int8"] = qinfo
     if verify is None:
         verify = torch.as_tensor(calib[:64])
-    fp, q = (run_ort(s, verify) for s in sessions.values())
+    fp, q = (b.logits(verify) for b in backends.values())
     report["int8_max_abs_diff"] = float(np.abs(fp - q).max())
     print(f"wrote {q_out} ({qinfo['bytes']:,} bytes, {qinfo['scheme']})")
 
 
-def _report_accuracy(sessions: dict[str, Any], batches: Any, report: dict[str, Any]) -> None:
-    """Top-1 of each session (and int8/fp32 agreement) on the test ``batches``, into ``report``."""
-    from ..onnx_quant import evaluate_sessions
-
-    acc = evaluate_sessions(sessions, batches)
+def _report_accuracy(backends: dict[str, Any], batches: Any, report: dict[str, Any]) -> None:
+    """Top-1 of each backend (and int8/fp32 agreement) on the test ``batches``, into ``report``."""
+    acc = accuracy(backends, batches)
     report["test_images"] = acc["images"]
     report.update({k: v for k, v in acc.items() if k.endswith("_top1")})
     if "int8_agreement" in acc:

@@ -42,8 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_predict(args: argparse.Namespace) -> int:
     pred = Predictor(args.model, threads=args.threads, spin=args.spin, fast=args.fast)
-    if pred.tflite is not None and pred.tflite.note:
-        print(f"mobilenets: note: {pred.tflite.note}", file=sys.stderr)
+    if pred.backend.note:
+        print(f"mobilenets: note: {pred.backend.note}", file=sys.stderr)
     results: list[dict[str, Any]] = [{"image": path} for path in args.images]
     batch: list[tuple[int, torch.Tensor]] = []
 

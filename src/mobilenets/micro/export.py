@@ -300,23 +300,17 @@ def _arena_report(path: Path, graph: QuantizedModel) -> dict[str, Any]:
     return out
 
 
-@torch.inference_mode()
 def _accuracy(model: nn.Module, graph: QuantizedModel | None, batches) -> dict[str, Any]:
-    """fp32 (PyTorch) and int8 (our reference) top-1, and their top-1 agreement."""
-    from .reference import run_int8
+    """fp32 (PyTorch) and int8 (our reference) top-1, and their top-1 agreement
+    (:func:`mobilenets.backend.accuracy`, the loop every accuracy report uses)."""
+    from ..backend import accuracy, reference_backend, torch_backend
 
-    model.eval()
-    n = correct_fp = correct_q = agree = 0
-    for x, y in batches:
-        fp = model(x.float()).argmax(1).numpy()
-        y = np.asarray(y)
-        n += len(y)
-        correct_fp += int((fp == y).sum())
-        if graph is not None:
-            q = run_int8(graph, quantize_input(x, graph)).argmax(1)
-            correct_q += int((q == y).sum())
-            agree += int((q == fp).sum())
-    out: dict[str, Any] = {"eval_samples": n, "fp32_top1": correct_fp / n if n else None}
+    backends: dict[str, Any] = {"fp32": torch_backend(model)}
     if graph is not None:
-        out.update(int8_top1=correct_q / n if n else None, agreement=agree / n if n else None)
+        backends["int8"] = reference_backend(graph)
+    acc = accuracy(backends, batches)
+    n = acc["images"]
+    out: dict[str, Any] = {"eval_samples": n, "fp32_top1": acc.get("fp32_top1")}
+    if graph is not None:
+        out.update(int8_top1=acc.get("int8_top1"), agreement=acc.get("int8_agreement"))
     return out
