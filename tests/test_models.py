@@ -45,25 +45,8 @@ def test_v2_blocks_follow_table_2():
     outs = [16] + [24] * 2 + [32] * 3 + [64] * 4 + [96] * 3 + [160] * 3 + [320]
     assert [b.project.conv.out_channels for b in blocks] == outs
     # Table 2's s applies to the first block of each stage: stages 2, 3, 4 and 6 downsample.
-    assert [b.dw.conv.stride[0] for b in blocks] == [
-        1,
-        2,
-        1,
-        2,
-        1,
-        1,
-        2,
-        1,
-        1,
-        1,
-        1,
-        1,
-        1,
-        2,
-        1,
-        1,
-        1,
-    ]
+    strides = [1] + [2, 1] + [2, 1, 1] + [2, 1, 1, 1] + [1, 1, 1] + [2, 1, 1] + [1]
+    assert [b.dw.conv.stride[0] for b in blocks] == strides
     assert m.head.conv.out_channels == 1280
     assert blocks[1].expand.conv.out_channels == 96  # t * 16
 
