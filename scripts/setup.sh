@@ -19,6 +19,9 @@ command -v make >/dev/null || need_apt+=(make)
 if [ "$extra" = test ]; then
   command -v arm-none-eabi-gcc >/dev/null || need_apt+=(gcc-arm-none-eabi libnewlib-arm-none-eabi)
   command -v qemu-system-arm >/dev/null || need_apt+=(qemu-system-arm)
+  # the generated C is also built with clang (strict warnings; Arm Compiler 6 / LLVM users)
+  command -v clang >/dev/null || need_apt+=(clang)
+  command -v g++ >/dev/null || need_apt+=(g++)
 fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
