@@ -329,7 +329,9 @@ def test_padding_config_version_and_scope():
     del old["padding"]
     old["schema_version"] = 1
     cfg = ModelConfig.from_dict(old)
-    assert cfg.padding == "symmetric" and cfg.schema_version == 2
+    from mobilenets.config import SCHEMA_VERSION
+
+    assert cfg.padding == "symmetric" and cfg.schema_version == SCHEMA_VERSION  # upgraded
     with pytest.raises(UsageError, match="padding does not apply to resnet50"):
         ModelConfig("resnet50", padding="same")
     with pytest.raises(UsageError, match="padding must be one of"):

@@ -32,6 +32,20 @@ BACKENDS = ("torch", "onnxruntime", "litert", "tflite-micro", "reference")
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "training_state.pt")
 
 
+def quantize_input(x: torch.Tensor | np.ndarray, graph: Any) -> np.ndarray:
+    """Normalized float NCHW inputs -> the int8 NHWC input of ``graph``."""
+    t = graph.input_tensor
+    x = np.asarray(x, np.float32).transpose(0, 2, 3, 1)
+    q = np.round(x.astype(np.float64) / np.float32(t.scale)) + t.zero_point
+    return np.clip(q, -128, 127).astype(np.int8)
+
+
+def dequantize(y: np.ndarray, graph: Any) -> np.ndarray:
+    """int8 outputs -> real values (``scale * (q - zero_point)``)."""
+    t = graph.output_tensor
+    return (y.astype(np.float32) - t.zero_point) * np.float32(t.scale)
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """Float32 (N, in_chans, resolution, resolution) inputs, normalized by ``preprocess``."""
@@ -111,13 +125,9 @@ class _TFLiteBase(_Base):
     graph: Any = None  # micro.graph.QuantizedModel
 
     def _int8_input(self, batch: torch.Tensor | np.ndarray) -> np.ndarray:
-        from .micro.export import quantize_input
-
         return quantize_input(np.asarray(batch, np.float32), self.graph)
 
     def _float_output(self, y: np.ndarray) -> np.ndarray:
-        from .micro.export import dequantize
-
         return dequantize(y, self.graph)
 
 

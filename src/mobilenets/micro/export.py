@@ -19,29 +19,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..backend import dequantize, quantize_input
 from ..errors import MobilenetsError, UsageError
 from ..preprocess import Preprocess
 from .graph import QuantizedModel
+
+__all__ = ["dequantize", "export_tflite", "quantize_input"]
 
 FP32_ATOL = 1e-4
 SCHEME = (
     "LiteRT int8: symmetric per-channel int8 weights, asymmetric per-tensor int8 activations, "
     "int32 bias, int8 input and logits"
 )
-
-
-def quantize_input(x: torch.Tensor | np.ndarray, graph: QuantizedModel) -> np.ndarray:
-    """Normalized float NCHW inputs -> the int8 NHWC input of ``graph``."""
-    t = graph.input_tensor
-    x = np.asarray(x, np.float32).transpose(0, 2, 3, 1)
-    q = np.round(x.astype(np.float64) / np.float32(t.scale)) + t.zero_point
-    return np.clip(q, -128, 127).astype(np.int8)
-
-
-def dequantize(y: np.ndarray, graph: QuantizedModel) -> np.ndarray:
-    """int8 outputs -> real values (``scale * (q - zero_point)``)."""
-    t = graph.output_tensor
-    return (y.astype(np.float32) - t.zero_point) * np.float32(t.scale)
 
 
 def same_padding_variant(graph: QuantizedModel) -> QuantizedModel | None:
@@ -153,15 +142,7 @@ def export_tflite(
     tmp = temp_sibling(path, "unverified")  # moved to ``path`` only once verified
     try:
         write_tflite(graph, tmp, {**(metadata or {}), "quantization": quant})
-        report: dict[str, Any] = {
-            "path": str(path),
-            "format": "tflite-int8" if int8 else "tflite-fp32",
-            "bytes": tmp.stat().st_size,
-            "ops": {TFLITE_NAMES[k]: v for k, v in graph.op_counts().items()},
-            "padding": cfg.padding,
-        }
-        if int8:
-            report["calib_method"] = method
+        report = _file_report(path, tmp, graph, cfg, method if int8 else None)
         x = verify_inputs if verify_inputs is not None else _seeded_inputs(cfg, 20)
         report["verify_samples"] = len(x)
         report.update(_verify_int8(tmp, graph, x) if int8 else _verify_fp32(model, tmp, x))
@@ -172,6 +153,20 @@ def export_tflite(
         replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return report
+
+
+def _file_report(path: Path, tmp: Path, graph: QuantizedModel, cfg: Any, method: str | None):
+    """The report's first entries: path, format, bytes, ops, padding (and calib_method)."""
+    report: dict[str, Any] = {
+        "path": str(path),
+        "format": "tflite-fp32" if method is None else "tflite-int8",
+        "bytes": tmp.stat().st_size,
+        "ops": {TFLITE_NAMES[k]: v for k, v in graph.op_counts().items()},
+        "padding": cfg.padding,
+    }
+    if method is not None:
+        report["calib_method"] = method
     return report
 
 
