@@ -188,7 +188,7 @@ def _time_onnx(
     """(per-run seconds, file bytes) in onnxruntime of ``fp32`` or, with ``int8``, of its static
     int8 quantization (calibrated on ``calib``; its note and scheme go into ``extra``).
     ``opts``: (threads, spin, runs, warmup)."""
-    from .export import ort_session
+    from .backend import load_backend
     from .onnx_quant import quantize_onnx
 
     threads, spin, runs, warmup = opts
@@ -200,8 +200,8 @@ def _time_onnx(
             calib = torch.randn(64, *x.shape[1:])
             extra["note"] = "calibrated on random data: latency only, not accuracy"
         extra["scheme"] = quantize_onnx(fp32, path, calib)["scheme"]
-    sess = ort_session(path, threads, spin)
-    feed = {sess.get_inputs()[0].name: x.numpy()}
+    sess = load_backend(path, "onnxruntime", threads=threads, spin=spin).session
+    feed = {sess.get_inputs()[0].name: x.numpy()}  # the raw session call: no chunking timed
     times = time_fn(lambda: sess.run(None, feed), runs, warmup)
     return times, path.stat().st_size
 
@@ -212,9 +212,9 @@ def _bench_tflite(
     """Time the int8 .tflite in LiteRT's optimized kernels, one image per invoke."""
     import warnings
 
-    from .micro.export import export_tflite, quantize_input
-    from .micro.runtimes import have_litert, litert_interpreter
-    from .micro.tflite import read_tflite
+    from .backend import load_backend, quantize_input
+    from .micro.export import export_tflite
+    from .micro.runtimes import have_litert
 
     if not have_litert():
         warnings.warn("tflite-int8 skipped: ai-edge-litert is not installed", stacklevel=2)
@@ -226,10 +226,11 @@ def _bench_tflite(
         extra["note"] = "calibrated on random data: latency only, not accuracy"
     path = tmp / "int8.tflite"
     export_tflite(model, path, int8=True, calib_data=calib, arena=False, verify_inputs=calib[:1])
-    graph, _ = read_tflite(path)
-    it = litert_interpreter(path, fast=True)
+    backend = load_backend(path, "litert", fast=True)
+    backend.logits(x[:1])  # loads the interpreter; the raw invoke below is what is timed
+    it = backend.interpreter
     inp = it.get_input_details()[0]["index"]
-    xq = quantize_input(x[:1], graph)
+    xq = quantize_input(x[:1], backend.graph)
 
     def once() -> None:
         it.set_tensor(inp, xq)
