@@ -13,6 +13,9 @@ percentiles, which a busy shared machine disturbs least.
 --tune also times the int8 variants that were tried.
 
     python benchmarks/bench_inference.py [--checkpoint RUN/last.ckpt] [--tune]
+
+``--smoke`` runs every path of (a)-(c) in seconds (64 px, 8 calibration images, one round of
+one run): the figures then mean nothing; it keeps the script from rotting (tests/test_benchmarks.py).
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -35,36 +37,14 @@ import torchvision
 
 from mobilenets import ModelConfig, create_model
 from mobilenets.bench import default_threads
+from mobilenets.env import hardware_record, versions
 from mobilenets.export import export_onnx, ort_session
 from mobilenets.onnx_quant import quantize_onnx
 
 
 def hardware(threads: int) -> dict:
-    cpu, flags = platform.processor(), ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = line
-                break
-    except OSError:
-        pass
-    isa = [
-        f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f" {f}" in flags
-    ]
-    return {
-        "cpu": cpu,
-        "isa": isa,
-        "usable_cores": default_threads(),
-        "threads": threads,
-        "loadavg_1m": os.getloadavg()[0],
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": ort.__version__,
-    }
+    """The machine and the software versions this run measured, through ``mobilenets.env``."""
+    return {**hardware_record(threads), **versions("onnx", "onnxruntime")}
 
 
 def time_interleaved(
@@ -225,7 +205,8 @@ def latency_report(t: dict, paths: dict, scheme: str, tune: bool) -> dict:
     return out
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv`` for tests; default ``sys.argv``)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", help="a `mobilenets train` checkpoint for the accuracy part (d)")
     p.add_argument(
@@ -240,7 +221,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--tune", action="store_true", help="also time the int8 variants that were tried"
     )
-    return p.parse_args()
+    p.add_argument(
+        "--resolution", type=int, default=224, help="input size of both models (default 224)"
+    )
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny settings (64 px, 1 round of 1 run): paths only"
+    )
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.resolution, args.rounds, args.block = 64, 1, 1
+    return args
 
 
 def main() -> int:
@@ -251,13 +241,16 @@ def main() -> int:
     result: dict = {"benchmark": "bench_inference", "hardware": hardware(threads)}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        ours = create_model("mobilenet_v2").eval()
+        res = args.resolution
+        ours = create_model("mobilenet_v2", resolution=res).eval()
         tv = torchvision.models.mobilenet_v2(weights=None).eval()
-        tv.config = ModelConfig("mobilenet_v2")  # same architecture, exported through the same code
+        tv.config = ModelConfig("mobilenet_v2", resolution=res)  # exported through the same code
         ours_path, tv_path, int8_path = tmp / "ours.onnx", tmp / "tv.onnx", tmp / "ours.int8.onnx"
         export_onnx(ours, ours_path)
         export_onnx(tv, tv_path)
-        calib = torch.randn(64, 3, 224, 224)  # random weights: calibration data only sets scales
+        calib = torch.randn(
+            8 if args.smoke else 64, 3, res, res
+        )  # random weights: calibration data only sets scales
         q = quantize_onnx(ours_path, int8_path, calib)
         paths = {"ours_fp32": ours_path, "torchvision_fp32": tv_path, "ours_int8": int8_path}
         if args.tune:
@@ -267,14 +260,15 @@ def main() -> int:
             sessions["ours_int8_opt_extended"] = session(int8_path, threads, "extended")
             sessions["ours_fp32_opt_extended"] = session(ours_path, threads, "extended")
             paths.update(ours_int8_opt_extended=int8_path, ours_fp32_opt_extended=ours_path)
-        x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+        x = np.random.default_rng(0).standard_normal((1, 3, res, res)).astype(np.float32)
         t = time_interleaved(sessions, x, args.rounds, args.block)
         result.update(latency_report(t, paths, q["scheme"], args.tune))
         result["timing"] = {
             "rounds": args.rounds,
             "runs_per_round": args.block,
             "batch_size": 1,
-            "resolution": 224,
+            "resolution": res,
+            "smoke": args.smoke,
         }
         if args.checkpoint:
             result["d_int8_accuracy"] = accuracy(

@@ -19,6 +19,8 @@ Sections (all by default):
               first checkpoint (the evidence for micro.quantizer.DEFAULT_METHOD).
 
     nice python benchmarks/bench_tflite.py [--checkpoint RUN/last.ckpt ...] [--sections random,arena]
+
+``--smoke``: the random section on one 32 px model (seconds), so the script cannot rot unseen.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 
 from mobilenets import create_model
+from mobilenets.env import versions
 from mobilenets.micro.arith import conv_multipliers, multiply_by_quantized_multiplier
 from mobilenets.micro.export import export_tflite, quantize_input
 from mobilenets.micro.quantizer import quantize_int8
@@ -45,15 +48,10 @@ from mobilenets.micro.tflite import write_tflite
 from mobilenets.testing import randomize_bn
 
 
-def versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    pkgs = ("tflite-micro", "ai-edge-litert", "tflite", "flatbuffers", "torch", "numpy")
-    return {
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        **{p: version(p) for p in pkgs},
-    }
+def environment() -> dict[str, str | None]:
+    """The machine and the versions of the runtimes compared, through ``mobilenets.env``."""
+    pkgs = ("tflite-micro", "ai-edge-litert", "tflite", "flatbuffers", "numpy")
+    return {"machine": platform.machine(), **versions(*pkgs)}
 
 
 def emit(row: dict) -> None:
@@ -76,8 +74,16 @@ def random_model(name: str, width: float, res: int, padding: str) -> torch.nn.Mo
     return randomize_bn(create_model(name, width, res, padding=padding), linear_std=0.05)
 
 
-def section_random(tmp: Path) -> None:
-    cases = [("mobilenet_v2", 0.35, 96), ("mobilenet_v2", 0.35, 144), ("mobilenet_v1", 0.25, 128)]
+RANDOM_CASES = [
+    ("mobilenet_v2", 0.35, 96),
+    ("mobilenet_v2", 0.35, 144),
+    ("mobilenet_v1", 0.25, 128),
+]
+SMOKE_CASES = [("mobilenet_v2", 0.35, 32)]  # --smoke: one tiny case, every path
+
+
+def section_random(tmp: Path, cases: list[tuple[str, float, int]] = RANDOM_CASES) -> None:
+    """Reference vs TFLite Micro and LiteRT on random inputs, for each (name, width, res)."""
     for name, width, res in cases:
         for padding in ("same", "symmetric"):
             t0 = time.time()
@@ -256,16 +262,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sections", default="random,arena,fc_rounding,checkpoints")
     p.add_argument("--calib-compare", action="store_true")
     p.add_argument("--test-images", type=int, default=None, help="default: all 10,000")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the random section on one 32 px model only (seconds; the figures mean nothing)",
+    )
     args = p.parse_args(argv)
     global TEST_IMAGES
     TEST_IMAGES = args.test_images
-    torch.set_num_threads(2)
-    emit({"section": "env", **versions()})
-    sections = set(args.sections.split(","))
+    torch.set_num_threads(1 if args.smoke else 2)
+    emit({"section": "env", **environment()})
+    sections = {"random"} if args.smoke else set(args.sections.split(","))
     with tempfile.TemporaryDirectory(prefix="mobilenets-bench-tflite-") as tmp:
         tmp = Path(tmp)
         if "random" in sections:
-            section_random(tmp)
+            section_random(tmp, SMOKE_CASES if args.smoke else RANDOM_CASES)
         if "arena" in sections:
             section_arena(tmp)
         if "fc_rounding" in sections:

@@ -9,6 +9,8 @@ Prints one JSON line per round and one summary line with ``speedup`` (old / new 
 
     OMP_NUM_THREADS=2 python benchmarks/fit_cpu.py --rounds 3
 
+``--smoke``: one round on 128 images and 128 test images (seconds; the figures mean nothing).
+
 Needs an idle machine for a meaningful wall-time figure: the load average is reported beside
 it, and the CPU time (``time.process_time``) per image too, which a busy machine distorts less.
 """
@@ -44,7 +46,10 @@ print(json.dumps({"wall_s": wall, "cpu_s": cpu, "train_s": s["train_s"], "test_t
 
 
 def run_child(src: Path, old: bool, args) -> dict:
+    """One timed ``fit()`` of the ``old`` or new version (its ``src`` folder) in a subprocess."""
     kw = {"small_input": True, "max_train_samples": args.images, "device": "cpu", "quiet": True}
+    if args.eval_images:
+        kw["max_eval_samples"] = args.eval_images
     kw["width" if old else "width_mult"] = 0.25  # the old TrainArgs called it width
     if not old:
         kw.update(json.loads(args.new_options))
@@ -61,14 +66,28 @@ def run_child(src: Path, old: bool, args) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv`` for tests; default ``sys.argv``)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--old-rev", default="f3258c4", help="git revision of the old fit()")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--images", type=int, default=8192)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--new-options", default="{}", help="extra fit() keywords for the new version")
-    args = p.parse_args()
+    p.add_argument("--eval-images", type=int, help="evaluate on a subset (default: all 10,000)")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="1 round of 128 images, batch 64, 128 test images: the paths only, in seconds",
+    )
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.rounds, args.images, args.batch_size, args.eval_images = 1, 128, 64, 128
+    return args
+
+
+def main() -> int:
+    args = parse_args()
     with tempfile.TemporaryDirectory(prefix="old-mobilenets-") as tmp:
         archive = subprocess.run(
             ["git", "-C", str(ROOT), "archive", args.old_rev, "src/mobilenets"],
@@ -105,6 +124,8 @@ def main() -> int:
                 "new_cpu_ms_per_image": new_cpu,
                 "cpu_time_speedup": old_cpu / new_cpu,
                 "goal": 1.2,
+                "eval_images": args.eval_images or 10000,
+                "smoke": args.smoke,
                 "load_avg_1min": os.getloadavg()[0],
                 "cpus": os.cpu_count(),
                 "command": " ".join([sys.executable, *sys.argv]),

@@ -16,14 +16,16 @@ and ``padding="same"``, the deployment form with no PAD op), it reports:
 - ``host_us``: wall time per inference of the generated C on this host (gcc -O2), beside
   ``tflm_host_us``, the ``tflite-micro`` interpreter on the same model, when available.
 
-    python benchmarks/mcu.py [--only NAME] [--demo runs/demo/last.ckpt]
+    python benchmarks/mcu.py [--only NAME] [--demo runs/demo/last.ckpt] [--host-only] [--smoke]
+
+``--smoke`` measures only the demo architecture with random weights (seconds), with the
+Cortex-M7 figures when arm-none-eabi-gcc and qemu-system-arm are installed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import shutil
 import subprocess
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 
 from mobilenets import create_model, generate_c, profile
+from mobilenets.env import hardware_record, tool_version
 from mobilenets.micro.export import quantize_input
 from mobilenets.micro.quantizer import quantize_int8
 
@@ -49,18 +52,13 @@ STACK_GOAL = 4096
 IPM_GOAL = {"v2_a0.35_144": 3.0}
 
 
-def versions() -> dict:
-    def first_line(cmd: list[str]) -> str | None:
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True).stdout.splitlines()[0]
-        except (OSError, IndexError):
-            return None
-
+def tools() -> dict[str, str | None]:
+    """The host CPU and the compilers and emulator used, through ``mobilenets.env``."""
     return {
-        "host_cpu": platform.processor() or platform.machine(),
-        "gcc": first_line(["gcc", "--version"]),
-        "arm_gcc": first_line(["arm-none-eabi-gcc", "--version"]),
-        "qemu": first_line(["qemu-system-arm", "--version"]),
+        "host_cpu": hardware_record()["cpu"],
+        "gcc": tool_version(["gcc", "--version"]),
+        "arm_gcc": tool_version(["arm-none-eabi-gcc", "--version"]),
+        "qemu": tool_version(["qemu-system-arm", "--version"]),
     }
 
 
@@ -116,7 +114,37 @@ def tflite_figures(qm, out: Path, x: np.ndarray, host: np.ndarray) -> dict:
     return row
 
 
-def measure(key, model, qm, x: np.ndarray, goal: int | None, macs: int) -> dict:
+def cortex_m7_figures(out: Path, host_out: bytes, macs: int, key: str) -> dict:
+    """Flash/SRAM, stack and instruction figures of the Cortex-M7 build, run under QEMU."""
+    make(out, "cortex-m7")
+    row: dict = {}
+    row["flash_bytes"], row["sram_bytes"] = library_size(out)
+    row["stack_su_bytes"] = stack_su(out)
+    res = subprocess.run(
+        ["make", "-s", "-C", str(out), "run-cortex-m7"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    figures = dict(re.findall(r"^(ticks|stack) (\d+)$", res.stdout, re.M))
+    qemu_out = [ln for ln in res.stdout.splitlines() if ln.startswith("out 0:")]
+    row["m7_equals_host"] = (
+        bool(qemu_out)
+        and [int(v) for v in qemu_out[0].split(":")[1].split()]
+        == np.frombuffer(host_out, np.int8).tolist()
+    )
+    row["instructions"] = 40 * int(figures.get("ticks", 0))
+    row["instructions_per_mac"] = round(row["instructions"] / macs, 3)
+    row["ipm_goal"] = IPM_GOAL.get(key)
+    row["stack_painted_bytes"] = int(figures.get("stack", 0))
+    row["stack_goal_met"] = row["stack_painted_bytes"] <= STACK_GOAL
+    return row
+
+
+def measure(
+    key, model, qm, x: np.ndarray, goal: int | None, macs: int, host_only: bool = False
+) -> dict:
+    """One model's JSON row; ``host_only`` skips the Cortex-M7 build, QEMU and tflite-micro."""
     work = Path(tempfile.mkdtemp(prefix=f"mcu-{key}-"))
     out = work / "lib"
     try:
@@ -138,30 +166,12 @@ def measure(key, model, qm, x: np.ndarray, goal: int | None, macs: int) -> dict:
             [str(out / "mn_host"), "--bench", "20"], capture_output=True, text=True
         ).stdout
         row["host_us"] = float(bench.split()[0])
-        make(out, "cortex-m7")
-        row["flash_bytes"], row["sram_bytes"] = library_size(out)
-        row["stack_su_bytes"] = stack_su(out)
-        res = subprocess.run(
-            ["make", "-s", "-C", str(out), "run-cortex-m7"],
-            capture_output=True,
-            text=True,
-            timeout=1800,
-        )
-        figures = dict(re.findall(r"^(ticks|stack) (\d+)$", res.stdout, re.M))
-        qemu_out = [ln for ln in res.stdout.splitlines() if ln.startswith("out 0:")]
         host_out = subprocess.run(
             [str(out / "mn_host")], input=x[:1].tobytes(), capture_output=True
         ).stdout
-        row["m7_equals_host"] = (
-            bool(qemu_out)
-            and [int(v) for v in qemu_out[0].split(":")[1].split()]
-            == np.frombuffer(host_out, np.int8).tolist()
-        )
-        row["instructions"] = 40 * int(figures.get("ticks", 0))
-        row["instructions_per_mac"] = round(row["instructions"] / macs, 3)
-        row["ipm_goal"] = IPM_GOAL.get(key)
-        row["stack_painted_bytes"] = int(figures.get("stack", 0))
-        row["stack_goal_met"] = row["stack_painted_bytes"] <= STACK_GOAL
+        if host_only:
+            return {**row, "cortex_m7": "skipped (--host-only)"}
+        row.update(cortex_m7_figures(out, host_out, macs, key))
         row.update(tflite_figures(qm, out, x[0], np.frombuffer(host_out, np.int8)))
         if row.get("tflite_bytes"):
             row["flash_le_tflite"] = row["flash_bytes"] <= row["tflite_bytes"]
@@ -192,38 +202,58 @@ def demo_model(path: str):
     return ck.model, qm, quantize_input(x, qm)
 
 
-def main() -> int:
+def demo_arch_row(args: argparse.Namespace, env: dict) -> dict:
+    """The demo's architecture with random weights, when its checkpoint is not there (the arena,
+    sizes and instruction counts do not depend on the weights' values)."""
+    model, qm, x = random_model(
+        "mobilenet_v1",
+        0.25,
+        28,
+        num_classes=10,
+        in_chans=1,
+        small_input=True,
+        padding="symmetric",
+    )
+    key = "demo_arch_v1_a0.25_28_random"
+    row = measure(key, model, qm, x, None, profile(model).macs, args.host_only)
+    why = "--smoke" if args.smoke else f"{args.demo} missing"
+    return {**row, "note": f"{why}: random weights", **env}
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", help="one model key")
     ap.add_argument(
         "--demo", default="runs/demo/last.ckpt", help="demo checkpoint (scripts/demo.sh's)"
     )
-    args = ap.parse_args()
-    env = versions()
+    ap.add_argument(
+        "--host-only", action="store_true", help="no Cortex-M7 build, QEMU run or tflite-micro"
+    )
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds: the demo architecture with random weights, --host-only unless "
+        "arm-none-eabi-gcc and qemu-system-arm are installed",
+    )
+    args = ap.parse_args(argv)
+    env = tools()
+    if args.smoke:
+        args.only, args.demo = "demo", ""
+        args.host_only = args.host_only or not (env["arm_gcc"] and env["qemu"])
     for key, arch, width, res, goal in MODELS:
         if args.only and args.only != key:
             continue
         model, qm, x = random_model(arch, width, res)
-        row = measure(key, model, qm, x, goal, profile(model).macs)
+        row = measure(key, model, qm, x, goal, profile(model).macs, args.host_only)
         print(json.dumps({**row, **env}), flush=True)
-    if (not args.only or args.only == "demo") and Path(args.demo).exists():
+    if (not args.only or args.only == "demo") and args.demo and Path(args.demo).exists():
         model, qm, x = demo_model(args.demo)
-        row = measure("demo_fmnist_v1_a0.25_28", model, qm, x, None, profile(model).macs)
+        row = measure(
+            "demo_fmnist_v1_a0.25_28", model, qm, x, None, profile(model).macs, args.host_only
+        )
         print(json.dumps({**row, **env}), flush=True)
     elif not args.only or args.only == "demo":
-        # the checkpoint is not there: the same architecture with random weights (the arena,
-        # sizes and instruction counts do not depend on the weights' values)
-        model, qm, x = random_model(
-            "mobilenet_v1",
-            0.25,
-            28,
-            num_classes=10,
-            in_chans=1,
-            small_input=True,
-            padding="symmetric",
-        )
-        row = measure("demo_arch_v1_a0.25_28_random", model, qm, x, None, profile(model).macs)
-        print(json.dumps({**row, "note": f"{args.demo} missing: random weights", **env}))
+        print(json.dumps(demo_arch_row(args, env)), flush=True)
     return 0
 
 

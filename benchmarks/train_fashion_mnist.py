@@ -23,6 +23,8 @@ CPU smoke run (reduced width, a subset)::
 
     python benchmarks/train_fashion_mnist.py --device cpu --width 0.25 --epochs 1 \\
         --max-train-samples 2048 --max-eval-samples 1000 --peer --peer-steps 10
+
+``--smoke`` is the smallest such run (seconds; ``tests/test_benchmarks.py`` runs it).
 """
 
 from __future__ import annotations
@@ -101,7 +103,19 @@ def peer_images_per_s(args, device, batch_size: int, lr: float, recipe) -> float
     return (steps - warmup) * batch_size / (time.time() - t0)
 
 
-def parse_args() -> argparse.Namespace:
+SMOKE = {  # --smoke: every path (training, evaluation, the peer loop) in seconds on a CPU
+    "width": 0.25,
+    "epochs": 1,
+    "batch_size": 64,
+    "max_train_samples": 128,
+    "max_eval_samples": 128,
+    "peer_steps": 3,
+    "plots": "none",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv`` for tests; default ``sys.argv``)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="mobilenet_v2", choices=("mobilenet_v1", "mobilenet_v2"))
     p.add_argument("--width", type=float, default=1.0)
@@ -126,7 +140,16 @@ def parse_args() -> argparse.Namespace:
         "--peer", action="store_true", help="also time torchvision's mobilenet_v2 in a plain loop"
     )
     p.add_argument("--peer-steps", type=int, default=300)
-    return p.parse_args()
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny settings (width 0.25, 1 epoch, 2 steps of 64, 3 peer steps): paths only",
+    )
+    args = p.parse_args(argv)
+    if args.smoke:
+        for k, v in SMOKE.items():
+            setattr(args, k, v)
+    return args
 
 
 def result_row(
