@@ -172,6 +172,8 @@ def test_every_report_number_equals_its_source(tiny_study):
     assert acc[2] == f"{100 * acc[0][0]:.1f}%"
     mac = next(c for c in sourced if c[1][0].endswith(":macs"))
     assert mac[2] == f"{mac[0][0] / 1e6:.3f}"
+    # cell folders in study.json are relative to the study folder (it can be moved)
+    assert all(c["out"] == f"cells/{c['id']}" for c in study["cells"])
     # study.json and study.csv hold the same numbers
     sec = {s["key"]: s for s in study["sections"]}
     assert json.loads((out / "study.json").read_text())["sections"] == study["sections"]
@@ -200,14 +202,106 @@ def test_cells_trained_with_other_settings_are_refused(tiny_study, capsys):
     with pytest.raises(UsageError, match=r"was trained with epochs 1 \(this study: 2\)"):
         run_study(out=out, grid=longer, report_only=True)
     # the CLI: one line, exit 2, nothing trained (a quick-preset folder asked for 3 epochs)
-    quick = build_grid("quick", "fashion-mnist")
-    folder = quick.cells[0].folder(out / "q")
-    folder.mkdir(parents=True)
-    (folder / "summary.json").write_text("{}")
-    (folder / "run.json").write_text(json.dumps({"epochs": 1, "defining": {}}))
+    _fake_quick_cell(out / "q")
     assert cli.main(["study", "--out", str(out / "q"), "--epochs", "3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "was trained with epochs 1 (this study: 3)" in err[0], err
+
+
+def _fake_quick_cell(out: Path, summary: str | None = None, record: str | None = None) -> Path:
+    """The first quick-preset cell's folder in ``out`` with the given (or valid) records."""
+    folder = build_grid("quick", "fashion-mnist").cells[0].folder(out)
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(summary or json.dumps({"final_test_top1": 0.5}))
+    (folder / "run.json").write_text(record or json.dumps({"epochs": 1, "defining": {}}))
+    return folder
+
+
+def _one_line_error(capsys, argv: list[str], code: int = 2) -> str:
+    from mobilenets import cli
+
+    assert cli.main(argv) == code
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and captured.out == "", (err, captured.out)
+    return err[0]
+
+
+@pytest.mark.parametrize("damage", ["{not json", "[1, 2]", '{"final_test_top1": "high"}'])
+def test_report_refuses_a_finished_cell_whose_summary_is_damaged(tmp_path, capsys, damage):
+    folder = _fake_quick_cell(tmp_path, summary=damage)
+    err = _one_line_error(capsys, ["study", "--out", str(tmp_path), "--report"])
+    assert f"{folder / 'summary.json'} is damaged" in err and "delete" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells"]  # nothing measured
+
+
+@pytest.mark.parametrize("report", [True, False])
+def test_finished_cell_with_a_damaged_run_json_is_refused(tmp_path, capsys, report):
+    folder = _fake_quick_cell(tmp_path, record='{"epochs": 1, "defin')
+    argv = ["study", "--out", str(tmp_path)] + (["--report"] if report else [])
+    err = _one_line_error(capsys, argv)
+    assert f"{folder / 'run.json'} is damaged" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells"]
+
+
+def test_damaged_summary_is_not_finished_and_training_finishes_the_cell_again(tiny_study, tmp_path):
+    from mobilenets.study.runner import run_cells
+
+    out, study = tiny_study
+    grid = tiny_grid()
+    cell = next(c for c in grid.cells if c.id in study["summaries"])
+    shutil.copytree(cell.folder(out), cell.folder(tmp_path))
+    (cell.folder(tmp_path) / "summary.json").write_text('{"final_test_top1": 0.7')  # cut short
+    assert cell.done(out) and not cell.done(tmp_path)
+    assert cell.damage(tmp_path) and cell.damage(tmp_path, summary=False) is None
+    times = run_cells([cell], grid.training, tmp_path, log=lambda s: None)
+    assert list(times) == [cell.id] and cell.done(tmp_path)
+    again = json.loads((cell.folder(tmp_path) / "summary.json").read_text())
+    assert again["final_test_top1"] == study["summaries"][cell.id]["final_test_top1"]
+
+
+@pytest.mark.parametrize("kind", ["empty", "missing", "training run"])
+def test_report_without_study_cells_is_refused_before_measuring(tmp_path, capsys, kind):
+    folder = tmp_path / "dir"
+    if kind != "missing":
+        folder.mkdir()
+    if kind == "training run":
+        (folder / "summary.json").write_text(json.dumps({"final_test_top1": 0.9}))
+        (folder / "run.json").write_text(json.dumps({"epochs": 1, "defining": {}}))
+    before = sorted(p.name for p in folder.iterdir()) if folder.exists() else None
+    err = _one_line_error(capsys, ["study", "--out", str(folder), "--report"])
+    assert f"no study cells in {folder}" in err, err
+    after = sorted(p.name for p in folder.iterdir()) if folder.exists() else None
+    assert after == before  # no latency/, no report written into the user's folder
+
+
+def test_plan_into_a_file_fails_before_printing_the_plan(tmp_path, capsys):
+    target = tmp_path / "file.txt"
+    target.write_text("mine")
+    err = _one_line_error(capsys, ["study", "--out", str(target), "--plan"])
+    assert f"--out {target} is a file" in err and target.read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        ({"data": None}, TypeError, "data must be a --data spec string"),
+        ({"out": None}, TypeError, "out must be a str or Path"),
+        ({"preset": 3}, TypeError, "preset must be one of quick, paper"),
+        ({"preset": "huge"}, ValueError, "--preset must be one of quick, paper"),
+        ({"epochs": "2"}, TypeError, "epochs must be an int"),
+        ({"seeds": 0}, ValueError, "--seeds must be >= 1"),
+        ({"jobs": 1.5}, TypeError, "jobs must be an int"),
+        ({"jobs": True}, TypeError, "jobs must be an int"),
+        ({"device": "tpu"}, ValueError, "device must be None, 'cpu' or 'cuda'"),
+        ({"grid": "tiny"}, TypeError, "grid must be a mobilenets.study.cells.Grid"),
+    ],
+)
+def test_run_study_misuse_names_the_argument(tmp_path, kwargs, error, words):
+    args = {"out": tmp_path / "s", "plan": True, **kwargs}
+    with pytest.raises(error, match=re.escape(words)):
+        run_study(**args)
+    assert not (tmp_path / "s").exists()
 
 
 def test_report_opens_in_headless_chromium(tiny_study):

@@ -145,7 +145,28 @@ class Cell:
         return cmd
 
     def done(self, out: str | Path) -> bool:
-        return (self.folder(out) / "summary.json").exists()
+        """Finished: its ``summary.json`` parses as a run summary with a test accuracy (a
+        damaged one is not finished: ``fit(resume=True)`` finishes the run again)."""
+        return read_summary(self.folder(out)) is not None
+
+    def damage(self, out: str | Path, summary: bool = True) -> str | None:
+        """Why this cell's records in ``out`` cannot be used (a ``run.json``, or with
+        ``summary`` a ``summary.json``, that exists but does not parse as one); None when they
+        are fine or absent."""
+        folder = self.folder(out)
+        path = folder / "summary.json"
+        if summary and path.exists() and read_summary(folder) is None:
+            return f"{path} is damaged (not a run summary with final_test_top1)"
+        record = folder / RECORD
+        if record.exists():
+            try:
+                stored = json.loads(record.read_text())
+                ok = isinstance(stored, dict) and isinstance(stored.get("defining"), dict)
+            except (OSError, ValueError):
+                ok = False
+            if not ok:
+                return f"{record} is damaged (not a run record with 'defining' values)"
+        return None
 
     def mismatch(self, training: Training, out: str | Path, dataset: Any = None) -> str | None:
         """What differs between this cell's finished run in ``out`` (its ``run.json``) and the
@@ -171,6 +192,20 @@ class Cell:
             if old.get(key) != new:
                 return _differs(key, old.get(key), new)
         return None
+
+
+def read_summary(folder: Path) -> dict[str, Any] | None:
+    """A run folder's ``summary.json`` when it parses as a dict with a numeric
+    ``final_test_top1`` in [0, 1]; None when it is missing or damaged."""
+    try:
+        s = json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(s, dict):
+        return None
+    acc = s.get("final_test_top1")
+    ok = isinstance(acc, (int, float)) and not isinstance(acc, bool) and 0 <= acc <= 1
+    return s if ok else None
 
 
 @dataclass
@@ -207,7 +242,7 @@ class Grid:
                     "id": c.id,
                     "variant": c.variant.key,
                     "seed": c.seed,
-                    "out": str(c.folder(out)),
+                    "out": c.folder(".").as_posix(),  # relative to the study folder
                     "command": shlex.join(c.command(self.training, out)),
                 }
                 for c in self.cells

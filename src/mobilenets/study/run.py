@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from .cells import Grid, Variant, build_grid
+from .cells import PRESETS, Grid, Variant, build_grid, read_summary
 from .measure import (
     cost,
     dead_channels,
@@ -64,13 +64,14 @@ def run_study(
     Returns:
         The plan (``plan``) or the study (what ``out/study.json`` holds).
     """
-    if jobs < 1:
-        raise UsageError(f"--jobs must be >= 1, got {jobs}")
-    grid = grid or build_grid(preset, data, epochs, seeds, device)
+    check_arguments(data, out, preset, epochs, seeds, jobs, device, grid)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; the study needs a folder")
+    grid = grid or build_grid(preset, data, epochs, seeds, device)
     if plan:
         return print_plan(grid, out, estimate, jobs)
-    check_cells(grid, out)
+    check_cells(grid, out, report_only)
     if not report_only:
         from .runner import run_cells
 
@@ -87,10 +88,45 @@ def run_study(
     return write_report(ev, out)
 
 
-def check_cells(grid: Grid, out: Path) -> None:
+def _is(x: Any, kinds: tuple[type, ...]) -> bool:
+    return isinstance(x, kinds) and not isinstance(x, bool)
+
+
+def check_arguments(
+    data: Any, out: Any, preset: Any, epochs: Any, seeds: Any, jobs: Any, device: Any, grid: Any
+) -> None:
+    """Refuse misuse of :func:`run_study` with a TypeError/ValueError naming the argument."""
+    if not isinstance(data, str):
+        raise TypeError(f"data must be a --data spec string, got {type(data).__name__}")
+    if not isinstance(out, (str, Path)):
+        raise TypeError(f"out must be a str or Path folder, got {type(out).__name__}")
+    if not isinstance(preset, str):
+        raise TypeError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    for name, x in (("epochs", epochs), ("seeds", seeds), ("jobs", jobs)):
+        if x is None and name != "jobs":
+            continue
+        if not _is(x, (int,)):
+            raise TypeError(f"{name} must be an int >= 1, got {x!r}")
+        if x < 1:
+            raise UsageError(f"--{name} must be >= 1, got {x}")
+    if device not in (None, "cpu", "cuda"):
+        raise UsageError(f"device must be None, 'cpu' or 'cuda', got {device!r}")
+    if grid is not None and not isinstance(grid, Grid):
+        raise TypeError(f"grid must be a mobilenets.study.cells.Grid, got {type(grid).__name__}")
+
+
+def check_cells(grid: Grid, out: Path, report_only: bool = False) -> None:
     """Refuse, in one line, a study whose finished cells in ``out`` were trained with other
-    settings (another --epochs, preset or version): a report must not mix them."""
+    settings (another --epochs, preset or version): a report must not mix them. Damaged records
+    stop it too (naming the file), except a damaged ``summary.json`` when training: that cell
+    is not finished and training finishes it again. ``--report`` with no finished cell at all
+    (an empty, missing or training run folder) is refused before anything is measured."""
     for cell in grid.cells:
+        why = cell.damage(out, summary=report_only)
+        if why:
+            raise UsageError(
+                f"{why}; delete {cell.folder(out)} to retrain that cell, or use another --out"
+            )
         if cell.done(out):
             why = cell.mismatch(grid.training, out)
             if why:
@@ -98,6 +134,11 @@ def check_cells(grid: Grid, out: Path) -> None:
                     f"{cell.folder(out)} was trained with {why}; use another --out, or delete "
                     f"the cells that differ to retrain them"
                 )
+    if report_only and not any(cell.done(out) for cell in grid.cells):
+        raise UsageError(
+            f"no study cells in {out} (none of the {len(grid.cells)} cells of the "
+            f"{grid.preset} grid has finished); run the study without --report first"
+        )
 
 
 def gather(grid: Grid, out: Path, dataset: Any):
@@ -111,7 +152,7 @@ def gather(grid: Grid, out: Path, dataset: Any):
     costs = {v.key: cost(v, n_cls, chans) for v in dict.fromkeys(variants)}
     summaries = {}
     for c in grid.cells:
-        s = read_json(c.folder(out) / "summary.json")
+        s = read_summary(c.folder(out))
         if s is not None:
             summaries[c.id] = s
     t, cpu = time.time(), time.process_time()
@@ -147,7 +188,7 @@ def _degradation(grid: Grid, out: Path, dataset: Any) -> dict[str, dict[str, Any
         seeds = grid.seeds if v in grid.seeded else 1
         for c in (Cell(v, s) for s in range(seeds)):
             path = degradation_path(out, c.id)
-            if not path.exists() and (c.folder(out) / "summary.json").exists():
+            if not path.exists() and c.done(out):
                 n = grid.training.max_eval_samples or 10000
                 write_json(path, dead_channels(c.folder(out) / "last.ckpt", dataset, n))
             stored = read_json(path)
