@@ -111,7 +111,7 @@ def test_config_is_versioned_json_and_round_trips():
         "mobilenet_v2", width_mult=0.5, resolution=160, num_classes=10, in_chans=1, shortcut="none"
     )
     d = json.loads(m.config.to_json())
-    assert d["schema_version"] == 2 and d["name"] == "mobilenet_v2" and d["bn_eps"] == 1e-5
+    assert d["schema_version"] == 3 and d["name"] == "mobilenet_v2" and d["bn_eps"] == 1e-5
     assert d["padding"] == "symmetric"
     cfg = ModelConfig.from_json(m.config.to_json())
     assert cfg == m.config and cfg.rho == 160 / 224
