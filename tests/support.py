@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from mobilenets import cli
+from mobilenets.preprocess import Preprocess
 
 SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(
@@ -98,3 +99,13 @@ def fit_tiny(
     finally:
         torch.set_num_threads(threads)
     return model.eval()
+
+
+NAMES = ["a", "b", "c"]  # the classes of conftest's ``tiny`` model
+PREP = Preprocess(32, 1, [0.3], [0.4], 0.875)  # and its preprocessing
+
+
+def one_line_error(err: str, needle: str) -> None:
+    """``err`` is one line without a traceback and contains ``needle``."""
+    assert needle in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
