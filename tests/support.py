@@ -109,3 +109,26 @@ def one_line_error(err: str, needle: str) -> None:
     """``err`` is one line without a traceback and contains ``needle``."""
     assert needle in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+# A tiny training run on real Fashion-MNIST images (128 train, 64 test).
+TINY = [
+    "train",
+    "--model",
+    "mobilenet_v1",
+    "--width",
+    "0.25",
+    "--data",
+    "fashion-mnist",
+    "--batch-size",
+    "64",
+    "--max-train-samples",
+    "128",
+    "--max-eval-samples",
+    "64",
+    "--quiet",
+]
+
+
+def one_line(err: str) -> bool:
+    return err.count("\n") == 1 and "Traceback" not in err

@@ -10,33 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from support import SYSTEM, make_imagefolder, run_cli, write_idx
+from support import SYSTEM, TINY, make_imagefolder, one_line, run_cli, write_idx
 
 from mobilenets.errors import MobilenetsError
 
-TINY = [
-    "train",
-    "--model",
-    "mobilenet_v1",
-    "--width",
-    "0.25",
-    "--data",
-    "fashion-mnist",
-    "--batch-size",
-    "64",
-    "--max-train-samples",
-    "128",
-    "--max-eval-samples",
-    "64",
-    "--quiet",
-]
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def one_line(err: str) -> bool:
-    return err.count("\n") == 1 and "Traceback" not in err
 
 
 IMAGEFOLDER = [

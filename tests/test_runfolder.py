@@ -14,34 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from support import needs_fashion, run_cli
+from support import TINY, needs_fashion, one_line, run_cli
 
 from mobilenets import checkpoint, cli, train
 from mobilenets.checkpoint import load_checkpoint, load_training_state
 
-TINY = [
-    "train",
-    "--model",
-    "mobilenet_v1",
-    "--width",
-    "0.25",
-    "--data",
-    "fashion-mnist",
-    "--batch-size",
-    "64",
-    "--max-train-samples",
-    "128",
-    "--max-eval-samples",
-    "64",
-    "--quiet",
-]
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def one_line(err: str) -> bool:
-    return err.count("\n") == 1 and "Traceback" not in err
 
 
 def snapshot(folder: Path) -> dict[str, str]:

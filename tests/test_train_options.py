@@ -3,34 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from support import run_cli
+from support import TINY, one_line, run_cli
 
 from mobilenets import train
 from mobilenets.errors import UsageError
 
-TINY = [
-    "train",
-    "--model",
-    "mobilenet_v1",
-    "--width",
-    "0.25",
-    "--data",
-    "fashion-mnist",
-    "--batch-size",
-    "64",
-    "--max-train-samples",
-    "128",
-    "--max-eval-samples",
-    "64",
-    "--quiet",
-]
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def one_line(err: str) -> bool:
-    return err.count("\n") == 1 and "Traceback" not in err
 
 
 @pytest.mark.parametrize(
