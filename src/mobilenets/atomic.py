@@ -19,22 +19,19 @@ def temp_sibling(path: Path, tag: str = "tmp") -> Path:
     return path.with_name(f".{path.name}.{tag}-{os.getpid()}")
 
 
+def fsync_file(path: str | Path) -> None:
+    """fsync a file that was written by someone else (e.g. a library's ``save``), or a folder
+    (so that the renames and new entries in it are durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: str | Path) -> None:
     """fsync a folder, so that the renames and new entries in it are durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: str | Path) -> None:
-    """fsync a file that was written by someone else (e.g. a library's ``save``)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_file(path)
 
 
 def replace(tmp: str | Path, path: str | Path) -> None:
