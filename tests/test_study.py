@@ -72,6 +72,157 @@ def test_small_drop_rule():
     assert claims.small_drop_verdict([0.89], ref, 0.02)[0] == UNDECIDED
 
 
+def test_ordering_compares_every_pair_with_a_confidence_interval():
+    base, mid, low = [0.78, 0.76, 0.77], [0.70, 0.79, 0.74], [0.69, 0.70, 0.71]
+    verdict, why = claims.ordering_verdict([("a", base), ("b", mid), ("c", low)], 100, " pp")
+    # a > c is decided (gap 7 pp > 2 x std 1 pp); the neighbours a/b and b/c are not (std 4.5)
+    assert verdict == UNDECIDED and "a > c" in why and why.count("95% CI") == 3
+    d, lo, hi, how = claims.diff_ci(base, low)
+    diffs = np.subtract(base, low)
+    half = 4.303 * np.std(diffs, ddof=1) / np.sqrt(3)  # t(0.975, df 2)
+    assert how == "paired t" and d == pytest.approx(diffs.mean())
+    assert (lo, hi) == pytest.approx((d - half, d + half))
+    assert claims.diff_ci([1.0, 2.0], [1.0, 2.0, 3.0])[3] == "Welch t"
+
+
+# ---------------------------------------------------------------- headlines on crafted results
+
+
+def _crafted(
+    macs=lambda v: v.width**2 * v.resolution**2,
+    params=lambda v: v.width**2,
+    acc=lambda v, seed: 0.8,
+    memory=None,
+):
+    """Evidence for the tiny grid with 3 seeds of every variant and made-up measurements."""
+    from dataclasses import replace
+
+    from mobilenets.study.cells import imagenet_shape
+
+    g = tiny_grid(seeds=3)
+    every = {v for vs in g.sections.values() for v in vs} | set(g.degradation.values())
+    every |= {imagenet_shape(v) for v in g.sections["alpha"]}
+    g.trained, g.seeded = set(every), set(every)
+    full = {v.key: 9.0 if v.conv_type == "full" else 1.0 for v in every}
+    costs = {
+        v.key: {"macs": macs(v) * full[v.key], "params": params(v) * full[v.key]} for v in every
+    }
+    sums = {Cell(v, s).id: {"final_test_top1": acc(v, s)} for v in every for s in range(3)}
+    ir = {"block": "ir", "params": 1, "macs": 1}
+    blocks = {
+        "resnet": ir,
+        "setups": {
+            "equal width": {"inverted_residual": ir, "materialized_ratio": 1.5},
+            "equal MACs": {"inverted_residual": ir, "materialized_ratio": 0.9},
+        },
+    }
+    memory = memory or {
+        "mobilenet_v1": {
+            "streamed_arena_bytes": 400,
+            "layer_by_layer_arena_bytes": 10,
+            "peak_op": "a",
+        },
+        "mobilenet_v2": {
+            "streamed_arena_bytes": 100,
+            "layer_by_layer_arena_bytes": 20,
+            "peak_op": "b",
+        },
+        "resnet50": {"error": "the planner refuses it: pad"},
+    }
+    ev = claims.Evidence(g, Path("."), 10, 1, costs, sums, {}, {}, {}, blocks, {}, {}, memory, {})
+    return replace(ev)
+
+
+def _side(section, verdict):
+    return [a for a, v, _ in section.side if v == verdict]
+
+
+def test_alpha_headline_is_v1_and_v2s_head_never_flips_it():
+    v2_head = lambda v: v.width**2 if v.model == "mobilenet_v1" else v.width**1.2  # noqa: E731
+    s = claims.claim_alpha(_crafted(params=v2_head))
+    assert s.verdict == S and {a for a, _, _ in s.aspects} == {
+        "MobileNetV1 macs ∝ α²",
+        "MobileNetV1 params ∝ α²",
+    }
+    assert "MobileNetV2 params ∝ α²" in _side(s, C)
+    # the published V1 Table 6 params (4.2 .. 0.5 M) give 1.53: contradicted, on the side only
+    paper = next(w for a, _, w in s.side if a == "V1 paper Table 6: params ∝ α² (published)")
+    assert "fitted exponent 1.5" in paper
+    v1_linear = lambda v: v.width**1.5  # noqa: E731
+    assert claims.claim_alpha(_crafted(params=v1_linear)).verdict == C
+
+
+def test_rho_headline_is_computation_and_constant_params_never_flip_it():
+    s = claims.claim_rho(_crafted(params=lambda v: 1.0))
+    assert s.verdict == S and [a for a, _, _ in s.aspects] == ["MACs ∝ ρ²"]
+    assert any(a.startswith("parameters scale with ρ") for a in _side(s, C))
+    assert claims.claim_rho(_crafted(macs=lambda v: v.resolution**1.2)).verdict == C
+
+
+def test_conv_headline_is_the_papers_shape():
+    small = lambda v: v.width**2 * v.resolution**2 / (3.0 if v.resolution < 224 else 1.0)  # noqa: E731
+    ev = _crafted(macs=small, params=small)
+    ev.costs = {
+        k: ({m: x / (3 if "full" in k and "r224" not in k else 1) for m, x in c.items()})
+        for k, c in ev.costs.items()
+    }  # full / separable = 3 at 16 px, 9 at 224 px
+    s = claims.claim_conv(ev)
+    assert s.verdict == S, s.aspects
+    assert len(_side(s, C)) == 2 and all("224 px" in a for a, _, _ in s.aspects[:2])
+
+
+def test_ablation_decides_each_pair_on_its_own():
+    means = {("linear", "bottleneck"): 0.77, ("relu6", "bottleneck"): 0.70}
+    means |= {("linear", "expansion"): 0.74, ("linear", "none"): 0.70}
+    spread = {("linear", "expansion"): 0.04}  # noisy: expansion vs either side undecided
+
+    def acc(v, seed):
+        k = (v.bottleneck_activation, v.shortcut)
+        return means.get(k, 0.8) + (seed - 1) * spread.get(k, 0.005)
+
+    s = claims.claim_ablation(_crafted(acc=acc))
+    got = {a: v for a, v, _ in s.aspects}
+    assert got["bottleneck shortcut > no shortcut (Fig. 6b)"] == S
+    assert got["linear bottleneck > ReLU6 bottleneck (Fig. 6a)"] == S
+    assert got["bottleneck shortcut > expansion shortcut (Fig. 6b)"] == UNDECIDED
+    assert s.verdict == UNDECIDED and all("95% CI" in w for _, _, w in s.aspects)
+
+
+def test_memory_headline_is_the_whole_network_from_the_planner():
+    s = claims.claim_blocks(_crafted())  # V2 100 < V1 400; the equal-width block is worse
+    assert s.verdict == S and "equal width: inverted residual materializes less" in " ".join(
+        _side(s, C)
+    )
+    assert any("not measurable here" in w for _, _, w in s.side)
+    worse = {
+        "mobilenet_v1": {
+            "streamed_arena_bytes": 100,
+            "layer_by_layer_arena_bytes": 1,
+            "peak_op": "a",
+        },
+        "mobilenet_v2": {
+            "streamed_arena_bytes": 110,
+            "layer_by_layer_arena_bytes": 1,
+            "peak_op": "b",
+        },
+    }
+    assert claims.claim_blocks(_crafted(memory=worse)).verdict == C
+
+
+def test_baselines_vgg_facts_are_side_aspects():
+    ev = _crafted()
+    timed = ev.grid.sections["baselines"] + ev.grid.sections["imagenet"]
+    ev.grid.latency = timed
+    row = {"runtime": "onnx", "median_ms": 10.0, "bytes": 600 * 2**20}  # VGG16 "512 MB": no
+    fast = {**row, "median_ms": 1.0}
+    int8 = {**row, "runtime": "onnx-int8"}
+    mobile = {v.key for v in timed[:2]}  # the baselines section: 2 mobile, then 2 references
+    ev.latencies = {v.key: [fast if v.key in mobile else row, int8] for v in timed}
+    s = claims.claim_baselines(ev)
+    assert "VGG16 is 512 MB" in _side(s, C) and all("VGG16" not in a for a, _, _ in s.aspects)
+    assert s.verdict == S, s.aspects  # 10x faster, equal accuracy
+
+
 # ---------------------------------------------------------------- the plan
 
 
@@ -181,7 +332,18 @@ def test_every_report_number_equals_its_source(tiny_study):
     assert row[1]["values"] == [study["variants"][tiny_grid().sections["alpha"][0].key]["macs"]]
     csv_text = (out / "study.csv").read_text()
     assert f"{row[1]['values'][0]}" in csv_text or f"{float(row[1]['values'][0])}" in csv_text
-    assert "not trained in tiny" in (out / "report.html").read_text()
+    page_text = (out / "report.html").read_text()
+    assert "not trained in tiny" in page_text
+    # the budget line: steps, test images and the noise floor (binomial SE at 50%)
+    b = study["budget"]
+    assert (b["train_images"], b["test_images"], b["steps"]) == (128, 100, 4)
+    assert b["noise_floor_pp"] == pytest.approx(5.0)
+    assert "early training (4 steps)" in page_text and "noise floor ±5.0 pp" in page_text
+    # every claim of the source document is in the summary, measured or "not measurable here"
+    assert sum(r["verdict"] == "not measurable here" for r in study["summary"]) == 3
+    structure = sec["structure"]
+    assert structure["verdict"] == S and study["structure"]["v1"]["layers"] == 28
+    assert study["structure"]["expansion"]["resnet50"][0] == 0.25
     # the cells were trained with the model options and the pinned small_input they name
     cfg = study["summaries"]["v2-a0.2-r16-shortcut-none-s0"]["config"]
     assert cfg["shortcut"] == "none" and cfg["width_mult"] == 0.2 and cfg["resolution"] == 16
@@ -336,7 +498,7 @@ def test_report_opens_in_headless_chromium(tiny_study):
         finally:
             browser.close()
     keys = ["summary"] + [s["key"] for s in study["sections"]]
-    assert ids == keys and len(keys) == 9
+    assert ids == keys and len(keys) == 10
     assert len(widths) == 5 and all(w > 0 for w in widths), widths
     assert errors == []
 

@@ -7,10 +7,8 @@ Two setups, both stride 1 at 56 x 56 (ResNet-50's conv2_x stage, 256 -> 64 -> 64
 
 Memory is in elements and in KB at 16-bit activations, as V2 Table 3 counts. "Materialized" is
 :func:`mobilenets.profile`'s peak (every tensor whole, buffers freed after their last reader).
-"Streamed" is the V2 §5.1 idea computed simply with row bands: the block's input and output
-stay whole (the shortcut needs the input), and the inner tensor exists only as a band of k = 3
-rows feeding the 3 x 3 conv plus the one row it outputs: ``H W (C_in + C_out) + (k + 1) W C_mid``.
-The C code generator's memory planner (written on another branch) will replace this estimate.
+The streamed (memory-efficient) figure is the whole network's, from the C generator's planner
+(:mod:`mobilenets.study.structure`), not an estimate per block.
 """
 
 from __future__ import annotations
@@ -62,7 +60,6 @@ def block_row(block: nn.Module, c_in: int, c_mid: int, c_out: int) -> dict[str, 
     from ..profiling import profile
 
     r = profile(block, dtype=torch.float16)
-    streamed = SIZE * SIZE * (c_in + c_out) + (KERNEL + 1) * SIZE * c_mid
     return {
         "block": block.config.name,
         "in_out_channels": c_in,
@@ -71,8 +68,6 @@ def block_row(block: nn.Module, c_in: int, c_mid: int, c_out: int) -> dict[str, 
         "macs": r.macs,
         "materialized_elems": r.peak_activation_elems,
         "materialized_kb": r.peak_activation_elems * BYTES_PER_ELEM / 1024,
-        "streamed_elems": streamed,
-        "streamed_kb": streamed * BYTES_PER_ELEM / 1024,
     }
 
 
@@ -86,7 +81,7 @@ def equal_macs_width(target_macs: int) -> int:
 
 
 def compare_blocks() -> dict[str, Any]:
-    """Both setups, and under which the V2 §5.1 memory claim holds."""
+    """Both setups against the ResNet bottleneck (params, MACs, materialized peak)."""
     resnet = block_row(resnet_bottleneck(), RESNET_WIDTH, RESNET_MID, RESNET_WIDTH)
     d = equal_macs_width(resnet["macs"])
     setups = {
@@ -100,7 +95,5 @@ def compare_blocks() -> dict[str, Any]:
         result["setups"][name] = {
             "inverted_residual": ir,
             "materialized_ratio": ir["materialized_elems"] / resnet["materialized_elems"],
-            "streamed_ratio": ir["streamed_elems"] / resnet["streamed_elems"],
-            "claim_holds": ir["streamed_elems"] < resnet["streamed_elems"],
         }
     return result

@@ -250,6 +250,11 @@ class Grid:
         }
 
 
+def imagenet_shape(v: Variant) -> Variant:
+    """``v`` in the papers' ImageNet shape: 224 px, 3 channels, 1000 classes."""
+    return replace(v, resolution=224, small_input=False, imagenet=True)
+
+
 def data_shape(spec: str) -> tuple[int, bool, tuple[int, ...]]:
     """(native resolution, small_input, the ρ grid) for a ``--data`` spec, without loading it."""
     from ..data import parse_spec

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..atomic import replace
 from ..atomic import write_text as _write_atomic
-from .claims import Evidence, Num, Section, all_sections
+from .claims import NOT_MEASURED, Evidence, Num, Section, all_sections
 from .measure import write_json
 
 VERDICT_COLORS = {"supported": "#1a7f37", "contradicted": "#cf222e", "inconclusive": "#9a6700"}
@@ -34,6 +34,7 @@ def section_dict(s: Section) -> dict[str, Any]:
         "claim": s.claim,
         "verdict": s.verdict,
         "aspects": [{"aspect": a, "verdict": v, "why": w} for a, v, w in s.aspects],
+        "side": [{"aspect": a, "verdict": v, "why": w} for a, v, w in s.side],
         "paper": [{"what": a, "figure": b} for a, b in s.paper],
         "columns": s.columns,
         "rows": [[_cell_json(x) for x in row] for row in s.rows],
@@ -66,11 +67,15 @@ def write_report(ev: Evidence, out: Path) -> dict[str, Any]:
         "degradation": ev.degradation,
         "collapse": {k: v for k, v in ev.collapse.items() if k in ("seeds", "points", "rows")},
         "blocks": ev.blocks,
+        "structure": ev.structure,
+        "memory": ev.memory,
+        "budget": ev.budget,
         "timing": ev.timing,
         "sections": [section_dict(s) for s in sections],
         "summary": [
             {"claim": s.title, "verdict": s.verdict, "aspects": len(s.aspects)} for s in sections
-        ],
+        ]
+        + [{"claim": c, "verdict": "not measurable here", "why": why} for c, why in NOT_MEASURED],
     }
     write_json(out / "study.json", study)
     _write_csv(out / "study.csv", sections)
@@ -80,10 +85,13 @@ def write_report(ev: Evidence, out: Path) -> dict[str, Any]:
 
 
 def _config(ev: Evidence, key: str) -> dict[str, Any]:
+    from .cells import imagenet_shape
+
     for vs in [*ev.grid.sections.values(), list(ev.grid.degradation.values())]:
         for v in vs:
-            if v.key == key:
-                return v.config(ev.num_classes, ev.in_chans).to_dict()
+            for x in (v, imagenet_shape(v)):
+                if x.key == key:
+                    return x.config(ev.num_classes, ev.in_chans).to_dict()
     raise KeyError(key)
 
 
@@ -126,14 +134,23 @@ def _plots(ev: Evidence, sections: list[Section], folder: Path) -> dict[str, str
 
 def _draw_loglog(plt, spec, ev):
     import numpy as np
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for s in spec["series"]:
-        ax.loglog(s["x"], s["y"], "o-", label=f"{s['label']} (slope {s['slope']:.2f})")
-    x = np.array(
-        [min(min(s["x"]) for s in spec["series"]), max(max(s["x"]) for s in spec["series"])]
-    )
-    ax.loglog(x, (x / x.max()) ** 2, "k--", lw=1, label="slope 2")
+    styles = ("o-", "s--", "^-", "v--", "D-", "x--")  # distinct markers: no series hides another
+    for i, s in enumerate(spec["series"]):
+        ax.loglog(
+            s["x"], s["y"], styles[i % len(styles)], ms=7 - i, mfc="none" if i % 2 else None,
+            label=f"{s['label']} (slope {s['slope']:.2f})",
+        )  # fmt: skip
+    xs = sorted({x for s in spec["series"] for x in s["x"]})
+    x = np.array([xs[0], xs[-1]])
+    ax.loglog(x, (x / x.max()) ** 2, "k:", lw=1, label="slope 2")
+    ax.xaxis.set_major_locator(FixedLocator(xs))  # the real α / pixel values, no 3×10⁻¹
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set(title=spec["title"], xlabel=spec["xlabel"], ylabel=spec["ylabel"])
     ax.legend(fontsize=7)
     return fig
@@ -147,9 +164,11 @@ def _draw_bars(plt, spec, ev):
         vals = b["values"]
         if vals:
             ax.bar(i, np.mean(vals), yerr=np.std(vals, ddof=1) if len(vals) > 1 else 0, capsize=4)
-            ax.plot([i] * len(vals), vals, "k.", ms=4)
+            ax.plot([i] * len(vals), vals, "k.", ms=4, label="one seed" if i == 0 else None)
     ax.set_xticks(range(len(spec["bars"])), [b["label"] for b in spec["bars"]], fontsize=7)
-    ax.set(title=spec["title"], ylabel=spec["ylabel"])
+    ax.set(title=spec["title"] + " (bars: mean ± std over seeds)", ylabel=spec["ylabel"])
+    if any(b["values"] for b in spec["bars"]):
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
 
@@ -175,7 +194,7 @@ def _draw_collapse(plt, spec, ev):
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_aspect("equal", "datalim")
-    fig.suptitle(spec["title"], fontsize=9)
+    fig.suptitle(spec["title"], fontsize=9, y=1.04)  # above the panels' titles
     return fig
 
 
@@ -225,18 +244,47 @@ def _table(columns: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _section_html(s: Section, images: dict[str, str]) -> str:
+def accuracy_label(budget: dict[str, Any]) -> str:
+    """The accuracy columns' heading: the budget each accuracy was trained with."""
+    if not budget:
+        return "test top-1"
+    if budget["early"]:
+        return f"test top-1, early training ({budget['steps']:,} steps)"
+    return f"test top-1 ({budget['epochs']} epochs)"
+
+
+def budget_text(budget: dict[str, Any]) -> str:
+    """One line: training budget, test-set size and noise floor."""
+    if not budget:
+        return ""
+    early = "early training: " if budget["early"] else ""
+    return (
+        f"Budget: {early}{budget['epochs']} epoch(s) on {budget['train_images']:,} training "
+        f"images, batch {budget['batch_size']} ({budget['steps']:,} steps); accuracies on "
+        f"{budget['test_images']:,} test images, noise floor ±{budget['noise_floor_pp']:.1f} pp "
+        f"(binomial standard error of one accuracy at 50%)."
+    )
+
+
+def _section_html(s: Section, images: dict[str, str], budget: dict[str, Any]) -> str:
+    acc = accuracy_label(budget)
+    columns = [acc if c == "test top-1" else c for c in s.columns]
     parts = [
         f'<section id="{s.key}"><h2>{html.escape(s.title)} {_verdict(s.verdict)}</h2>',
         f"<p><b>Claim.</b> {html.escape(s.claim)}</p>",
         "<h3>The paper's figures</h3>",
         _table(["what", "figure"], [list(p) for p in s.paper]),
         "<h3>Our measurement</h3>",
-        _table(s.columns, s.rows),
+        _table(columns, s.rows),
     ]
+    if "test top-1" in s.columns and budget:
+        parts.append(f'<p class="note budget">{html.escape(budget_text(budget))}</p>')
     parts += [f'<img alt="{p["name"]}" src="{images[p["name"]]}">' for p in s.plots]
-    parts.append("<h3>Verdict</h3>")
+    parts.append("<h3>Verdict (the claim as the source states it)</h3>")
     parts.append(_colour(_table(["aspect", "verdict", "why"], [list(a) for a in s.aspects])))
+    if s.side:
+        parts.append("<h3>Side aspects (listed; they do not change the verdict)</h3>")
+        parts.append(_colour(_table(["aspect", "verdict", "why"], [list(a) for a in s.side])))
     parts += [f'<p class="note">{html.escape(n)}</p>' for n in s.notes]
     return "\n".join(parts) + "</section>"
 
@@ -248,11 +296,15 @@ def _timing_note(t: dict[str, Any]) -> str:
         return ""
     wall = sum(c["wall_s"] for c in cells.values())
     cpu = sum(c["cpu_s"] for c in cells.values())
-    return (
-        f". Time: {len(cells)} cells {wall:.0f} s wall / {cpu:.0f} s CPU in all; latency "
-        f"{t.get('latency_wall_s', 0):.0f} s wall and dead channels "
-        f"{t.get('degradation_wall_s', 0):.0f} s in the last call"
-    )
+    text = f". Time: {len(cells)} cells {wall:.0f} s wall / {cpu:.0f} s CPU in all"
+    stages = [
+        f"{name} {t[key]:.0f} s wall"
+        for name, key in (("latency", "latency_wall_s"), ("dead channels", "degradation_wall_s"))
+        if t.get(key, 0) >= 0.5
+    ]
+    if stages:  # what this call measured; stored results read back are not timed
+        return text + "; in the last call " + " and ".join(stages)
+    return text + "; latency and dead channels read from earlier runs"
 
 
 def render_html(study: dict[str, Any], sections: list[Section], images: dict[str, str]) -> str:
@@ -261,17 +313,20 @@ def render_html(study: dict[str, Any], sections: list[Section], images: dict[str
     summary = _table(
         [
             "claim",
-            "verdict (contradicted if any aspect is)",
-            "aspects: supported / contradicted / inconclusive",
+            "verdict (of the headline statement)",
+            "headline aspects: supported / contradicted / inconclusive",
+            "side aspects (never change the verdict)",
         ],
         [
             [
                 s.title,
                 s.verdict,
                 " / ".join(str(sum(v == k for _, v, _ in s.aspects)) for k in VERDICT_COLORS),
+                " / ".join(str(sum(v == k for _, v, _ in s.side)) for k in VERDICT_COLORS),
             ]
             for s in sections
-        ],
+        ]
+        + [[claim, "not measurable here", why, "-"] for claim, why in NOT_MEASURED],
     )
     summary = _colour(summary)
     meta = (
@@ -280,12 +335,15 @@ def render_html(study: dict[str, Any], sections: list[Section], images: dict[str
         + ", ".join(f"{k} {html.escape(str(v))}" for k, v in env.items())
     )
     meta += _timing_note(study.get("timing", {}))
-    body = "\n".join(_section_html(s, images) for s in sections)
+    budget = study.get("budget", {})
+    meta = f"{html.escape(budget_text(budget))} " + meta
+    body = "\n".join(_section_html(s, images, budget) for s in sections)
     return (
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
         "<title>MobileNets: the claims, measured</title>"
         f"<style>{CSS}</style></head><body>"
         "<h1>MobileNets: the claims, measured</h1>"
-        f'<section id="summary"><h2>Summary</h2><p class="note">{meta}</p>{summary}</section>'
+        f'<section id="summary"><h2>Summary</h2><p class="note" id="budget">{meta}</p>'
+        f"{summary}</section>"
         f"{body}</body></html>"
     )

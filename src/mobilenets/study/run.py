@@ -144,11 +144,13 @@ def check_cells(grid: Grid, out: Path, report_only: bool = False) -> None:
 def gather(grid: Grid, out: Path, dataset: Any):
     """Measure what is missing (latency, dead channels) and collect every figure."""
     from .blocks import compare_blocks
+    from .cells import imagenet_shape
     from .claims import Evidence
     from .collapse import relu_collapse
 
     n_cls, chans = len(dataset.class_names), dataset.channels
     variants = [v for vs in grid.sections.values() for v in vs] + list(grid.degradation.values())
+    variants += [imagenet_shape(v) for v in grid.sections["alpha"] if v.model == "mobilenet_v1"]
     costs = {v.key: cost(v, n_cls, chans) for v in dict.fromkeys(variants)}
     summaries = {}
     for c in grid.cells:
@@ -170,8 +172,42 @@ def gather(grid: Grid, out: Path, dataset: Any):
     timing["cells"] = {k: v for k, v in cells.items() if v is not None}
     return Evidence(
         grid, out, n_cls, chans, costs, summaries, latencies, degradation,
-        relu_collapse(), compare_blocks(), timing,
+        relu_collapse(), compare_blocks(), timing, *_structure(out), budget(grid, dataset),
     )  # fmt: skip
+
+
+def _structure(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The structural facts and the planner's whole-network memory (stored beside the cells:
+    they depend on the code only, so a --report does not plan the networks again)."""
+    from .structure import network_memory, structure_facts
+
+    found = []
+    for name, make in (("structure.json", structure_facts), ("memory.json", network_memory)):
+        stored = read_json(out / name)
+        if not isinstance(stored, dict):
+            stored = make()
+            write_json(out / name, stored)
+        found.append(stored)
+    return found[0], found[1]
+
+
+def budget(grid: Grid, dataset: Any) -> dict[str, Any]:
+    """What every cell was trained and tested on, and the test set's noise floor (the binomial
+    standard error of one accuracy at 50%, its largest)."""
+    n_train = len(dataset.split("train"))
+    n_train = min(n_train, grid.training.max_train_samples or n_train)
+    n_test = len(dataset.split("test"))
+    n_test = min(n_test, grid.training.max_eval_samples or n_test)
+    steps = grid.training.epochs * -(-n_train // grid.training.batch_size)
+    return {
+        "epochs": grid.training.epochs,
+        "train_images": n_train,
+        "batch_size": grid.training.batch_size,
+        "steps": steps,
+        "test_images": n_test,
+        "noise_floor_pp": 100 * (0.25 / n_test) ** 0.5,
+        "early": grid.preset != "paper",
+    }
 
 
 def _latency(v: Variant, n_cls: int, chans: int, out: Path) -> list[dict[str, Any]]:
