@@ -251,12 +251,19 @@ def test_plan_prints_runnable_train_commands(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def tiny_study(tmp_path_factory):
-    from mobilenets import run_study
+def tiny_study(tmp_path_factory, worker_id):
+    """The tiny study, built once for all xdist workers (the first one builds it under a file
+    lock; the others read its study.json)."""
+    from filelock import FileLock
 
-    out = tmp_path_factory.mktemp("study")
-    study = run_study(out=out, grid=tiny_grid(), jobs=1)
-    return out, study
+    root = tmp_path_factory.getbasetemp()
+    root = root if worker_id == "master" else root.parent
+    out = root / "tiny_study"
+    with FileLock(str(root / "tiny_study.lock")):
+        if not (out / "study.json").exists():
+            built = run_study(out=out, grid=tiny_grid(), jobs=1)
+            assert json.loads((out / "study.json").read_text())["sections"] == built["sections"]
+    return out, json.loads((out / "study.json").read_text())
 
 
 class _Cells(HTMLParser):
