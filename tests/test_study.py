@@ -239,6 +239,10 @@ def test_plan_prints_runnable_train_commands(tmp_path, capsys):
     assert len(lines) == len(grid.cells) == len({c["id"] for c in plan["cells"]})
     ablation = [c for c in plan["cells"] if c["variant"].startswith("v2-a1-r28")]
     assert len(ablation) == 4 * 3  # 4 Fig. 6 variants x 3 seeds
+    # every cell whose ordering a verdict uses has every seed: the α and ρ cells too
+    ordered = grid.sections["alpha"] + grid.sections["rho"]
+    assert {c.seed for c in grid.cells if c.variant in ordered} == {0, 1, 2}
+    assert sum(c.variant in ordered for c in grid.cells) == 3 * len(set(ordered))
     parser = build_parser()
     for line in lines:  # each is a valid `mobilenets train` command with the cell's options
         args = parser.parse_args(shlex.split(line)[1:])

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--preset", choices=PRESETS, default="quick")
     p.add_argument("--epochs", type=int_at_least(1))
-    p.add_argument("--seeds", type=int_at_least(1), help="seeds of the ablation cells")
+    p.add_argument("--seeds", type=int_at_least(1), help="seeds of the cells a verdict orders")
     p.add_argument("--jobs", type=int_at_least(1), default=1, help="cells trained in parallel")
     p.add_argument("--device", choices=("cpu", "cuda"))
     p.add_argument("--plan", action="store_true", help="print the cells as train commands")

@@ -318,7 +318,9 @@ def build_grid(
     if not quick:
         g.trained = set(g.sections["alpha"]) | set(g.sections["baselines"])
         g.trained |= set(g.sections["conv"])
+        # every cell whose ordering a verdict uses gets every seed (α and ρ included)
         g.seeded = set(g.sections["baselines"]) | set(g.sections["conv"])
+        g.seeded |= set(g.sections["alpha"]) | set(g.sections["rho"])
     g.trained |= set(g.sections["rho"]) | set(g.sections["ablation"])
     g.seeded |= set(g.sections["ablation"])
     g.degradation = {

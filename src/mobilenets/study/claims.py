@@ -229,7 +229,7 @@ class Evidence:
         return a.values if isinstance(a, Num) else []
 
     def cost(self, v: Variant, what: str) -> Num:
-        scale = 1e-6 if what in ("macs", "params") else 1 / 1024  # columns say M or KB
+        scale = 1e-6 if what in ("macs", "params") else 1 / 1024  # columns say M or KiB
         return Num([self.costs[v.key][what]], [f"profile({v.key}):{what}"], scale, "", 3)
 
     def latency(self, v: Variant, runtime: str, what: str = "median_ms") -> Num | str:
@@ -239,7 +239,7 @@ class Evidence:
         if not rows:
             return "not measured"
         i = next(i for i, r in enumerate(rows) if r["runtime"] == runtime)
-        scale, unit = (1e-6, " MB") if what == "bytes" else (1.0, "")  # columns say ms
+        scale, unit = (2**-20, " MiB") if what == "bytes" else (1.0, "")  # columns say ms
         return Num([rows[i][what]], [f"latency/{v.key}.json:{i}.{what}"], scale, unit, 2)
 
 
@@ -711,7 +711,8 @@ def claim_degradation(ev: Evidence) -> Section:
                 len(d["layers"]),
             ]
         )
-        series.append({"label": name, "y": [100 * r["dead_fraction"] for r in d["layers"]]})
+        seeds = [[100 * r["dead_fraction"] for r in ev.degradation[c.id]["layers"]] for c in done]
+        series.append({"label": _label(v), "name": name, "seeds": seeds})
     verdict, why = shortcut_degradation_verdict(per_seed)
     return Section(
         "degradation",
@@ -722,7 +723,7 @@ def claim_degradation(ev: Evidence) -> Section:
         [("V2 §6.1 and Fig. 6b", "qualitative: no figure of dead units is given")],
         [("V2 without shortcuts has more dead channels than V2 with them", verdict, why)],
         [
-            "A channel is dead when its ReLU/ReLU6 output is never > 0 over all test images and positions (seed 0 per layer in the plot)."
+            "A channel is dead when its ReLU/ReLU6 output is never > 0 over all test images and positions (the plot: one panel per model, each on its own layer axis, one line per seed)."
         ],
         [
             {
@@ -781,7 +782,7 @@ def _memory_rows(memory: dict[str, Any]) -> list[list[Cell_]]:
         rows.append(
             [NAMES.get(m, m)]
             + [
-                Num([r[k]], [f"memory.json:{m}.{k}"], 1 / 1000, " kB", 1)
+                Num([r[k]], [f"memory.json:{m}.{k}"], 1 / 1024, " KiB", 1)
                 for k in ("streamed_arena_bytes", "layer_by_layer_arena_bytes")
             ]
             + [r["peak_op"]]

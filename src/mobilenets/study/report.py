@@ -12,6 +12,7 @@ import csv
 import html
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -174,12 +175,18 @@ def _draw_bars(plt, spec, ev):
 
 
 def _draw_layers(plt, spec, ev):
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for s in spec["series"]:
-        ax.plot(range(1, len(s["y"]) + 1), s["y"], "o-", ms=3, label=s["label"])
-    ax.set(title=spec["title"], xlabel="ReLU layer", ylabel=spec["ylabel"])
-    if spec["series"]:
-        ax.legend(fontsize=7)
+    """One panel per model (its own ReLU-layer axis), one line of points per seed."""
+    n = max(1, len(spec["series"]))
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.2), sharey=True, squeeze=False)
+    for ax, s in zip(axes[0], spec["series"], strict=False):
+        for i, ys in enumerate(s["seeds"]):
+            ax.plot(range(1, len(ys) + 1), ys, "o-", ms=3, lw=0.8, alpha=0.8, label=f"seed {i}")
+        ax.set_title(f"{s['name']}\n{s['label']}", fontsize=8)
+        ax.set_xlabel("ReLU layer (this model)", fontsize=8)
+        ax.legend(fontsize=6)
+    axes[0][0].set_ylabel(spec["ylabel"], fontsize=8)
+    fig.suptitle(spec["title"], fontsize=9, y=1.04)
+    fig.tight_layout()
     return fig
 
 
@@ -227,10 +234,20 @@ def _colour(table: str) -> str:
     return table
 
 
+UNITS_NOTE = (
+    "Units: KiB = 1024 bytes, MiB = 2^20 bytes; the papers' KB and MB are quoted as printed. "
+    "Hover a figure for the file or profile() it was copied from."
+)
+
+
 def _td(x: Any) -> str:
     if isinstance(x, Num):
         vals, srcs = html.escape(json.dumps(x.values)), html.escape(json.dumps(x.sources))
-        return f"<td data-values='{vals}' data-sources='{srcs}'>{html.escape(x.text())}</td>"
+        title = html.escape(" ".join(x.sources), quote=True)
+        return (
+            f"<td data-values='{vals}' data-sources='{srcs}' title=\"{title}\">"
+            f"{html.escape(x.text())}</td>"
+        )
     if isinstance(x, float):
         return f"<td data-values='[{x!r}]'>{x:.4g}</td>"
     if isinstance(x, int) and not isinstance(x, bool):
@@ -242,6 +259,31 @@ def _table(columns: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(_td(x) for x in r) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+SOURCE_NAMES = {
+    "profile": "mobilenets.profile() of each model",
+    "cells": "each cell's summary.json",
+    "latency": "latency/MODEL.json (mobilenets.bench)",
+    "degradation": "degradation/CELL.json (dead_channels)",
+    "collapse": "study.collapse.relu_collapse()",
+    "memory.json": "memory.json (mobilenets.micro.planner)",
+}
+
+
+def _footnote(rows: list[list[Any]]) -> str:
+    """The sources of a table's figures, visible under it (files and profile() calls)."""
+    kinds = {
+        re.split(r"[/(:]", src)[0]
+        for r in rows
+        for x in r
+        if isinstance(x, Num)
+        for src in x.sources
+    }
+    if not kinds:
+        return ""
+    names = ", ".join(SOURCE_NAMES.get(k, k) for k in sorted(kinds))
+    return f'<p class="note source">Sources: {html.escape(names)}.</p>'
 
 
 def accuracy_label(budget: dict[str, Any]) -> str:
@@ -276,6 +318,7 @@ def _section_html(s: Section, images: dict[str, str], budget: dict[str, Any]) ->
         _table(["what", "figure"], [list(p) for p in s.paper]),
         "<h3>Our measurement</h3>",
         _table(columns, s.rows),
+        _footnote(s.rows),
     ]
     if "test top-1" in s.columns and budget:
         parts.append(f'<p class="note budget">{html.escape(budget_text(budget))}</p>')
@@ -334,7 +377,7 @@ def render_html(study: dict[str, Any], sections: list[Section], images: dict[str
         f"{len(study['cells'])} trained cells; {html.escape(study['hardware'])}; "
         + ", ".join(f"{k} {html.escape(str(v))}" for k, v in env.items())
     )
-    meta += _timing_note(study.get("timing", {}))
+    meta += _timing_note(study.get("timing", {})) + ". " + UNITS_NOTE
     budget = study.get("budget", {})
     meta = f"{html.escape(budget_text(budget))} " + meta
     body = "\n".join(_section_html(s, images, budget) for s in sections)

@@ -50,8 +50,8 @@ def run_study(
 
     Args:
         data: a ``--data`` spec (Fashion-MNIST by default; CIFAR and ImageFolder work).
-        preset: ``quick`` (CPU, ≤ 15 minutes on 2 cores) or ``paper`` (every cell, ≥ 3 seeds
-            for the ablations).
+        preset: ``quick`` (CPU, ≤ 15 minutes on 2 cores) or ``paper`` (every cell; every seed
+            for each cell whose ordering a verdict uses: α, ρ, baselines, conv, ablations).
         epochs, seeds: override the preset's.
         jobs: cells trained in parallel processes (spread over the visible GPUs or CPU cores).
         plan: only print the cells as ``mobilenets train`` commands; with ``estimate``, also
