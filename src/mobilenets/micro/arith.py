@@ -103,3 +103,71 @@ def multiply_by_quantized_multiplier(
     acc -= negative
     acc >>= right
     return acc
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow SAME padding (before, after) of one spatial dimension."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def padding_kind(
+    padding: tuple[int, int, int, int], hw: tuple[int, int], kernel: tuple[int, int], stride
+) -> str | None:
+    """``SAME``, ``VALID`` or None (neither: TFLite needs a PAD op)."""
+    if tuple(padding) == (0, 0, 0, 0):
+        return "VALID"
+    same = same_padding(hw[0], kernel[0], stride[0]) + same_padding(hw[1], kernel[1], stride[1])
+    return "SAME" if tuple(padding) == same else None
+
+
+# ---------------------------------------------------------------- Prepare: once per op
+# Each function below is what TFLite Micro's Prepare computes for one op from the float32
+# scales in the file; the NumPy reference and the C generator both call it.
+
+
+def _f32(x: float) -> float:
+    return float(np.float32(x))
+
+
+def add_multipliers(s1: float, s2: float, s_out: float) -> tuple[int, int, int, int, int, int]:
+    """ADD (int8): (m1, e1, m2, e2, m_out, e_out); inputs are shifted left by
+    :data:`ADD_LEFT_SHIFT` and rescaled to twice the larger input scale, in double."""
+    a, b, o = _f32(s1), _f32(s2), _f32(s_out)
+    twice_max = 2.0 * max(a, b)
+    m1, e1 = quantize_multiplier(a / twice_max)
+    m2, e2 = quantize_multiplier(b / twice_max)
+    mo, eo = quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * o))
+    return m1, e1, m2, e2, mo, eo
+
+
+ADD_LEFT_SHIFT = 20
+
+
+def mul_multiplier(s1: float, s2: float, s_out: float) -> tuple[int, int]:
+    """MUL (int8): ``s1 * s2 / s_out`` in double from the float32 scales."""
+    return quantize_multiplier(_f32(s1) * _f32(s2) / _f32(s_out))
+
+
+def rescale_multiplier(s_in: float, s_out: float) -> tuple[int, int]:
+    """MEAN (int8): ``s_in / s_out`` in double from the float32 scales."""
+    return quantize_multiplier(_f32(s_in) / _f32(s_out))
+
+
+def _to_int16_multiplier(m: int) -> int:
+    """TFLite ``DownScaleInt32ToInt16Multiplier``: a Q31 multiplier rounded to Q15."""
+    if m >= INT32_MAX - (1 << 15):
+        return 2**15 - 1
+    return (m + (1 << 15)) >> 16
+
+
+def hard_swish_params(s_in: float, s_out: float) -> tuple[int, int, int, int]:
+    """HARD_SWISH (int8): (output m16, output exponent, reluish m16, reluish exponent).
+
+    TFLite computes these scales in float32 (not double), then ``QuantizeMultiplier`` and
+    rounds each Q31 multiplier to Q15."""
+    hires = np.float32(1.0 / 128.0) * np.float32(s_in)
+    out_m, out_e = quantize_multiplier(float(np.float32(hires / np.float32(s_out))))
+    relu_m, relu_e = quantize_multiplier(float(np.float32(hires / np.float32(3.0 / 32768.0))))
+    return _to_int16_multiplier(out_m), out_e, _to_int16_multiplier(relu_m), relu_e

@@ -23,8 +23,9 @@ import numpy as np
 
 from ..atomic import replace_folder
 from ..errors import UsageError
-from .arith import conv_multipliers, quantize_multiplier
+from .arith import add_multipliers, conv_multipliers, rescale_multiplier
 from .graph import QuantizedModel
+from .ops import C_CONSTANTS, STAGE_KINDS, c_enum
 from .planner import (
     Plan,
     Stage,
@@ -45,11 +46,15 @@ BUILD_OUTPUTS = re.compile(r"mn_host|mn_cortex-m\d+\.elf|build/cortex-m\d+/[\w.-
 # QEMU boards: where each keeps the 16 MB RAM that holds the weights (`info mtree`)
 BOARD_WEIGHTS = {"mps2-an386": "0x21000000", "mps2-an500": "0x60000000"}
 OWN_LD = ("mps3-an547.ld",)  # boards with their own linker script (Cortex-M55)
-_KIND_ID = {"conv": 0, "dw": 1, "add": 2, "pool": 3, "fc": 4}
 
 
 def _template(name: str) -> str:
     return resources.files("mobilenets.micro").joinpath("templates", name).read_text()
+
+
+def engine_file(name: str) -> str:
+    """An engine file, with the registry's kernel ids and limits filled in (``mn_engine.h``)."""
+    return _template(name).replace("@MN_OPS@", c_enum())
 
 
 def _c_array(ctype: str, name: str, values: np.ndarray) -> str:
@@ -62,16 +67,6 @@ def _c_array(ctype: str, name: str, values: np.ndarray) -> str:
 
 def _f32(x: float) -> float:
     return float(np.float32(x))
-
-
-def add_multipliers(s1: float, s2: float, s_out: float) -> tuple[int, ...]:
-    """TFLite int8 ADD: (m1, s1, m2, s2, m_out, s_out) from float32 scales, left shift 20."""
-    a, b, o = _f32(s1), _f32(s2), _f32(s_out)
-    twice_max = 2.0 * max(a, b)
-    m1, e1 = quantize_multiplier(a / twice_max)
-    m2, e2 = quantize_multiplier(b / twice_max)
-    mo, eo = quantize_multiplier(twice_max / ((1 << 20) * o))
-    return m1, e1, m2, e2, mo, eo
 
 
 def dw_weight_order(w: np.ndarray) -> np.ndarray:
@@ -140,7 +135,7 @@ def _stage_params(qm: QuantizedModel, plan: Plan, s: Stage) -> tuple[str, str]:
     mode = 1 if op.kind == "mean" else 0
     if mode == 0 and (_f32(t_in.scale) != _f32(t_out.scale) or t_in.zero_point != t_out.zero_point):
         raise UnsupportedModelError(f"op {op.name}: average pool must keep its quantization")
-    m0, shift = quantize_multiplier(_f32(t_in.scale) / _f32(t_out.scale)) if mode else (0, 0)
+    m0, shift = rescale_multiplier(t_in.scale, t_out.scale) if mode else (0, 0)
     tin = plan.tensors[s.inputs[0]]
     acc = next(b for b in plan.buffers if b.stage == s.index)
     vals = (
@@ -225,6 +220,8 @@ def model_header(qm: QuantizedModel, plan: Plan, prefix: str = DEFAULT_PREFIX) -
         f"#define {P}INPUT_ZERO_POINT {ti.zero_point}",
         f'#define {P}OUTPUT_SCALE "{_f32(to.scale)!r}"',
         f"#define {P}OUTPUT_ZERO_POINT {to.zero_point}",
+        "/* the engine limits this model was generated for (model.c checks mn_engine.h) */",
+        *(f"#define {P}ENGINE_{k} {v}" for k, v in C_CONSTANTS.items()),
         f"#define {P}NUM_CLASSES {len(names) if names else to.nbytes}",
         f"extern const char *const {p}class_names[];",
         "",
@@ -265,7 +262,7 @@ def _tables(qm: QuantizedModel, plan: Plan) -> list[str]:
     for s, ref in zip(plan.stages, refs, strict=True):
         in1 = index[s.inputs[1]] if len(s.inputs) > 1 else -1
         st.append(
-            f"    {{{_KIND_ID[s.kind]}, {s.kernel[0]}, {s.kernel[1]}, {s.stride[0]}, "
+            f"    {{{STAGE_KINDS.index(s.kind)}, {s.kernel[0]}, {s.kernel[1]}, {s.stride[0]}, "
             f"{s.stride[1]}, {s.padding[0]}, {s.padding[2]}, {int(s.whole_input)}, "
             f"{index[s.inputs[0]]}, {in1}, "
             f"{index[s.output]}, {ref}}}, /* {_c_comment(s.op.name)} */"
@@ -286,6 +283,8 @@ def model_source(qm: QuantizedModel, plan: Plan, prefix: str = DEFAULT_PREFIX) -
     ``<prefix>input_buffer``. Only those and ``<prefix>class_names`` are external."""
     p, P = prefix, prefix.upper()
     parts = ['#include <string.h>\n#include "model.h"\n#include "mn_engine.h"\n\n']
+    same = " && ".join(f"MN_{k} == {P}ENGINE_{k}" for k in C_CONSTANTS)
+    parts.append(f"typedef char {p}engine_matches[({same}) ? 1 : -1];\n\n")
     parts += _tables(qm, plan)
     names = qm.class_names or [str(i) for i in range(qm.output_tensor.nbytes)]
     parts.append(
@@ -470,7 +469,7 @@ def _write_folder(tmp: Path, qm, plan: Plan, report: dict, target: str, inputs, 
     (tmp / "model.c").write_text(model_source(qm, plan, prefix))
     (tmp / "mn_inputs.c").write_text(inputs_source(qm, inputs, prefix))
     for name in ENGINE_FILES:
-        (tmp / name).write_text(_template(name))
+        (tmp / name).write_text(engine_file(name))
     for name in DRIVER_FILES:
         text = _template(name).replace("@p@", prefix).replace("@P@", prefix.upper())
         (tmp / name).write_text(text)

@@ -36,17 +36,9 @@ from typing import Any
 
 import numpy as np
 
-OP_KINDS = (
-    "conv2d",
-    "depthwise_conv2d",
-    "fully_connected",
-    "add",
-    "avg_pool2d",
-    "mean",
-    "max_pool2d",
-    "pad",
-    "reshape",
-)
+from . import ops
+
+OP_KINDS = ops.OP_KINDS  # the registry (:mod:`.ops`) defines every op
 
 
 @dataclass
@@ -81,10 +73,10 @@ class Op:
     act_min: int = -128
     act_max: int = 127
     activation: str = "none"  # fused: none, relu, relu6
+    pad_value: int | None = None  # PADV2's constant; None: the zero point (PAD)
 
     def __post_init__(self) -> None:
-        if self.kind not in OP_KINDS:
-            raise ValueError(f"unknown op kind {self.kind!r}; one of {', '.join(OP_KINDS)}")
+        ops.spec(self.kind)  # ValueError naming the supported kinds
 
 
 @dataclass

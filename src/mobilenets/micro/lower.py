@@ -19,28 +19,14 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import UsageError
+from .arith import padding_kind, same_padding
 from .graph import Op, QuantizedModel, Tensor
+
+__all__ = ["Lowered", "lower", "padding_kind", "same_padding"]
 
 _ADD = {operator.add, operator.iadd, torch.add}
 _ACT_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
 _ACT_FUNCTIONS = {torch.relu: "relu", nn.functional.relu: "relu", nn.functional.relu6: "relu6"}
-
-
-def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TensorFlow SAME padding (before, after) of one spatial dimension."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
-def padding_kind(
-    padding: tuple[int, int, int, int], hw: tuple[int, int], kernel: tuple[int, int], stride
-) -> str | None:
-    """``SAME``, ``VALID`` or None (neither: TFLite needs a PAD op)."""
-    if padding == (0, 0, 0, 0):
-        return "VALID"
-    same = same_padding(hw[0], kernel[0], stride[0]) + same_padding(hw[1], kernel[1], stride[1])
-    return "SAME" if tuple(padding) == same else None
 
 
 def _effective(size: int, kernel: int, stride: int, pad: int) -> tuple[int, int]:

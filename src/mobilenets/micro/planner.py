@@ -30,9 +30,11 @@ from typing import Any
 
 from ..errors import MobilenetsError
 from .graph import Op, QuantizedModel
+from .ops import MAX_KERNEL, PATCH_MAX, STAGE_KINDS, spec
 
 ALIGN = 4
-STREAM_KINDS = ("conv", "dw", "add", "pool")
+STREAM_KINDS = ("conv", "dw", "add", "pool", "mul", "hswish")  # read their inputs by rows
+ROW_PRODUCERS = ("conv", "dw", "add", "mul", "hswish")  # write their outputs row by row
 
 
 class UnsupportedModelError(MobilenetsError):
@@ -61,7 +63,7 @@ class Stage:
             return min(in_h - 1, r * self.stride[0] - self.padding[0] + self.kernel[0] - 1)
         if self.kind == "fc":
             return in_h - 1
-        return r
+        return min(r, in_h - 1)  # a one-row input (squeeze-excite's scale) is broadcast
 
     def read_rows(self, r: int, in_h: int) -> range:
         if self.whole_input:
@@ -71,7 +73,7 @@ class Stage:
             return range(max(lo, 0), self.needed_row(r, in_h) + 1)
         if self.kind == "fc":
             return range(in_h)
-        return range(r, r + 1)
+        return range(min(r, in_h - 1), min(r, in_h - 1) + 1)
 
 
 @dataclass
@@ -208,13 +210,14 @@ def build_stages(qm: QuantizedModel) -> tuple[list[Stage], dict[int, int]]:
 
     for i, op in enumerate(qm.ops):
         name = op.name or f"op{i}"
-        if op.kind == "reshape":
+        role = spec(op.kind).stage
+        if role == "alias":
             alias[op.output] = op.inputs[0]
             continue
-        if op.kind == "pad":
+        if role == "fold":
             users = consumers.get(op.output, [])
             src, dst = qm.tensors[op.inputs[0]], qm.tensors[op.output]
-            if len(users) != 1 or qm.ops[users[0]].kind not in ("conv2d", "depthwise_conv2d"):
+            if len(users) != 1 or spec(qm.ops[users[0]].kind).stage not in ("conv", "dw"):
                 raise UnsupportedModelError(f"op {name}: a pad op must feed one convolution")
             if src.zero_point != dst.zero_point or src.scale != dst.scale:
                 raise UnsupportedModelError(f"op {name}: pad changes the quantization")
@@ -228,15 +231,8 @@ def build_stages(qm: QuantizedModel) -> tuple[list[Stage], dict[int, int]]:
 
 
 def _stage(qm, index, op, name, pending_pad, resolve) -> Stage:
-    kinds = {
-        "conv2d": "conv",
-        "depthwise_conv2d": "dw",
-        "add": "add",
-        "avg_pool2d": "pool",
-        "mean": "pool",
-        "fully_connected": "fc",
-    }
-    if op.kind not in kinds:
+    kind = spec(op.kind).stage
+    if kind not in STAGE_KINDS:
         raise UnsupportedModelError(f"op {name}: {op.kind} is not supported by the C generator")
     inputs = list(op.inputs)
     padding = tuple(op.padding)
@@ -245,12 +241,13 @@ def _stage(qm, index, op, name, pending_pad, resolve) -> Stage:
         inputs[0] = src
         padding = tuple(a + b for a, b in zip(padding, pad, strict=True))
     inputs = [resolve(t) for t in inputs]
-    kind = kinds[op.kind]
     kernel = tuple(op.kernel)
     if kind in ("conv", "dw"):
         kernel = (int(op.weights.shape[1]), int(op.weights.shape[2]))
-        if kernel[0] > 7 or kernel[1] > 7:
-            raise UnsupportedModelError(f"op {name}: kernels larger than 7x7 are not supported")
+        if kernel[0] > MAX_KERNEL or kernel[1] > MAX_KERNEL:
+            raise UnsupportedModelError(
+                f"op {name}: kernels larger than {MAX_KERNEL}x{MAX_KERNEL} are not supported"
+            )
     if kind == "pool":
         h, w, _ = _hwc(qm.tensors[inputs[0]].shape)
         oh, ow, _ = _hwc(qm.tensors[op.output].shape)
@@ -284,7 +281,7 @@ def _tensor_plans(qm: QuantizedModel, stages: list[Stage], streaming: bool):
             if t in (qm.input, qm.output) or tp.producer < 0:
                 continue
             prod = stages[tp.producer]
-            if prod.kind in ("conv", "dw", "add") and all(
+            if prod.kind in ROW_PRODUCERS and all(
                 r.kind in STREAM_KINDS for r in readers.get(t, [])
             ):
                 ringable.add(t)
@@ -501,9 +498,6 @@ def _buffers(stages, tensors, trace: _Trace, inp: int, out: int) -> list[Buffer]
             first, last = trace.stage_ticks[s.index]
             bufs.append(Buffer(f"{s.op.name or s.index}.acc", 4 * c, first, last, stage=s.index))
     return bufs
-
-
-PATCH_MAX = 64  # MN_PATCH_MAX in mn_engine.c
 
 
 def im2col_length(s: Stage, cin: int) -> int:

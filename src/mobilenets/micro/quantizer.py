@@ -31,6 +31,7 @@ from torch import fx, nn
 from ..errors import UsageError
 from .graph import Op, QuantizedModel, Tensor
 from .lower import lower
+from .ops import spec
 
 CALIB_METHODS = ("minmax", "percentile", "mse")
 # Evidence (benchmarks/bench_tflite.py --calib-compare --checkpoint CKPT: 512 calibration
@@ -188,9 +189,6 @@ def _quantize_op(op: Op, tensors: list[Tensor]) -> Op:
     return q
 
 
-_SHARED = ("avg_pool2d", "max_pool2d", "pad", "reshape")
-
-
 def quantize_graph(graph: QuantizedModel, ranges: dict[int, tuple[float, float]]):
     """The int8 graph of an fp32 graph, given each tensor's calibrated (min, max)."""
     tensors = [Tensor(t.name, t.shape, 0.0, 0) for t in graph.tensors]
@@ -200,7 +198,7 @@ def quantize_graph(graph: QuantizedModel, ranges: dict[int, tuple[float, float]]
 
     assign(graph.input)
     for op in graph.ops:
-        if op.kind in _SHARED:
+        if spec(op.kind).quant == "input":  # the registry's quantization rule
             src = tensors[op.inputs[0]]
             tensors[op.output].scale, tensors[op.output].zero_point = src.scale, src.zero_point
         else:

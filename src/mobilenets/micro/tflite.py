@@ -18,26 +18,16 @@ import numpy as np
 from ..artifact import ArtifactMeta
 from ..atomic import write_bytes
 from ..errors import MobilenetsError
+from . import tflite_ops
 from .graph import Op, QuantizedModel, Tensor
+from .ops import BY_CODE, TFLITE_NAMES, spec, supported_tflite_ops
 from .validate import check_model
 
 FORMAT_VERSION = 1
 SCHEMA_VERSION = 3
-# TFLite builtin operator codes and the op versions written (int8 versions: per-channel conv).
-OPCODES = {
-    "add": (0, 1, 2),  # code, fp32 version, int8 version
-    "avg_pool2d": (1, 1, 2),
-    "conv2d": (3, 1, 3),
-    "depthwise_conv2d": (4, 1, 3),
-    "fully_connected": (9, 1, 4),
-    "max_pool2d": (17, 1, 2),
-    "reshape": (22, 1, 1),
-    "pad": (34, 1, 2),
-}
-KIND_OF_CODE = {code: kind for kind, (code, _, _) in OPCODES.items()}
-ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 3}
-PADDING = {"SAME": 0, "VALID": 1}
-FLOAT32, INT32, INT8 = 0, 2, 9
+# op codes, versions, writers and readers: the registry (.ops)
+ACTIVATIONS, PADDING = tflite_ops.ACTIVATIONS, tflite_ops.PADDING
+FLOAT32, INT32, INT8 = tflite_ops.FLOAT32, tflite_ops.INT32, tflite_ops.INT8
 
 
 def _tfl():
@@ -177,7 +167,8 @@ class _Writer:
 
     def _opcode(self, kind: str) -> int:
         t = self.tfl
-        code, v_float, v_int8 = OPCODES[kind]
+        entry = spec(kind)
+        code, (v_float, v_int8) = entry.code, entry.versions
         t.OperatorCodeStart(self.b)
         t.OperatorCodeAddDeprecatedBuiltinCode(self.b, min(code, 127))
         t.OperatorCodeAddBuiltinCode(self.b, code)
@@ -192,131 +183,8 @@ def _act_q(t: Tensor):
     return None if t.scale == 0.0 else ([t.scale], [t.zero_point], 0)
 
 
-def _weights(w: _Writer, op: Op, dim: int) -> tuple[int, int]:
-    """(weights, bias) tensors of a conv/FC op."""
-    g = w.graph
-    s_in = np.float32(g.tensors[op.inputs[0]].scale)
-    n = op.bias.shape[0]
-    if g.is_float:
-        wt = w.tensor(f"{op.name}.weight", op.weights.shape, FLOAT32, op.weights.astype("<f4"))
-        bt = w.tensor(f"{op.name}.bias", (n,), FLOAT32, op.bias.astype("<f4"))
-        return wt, bt
-    scales = op.weight_scales.astype(np.float32)
-    zeros = [0] * n
-    if np.all(scales == scales[0]):
-        w_q = ([scales[0]], [0], 0)  # one scale for the whole tensor (the classifier)
-    else:
-        w_q = (scales, zeros, dim)
-    wt = w.tensor(f"{op.name}.weight", op.weights.shape, INT8, op.weights, w_q)
-    bias_scales = (s_in * scales).astype(np.float32)
-    b_q = ([bias_scales[0]], [0], 0) if len(w_q[0]) == 1 else (bias_scales, zeros, 0)
-    bt = w.tensor(f"{op.name}.bias", (n,), INT32, op.bias.astype("<i4"), b_q)
-    return wt, bt
-
-
-def _emit_conv(w: _Writer, op: Op) -> None:
-    """CONV_2D or DEPTHWISE_CONV_2D, its padding SAME or VALID (PAD ops carry any other)."""
-    from .lower import padding_kind
-
-    t, b, x, act = w.tfl, w.b, op.inputs[0], ACTIVATIONS[op.activation]
-    wt, bt = _weights(w, op, 0 if op.kind == "conv2d" else 3)
-    kh, kw = op.weights.shape[1:3]
-    kind = padding_kind(op.padding, w.graph.tensors[x].shape[1:3], (kh, kw), op.stride)
-    if kind is None:
-        raise MobilenetsError(f"op {op.name}: padding {op.padding} is neither SAME nor VALID")
-    if op.kind == "conv2d":
-        t.Conv2DOptionsStart(b)
-        t.Conv2DOptionsAddPadding(b, PADDING[kind])
-        t.Conv2DOptionsAddStrideH(b, op.stride[0])
-        t.Conv2DOptionsAddStrideW(b, op.stride[1])
-        t.Conv2DOptionsAddFusedActivationFunction(b, act)
-        t.Conv2DOptionsAddDilationHFactor(b, 1)
-        t.Conv2DOptionsAddDilationWFactor(b, 1)
-        opts, otype = t.Conv2DOptionsEnd(b), t.BuiltinOptions.Conv2DOptions
-    else:
-        t.DepthwiseConv2DOptionsStart(b)
-        t.DepthwiseConv2DOptionsAddPadding(b, PADDING[kind])
-        t.DepthwiseConv2DOptionsAddStrideH(b, op.stride[0])
-        t.DepthwiseConv2DOptionsAddStrideW(b, op.stride[1])
-        t.DepthwiseConv2DOptionsAddDepthMultiplier(b, op.depth_multiplier)
-        t.DepthwiseConv2DOptionsAddFusedActivationFunction(b, act)
-        t.DepthwiseConv2DOptionsAddDilationHFactor(b, 1)
-        t.DepthwiseConv2DOptionsAddDilationWFactor(b, 1)
-        opts, otype = t.DepthwiseConv2DOptionsEnd(b), t.BuiltinOptions.DepthwiseConv2DOptions
-    w.operator(op.kind, [x, wt, bt], [op.output], otype, opts)
-
-
-def _emit_fully_connected(w: _Writer, op: Op) -> None:
-    t, b = w.tfl, w.b
-    wt, bt = _weights(w, op, 0)
-    t.FullyConnectedOptionsStart(b)
-    t.FullyConnectedOptionsAddFusedActivationFunction(b, ACTIVATIONS[op.activation])
-    opts = t.FullyConnectedOptionsEnd(b)
-    inputs = [op.inputs[0], wt, bt]
-    w.operator(op.kind, inputs, [op.output], t.BuiltinOptions.FullyConnectedOptions, opts)
-
-
-def _emit_add(w: _Writer, op: Op) -> None:
-    t, b = w.tfl, w.b
-    t.AddOptionsStart(b)
-    t.AddOptionsAddFusedActivationFunction(b, ACTIVATIONS[op.activation])
-    opts = t.AddOptionsEnd(b)
-    w.operator(op.kind, list(op.inputs), [op.output], t.BuiltinOptions.AddOptions, opts)
-
-
-def _emit_pool(w: _Writer, op: Op) -> None:
-    """AVERAGE_POOL_2D or MAX_POOL_2D (VALID padding)."""
-    t, b = w.tfl, w.b
-    t.Pool2DOptionsStart(b)
-    t.Pool2DOptionsAddPadding(b, PADDING["VALID"])
-    t.Pool2DOptionsAddStrideH(b, op.stride[0])
-    t.Pool2DOptionsAddStrideW(b, op.stride[1])
-    t.Pool2DOptionsAddFilterHeight(b, op.kernel[0])
-    t.Pool2DOptionsAddFilterWidth(b, op.kernel[1])
-    t.Pool2DOptionsAddFusedActivationFunction(b, ACTIVATIONS[op.activation])
-    opts = t.Pool2DOptionsEnd(b)
-    w.operator(op.kind, [op.inputs[0]], [op.output], t.BuiltinOptions.Pool2DOptions, opts)
-
-
-def _emit_pad(w: _Writer, op: Op) -> None:
-    """PAD with its (4, 2) int32 paddings tensor (NHWC: H and W only)."""
-    t, b = w.tfl, w.b
-    top, bottom, left, right = op.padding
-    table = np.array([[0, 0], [top, bottom], [left, right], [0, 0]], "<i4")
-    pt = w.tensor(f"{op.name}.paddings", (4, 2), INT32, table)
-    t.PadOptionsStart(b)
-    opts = t.PadOptionsEnd(b)
-    w.operator(op.kind, [op.inputs[0], pt], [op.output], t.BuiltinOptions.PadOptions, opts)
-
-
-def _emit_reshape(w: _Writer, op: Op) -> None:
-    t, b = w.tfl, w.b
-    shape = w.graph.tensors[op.output].shape  # in the options only: no shape tensor to store
-    new_shape = w.ints(t.ReshapeOptionsStartNewShapeVector, shape)
-    t.ReshapeOptionsStart(b)
-    t.ReshapeOptionsAddNewShape(b, new_shape)
-    opts = t.ReshapeOptionsEnd(b)
-    w.operator(op.kind, [op.inputs[0]], [op.output], t.BuiltinOptions.ReshapeOptions, opts)
-
-
-# One writer per op kind: its options table, extra constant tensors and the operator.
-_EMITTERS = {
-    "conv2d": _emit_conv,
-    "depthwise_conv2d": _emit_conv,
-    "fully_connected": _emit_fully_connected,
-    "add": _emit_add,
-    "avg_pool2d": _emit_pool,
-    "max_pool2d": _emit_pool,
-    "pad": _emit_pad,
-    "reshape": _emit_reshape,
-}
-
-
 def _emit(w: _Writer, op: Op) -> None:
-    emit = _EMITTERS.get(op.kind)
-    if emit is None:
-        raise MobilenetsError(f"op {op.name}: {op.kind} has no .tflite writer")
-    emit(w, op)
+    spec(op.kind).write(w, op)
 
 
 def tflite_bytes(graph: QuantizedModel, metadata: dict[str, Any] | None = None) -> bytes:
@@ -406,62 +274,46 @@ def _const(model, sub, i: int) -> np.ndarray:
     return np.frombuffer(raw, dtype).reshape(tuple(_np(tensor, "Shape", np.int64)))
 
 
-def _read_op(model, sub, op_t, kind: str, path) -> Op:
-    tfl = _tfl()[1]
-    ins = list(_np(op_t, "Inputs", np.int64))
-    op = Op(kind, (int(ins[0]),), int(_np(op_t, "Outputs", np.int64)[0]))
-    table = op_t.BuiltinOptions()
-    act = 0
-    if kind in ("conv2d", "depthwise_conv2d", "fully_connected"):
-        wt = sub.Tensors(int(ins[1]))
-        op.weights, op.bias = _const(model, sub, int(ins[1])), _const(model, sub, int(ins[2]))
-        q = wt.Quantization()
-        if q is not None and not q.ScaleIsNone():
-            scales = _np(q, "Scale", np.float32)
-            op.weight_scales = np.broadcast_to(scales, op.bias.shape).copy()
-        cls = {
-            "conv2d": tfl.Conv2DOptions,
-            "depthwise_conv2d": tfl.DepthwiseConv2DOptions,
-            "fully_connected": tfl.FullyConnectedOptions,
-        }[kind]
+class _ReadCtx:
+    """What a per-op reader (:mod:`.tflite_ops`) needs: constants, shapes, options tables."""
+
+    def __init__(self, model, sub, path) -> None:
+        self.model, self.sub, self.path, self.tfl = model, sub, path, _tfl()[1]
+        self.op_t = None
+
+    def const(self, i: int) -> np.ndarray:
+        return _const(self.model, self.sub, i)
+
+    def shape(self, i: int) -> tuple[int, ...]:
+        return tuple(int(v) for v in _np(self.sub.Tensors(i), "Shape", np.int64))
+
+    def options(self, cls):
         o = cls()
+        table = self.op_t.BuiltinOptions()
+        if table is None:
+            raise MobilenetsError(f"{self.path}: an operator has no options table")
         o.Init(table.Bytes, table.Pos)
-        act = o.FusedActivationFunction()
-        if kind != "fully_connected":
-            op.stride = (o.StrideH(), o.StrideW())
-            if kind == "depthwise_conv2d":
-                op.depth_multiplier = o.DepthMultiplier() or 1
-            op.padding = _conv_padding(sub, op, o.Padding())
-    elif kind == "add":
-        op.inputs = (int(ins[0]), int(ins[1]))
-        o = tfl.AddOptions()
-        o.Init(table.Bytes, table.Pos)
-        act = o.FusedActivationFunction()
-    elif kind in ("avg_pool2d", "max_pool2d"):
-        o = tfl.Pool2DOptions()
-        o.Init(table.Bytes, table.Pos)
-        if o.Padding() != PADDING["VALID"]:
-            raise MobilenetsError(f"{path}: pools with SAME padding are not supported")
-        op.stride, op.kernel = (o.StrideH(), o.StrideW()), (o.FilterHeight(), o.FilterWidth())
-        act = o.FusedActivationFunction()
-    elif kind == "pad":
-        table_ = _const(model, sub, int(ins[1]))
-        op.padding = (*map(int, table_[1]), *map(int, table_[2]))
-    names = {v: k for k, v in ACTIVATIONS.items()}
-    if act not in names:
-        raise MobilenetsError(f"{path}: fused activation {act} is not supported")
-    op.activation = names[act]
+        return o
+
+
+def _read_op(ctx: _ReadCtx, op_t, code: int, index: int) -> Op:
+    """One operator: its registry entry reads the options and constants onto the op."""
+    if code not in BY_CODE:
+        name = TFLITE_NAMES.get(code) or _builtin_name(code)
+        raise MobilenetsError(
+            f"{ctx.path}: op {index} is {name}, not supported (supported: {supported_tflite_ops()})"
+        )
+    entry = BY_CODE[code]
+    ins = [int(i) for i in _np(op_t, "Inputs", np.int64)]
+    op = Op(entry.kind, (ins[0],), int(_np(op_t, "Outputs", np.int64)[0]))
+    ctx.op_t = op_t
+    entry.read(ctx, ins, op)
     return op
 
 
-def _conv_padding(sub, op: Op, kind: int) -> tuple[int, int, int, int]:
-    from .lower import same_padding
-
-    if kind == PADDING["VALID"]:
-        return (0, 0, 0, 0)
-    _, h, w, _ = _np(sub.Tensors(op.inputs[0]), "Shape", np.int64)
-    kh, kw = op.weights.shape[1:3]
-    return same_padding(int(h), kh, op.stride[0]) + same_padding(int(w), kw, op.stride[1])
+def _builtin_name(code: int) -> str:
+    names = {v: k for k, v in vars(_tfl()[1].BuiltinOperator).items() if not k.startswith("_")}
+    return names.get(code, f"builtin code {code}")
 
 
 def read_tflite(path: str | Path) -> tuple[QuantizedModel, dict[str, Any]]:
@@ -494,13 +346,11 @@ def read_tflite(path: str | Path) -> tuple[QuantizedModel, dict[str, Any]]:
             if q is not None and not q.ScaleIsNone():
                 scale, zp = float(_np(q, "Scale", np.float32)[0]), int(q.ZeroPoint(0))
             tensors.append(Tensor(t.Name().decode(), tuple(_np(t, "Shape", np.int64)), scale, zp))
-        ops = []
-        for i in range(sub.OperatorsLength()):
-            op_t = sub.Operators(i)
-            code = codes[op_t.OpcodeIndex()]
-            if code not in KIND_OF_CODE:
-                raise MobilenetsError(f"{path}: op {i} has builtin code {code}, not supported")
-            ops.append(_read_op(model, sub, op_t, KIND_OF_CODE[code], path))
+        ctx = _ReadCtx(model, sub, path)
+        ops = [
+            _read_op(ctx, sub.Operators(i), codes[sub.Operators(i).OpcodeIndex()], i)
+            for i in range(sub.OperatorsLength())
+        ]
     except MobilenetsError:
         raise
     except Exception as e:  # a damaged flatbuffer

@@ -373,8 +373,6 @@ static void mn_pointwise_k(const mn_conv_params *p, int k, const int8_t *in, int
         mn_dot_one(p, k, in + (size_t)(npix - 1) * (size_t)k, out + (size_t)(npix - 1) * (size_t)cout);
 }
 
-#define MN_PATCH_MAX 64
-
 /* One im2col patch (ky, kx, c) of output column ox; padding taps hold the input zero point,
  * which bias_eff cancels exactly (TFLite's zero-point padding contributes nothing). */
 static void mn_gather(const mn_conv_params *p, const int8_t *const *rows, int kh, int kw, int sw,
@@ -653,7 +651,7 @@ static int mn_needed(const mn_stage *s, int r, int in_h)
 static void mn_compute(const mn_net *net, uint8_t *arena, const mn_stage *s, int r)
 {
     const mn_tensor *in = &net->tensors[s->in0], *ot = &net->tensors[s->out];
-    const int8_t *rows[7];
+    const int8_t *rows[MN_MAX_KERNEL];
     int ky;
     switch (s->kind) {
     case MN_CONV:

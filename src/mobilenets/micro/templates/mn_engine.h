@@ -11,7 +11,8 @@
 extern "C" {
 #endif
 
-enum { MN_CONV = 0, MN_DW = 1, MN_ADD = 2, MN_POOL = 3, MN_FC = 4 };
+/* kernel ids and limits: generated from the op registry (mobilenets.micro.ops) */
+@MN_OPS@
 
 /* Per-channel requantization of a conv, depthwise conv or fully connected op. */
 typedef struct {

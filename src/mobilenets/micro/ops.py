@@ -1,0 +1,112 @@
+"""The op registry: one :class:`OpSpec` per int8 op, read by every part of ``micro``.
+
+An op's graph kind, TFLite builtin code and versions, ``.tflite`` writer and reader
+(:mod:`.tflite_ops`), NumPy reference kernel (:mod:`.kernels`), quantization rule
+(:mod:`.quantizer`), planner stage and row rule (:mod:`.planner`) and C kernel id (the generated
+``mn_engine.h`` enum, :mod:`.codegen`) live here and nowhere else. Adding an op is one entry
+here plus its kernel, codec and C kernel.
+
+Constants shared by Python and the generated C (:data:`C_CONSTANTS`) are written into
+``mn_engine.h`` and ``model.h`` by the generator, never kept in sync by comments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import kernels, tflite_ops
+
+# planner stage kinds, in C kernel id order (the ``MN_*`` enum of the generated mn_engine.h)
+STAGE_KINDS = ("conv", "dw", "add", "pool", "fc", "mul", "hswish")
+MAX_KERNEL = 7  # the largest conv/pool window the C engine takes (its row-pointer array)
+PATCH_MAX = 64  # the longest im2col patch (kh * kw * cin) the C engine gathers
+C_CONSTANTS = {"MAX_KERNEL": MAX_KERNEL, "PATCH_MAX": PATCH_MAX}
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """Everything about one op.
+
+    - ``kind``: the graph kind (:class:`.graph.Op`); ``code``/``versions``: the TFLite builtin
+      operator and the op version written for fp32 and int8 graphs.
+    - ``write``/``read``: the ``.tflite`` codec; ``kernel``: the NumPy reference.
+    - ``quant``: the output's quantization: ``calibrated`` (its own range) or ``input`` (the
+      input's scale and zero point, as TFLite's kernels for it do not rescale).
+    - ``stage``: the planner/C stage kind (:data:`STAGE_KINDS`), ``fold`` (merged into the
+      convolution it feeds) or ``alias`` (no code: the output is the input's bytes).
+    - ``rows``: the planner's row rule: ``window`` (a kernel's rows around ``r * stride``),
+      ``same`` (row ``r`` of every input, row 0 of a one-row broadcast input) or ``all``
+      (every input row: pooling to one row, the fully connected layer).
+    """
+
+    kind: str
+    code: int
+    versions: tuple[int, int]
+    write: Callable[[Any, Any], None]
+    read: Callable[[Any, list[int], Any], None]
+    kernel: Callable[..., Any]
+    quant: str = "calibrated"
+    stage: str = "alias"
+    rows: str = "same"
+    n_inputs: int = 1
+
+    @property
+    def c_kind(self) -> int:
+        """The C kernel id (``MN_CONV``...), -1 for folded or aliased ops."""
+        return STAGE_KINDS.index(self.stage) if self.stage in STAGE_KINDS else -1
+
+
+_T = tflite_ops
+_K = kernels
+OPS: dict[str, OpSpec] = {
+    s.kind: s
+    for s in (
+        OpSpec("conv2d", 3, (1, 3), _T.write_conv, _T.read_conv, _K.conv2d, stage="conv",
+               rows="window"),
+        OpSpec("depthwise_conv2d", 4, (1, 3), _T.write_conv, _T.read_conv, _K.depthwise_conv2d,
+               stage="dw", rows="window"),
+        OpSpec("fully_connected", 9, (1, 4), _T.write_fully_connected, _T.read_conv,
+               _K.fully_connected, stage="fc", rows="all"),
+        OpSpec("add", 0, (1, 2), _T.write_add, _T.read_binary, _K.add, stage="add", n_inputs=2),
+        OpSpec("mul", 18, (1, 2), _T.write_mul, _T.read_binary, _K.mul, stage="mul", n_inputs=2),
+        OpSpec("avg_pool2d", 1, (1, 2), _T.write_pool, _T.read_pool, _K.avg_pool2d,
+               quant="input", stage="pool", rows="all"),
+        OpSpec("mean", 40, (1, 2), _T.write_mean, _T.read_mean, _K.mean, stage="pool",
+               rows="all"),
+        OpSpec("max_pool2d", 17, (1, 2), _T.write_pool, _T.read_pool, _K.max_pool2d,
+               quant="input", stage="maxpool", rows="window"),
+        OpSpec("hard_swish", 117, (1, 1), _T.write_plain, _T.read_none, _K.hard_swish,
+               stage="hswish"),
+        OpSpec("pad", 34, (1, 2), _T.write_pad, _T.read_pad, _K.pad, quant="input",
+               stage="fold"),
+        OpSpec("reshape", 22, (1, 1), _T.write_reshape, _T.read_none, _K.reshape,
+               quant="input", stage="alias"),
+    )
+}  # fmt: skip
+OP_KINDS = tuple(OPS)
+BY_CODE = {s.code: s for s in OPS.values()}
+TFLITE_NAMES = {
+    0: "ADD", 1: "AVERAGE_POOL_2D", 3: "CONV_2D", 4: "DEPTHWISE_CONV_2D", 9: "FULLY_CONNECTED",
+    17: "MAX_POOL_2D", 18: "MUL", 22: "RESHAPE", 34: "PAD", 40: "MEAN", 117: "HARD_SWISH",
+}  # fmt: skip
+
+
+def spec(kind: str) -> OpSpec:
+    """The registry entry of graph kind ``kind`` (ValueError naming the supported kinds)."""
+    if kind not in OPS:
+        raise ValueError(f"unknown op kind {kind!r}; one of {', '.join(OP_KINDS)}")
+    return OPS[kind]
+
+
+def supported_tflite_ops() -> str:
+    """The TFLite builtin ops a file may use, comma-separated (for one-line refusals)."""
+    return ", ".join(sorted(TFLITE_NAMES[s.code] for s in OPS.values()))
+
+
+def c_enum() -> str:
+    """The C enum of kernel ids and the shared constants, for the generated headers."""
+    ids = ", ".join(f"MN_{k.upper()} = {i}" for i, k in enumerate(STAGE_KINDS))
+    consts = "\n".join(f"#define MN_{k} {v}" for k, v in C_CONSTANTS.items())
+    return f"enum {{ {ids} }};\n{consts}"

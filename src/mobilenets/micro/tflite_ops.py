@@ -1,0 +1,229 @@
+"""Per-op ``.tflite`` codecs: each op's writer (options table, constant tensors, operator) and
+reader (options and constants back onto the graph op), used through :mod:`.ops`.
+
+Writers take the ``tflite._Writer`` and the op; readers take the reader's context
+(``tflite._ReadCtx``: the flatbuffer's model, subgraph, schema classes and constants) and the
+op to fill. Neither imports a graph class.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import MobilenetsError
+from .arith import padding_kind, same_padding
+
+ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 3}
+PADDING = {"SAME": 0, "VALID": 1}
+FLOAT32, INT32, INT8 = 0, 2, 9
+
+
+# ---------------------------------------------------------------- writers
+
+
+def _weights(w: Any, op: Any, dim: int) -> tuple[int, int]:
+    """(weights, bias) tensors of a conv/FC op."""
+    g = w.graph
+    s_in = np.float32(g.tensors[op.inputs[0]].scale)
+    n = op.bias.shape[0]
+    if g.is_float:
+        wt = w.tensor(f"{op.name}.weight", op.weights.shape, FLOAT32, op.weights.astype("<f4"))
+        bt = w.tensor(f"{op.name}.bias", (n,), FLOAT32, op.bias.astype("<f4"))
+        return wt, bt
+    scales = op.weight_scales.astype(np.float32)
+    zeros = [0] * n
+    if np.all(scales == scales[0]):
+        w_q = ([scales[0]], [0], 0)  # one scale for the whole tensor (the classifier)
+    else:
+        w_q = (scales, zeros, dim)
+    wt = w.tensor(f"{op.name}.weight", op.weights.shape, INT8, op.weights, w_q)
+    bias_scales = (s_in * scales).astype(np.float32)
+    b_q = ([bias_scales[0]], [0], 0) if len(w_q[0]) == 1 else (bias_scales, zeros, 0)
+    bt = w.tensor(f"{op.name}.bias", (n,), INT32, op.bias.astype("<i4"), b_q)
+    return wt, bt
+
+
+def _tf_padding(w: Any, op: Any, kernel) -> int:
+    kind = padding_kind(op.padding, w.graph.tensors[op.inputs[0]].shape[1:3], kernel, op.stride)
+    if kind is None:
+        raise MobilenetsError(f"op {op.name}: padding {op.padding} is neither SAME nor VALID")
+    return PADDING[kind]
+
+
+def write_conv(w: Any, op: Any) -> None:
+    """CONV_2D or DEPTHWISE_CONV_2D, its padding SAME or VALID (PAD ops carry any other)."""
+    t, b, x, act = w.tfl, w.b, op.inputs[0], ACTIVATIONS[op.activation]
+    wt, bt = _weights(w, op, 0 if op.kind == "conv2d" else 3)
+    padding = _tf_padding(w, op, op.weights.shape[1:3])
+    if op.kind == "conv2d":
+        t.Conv2DOptionsStart(b)
+        t.Conv2DOptionsAddPadding(b, padding)
+        t.Conv2DOptionsAddStrideH(b, op.stride[0])
+        t.Conv2DOptionsAddStrideW(b, op.stride[1])
+        t.Conv2DOptionsAddFusedActivationFunction(b, act)
+        t.Conv2DOptionsAddDilationHFactor(b, 1)
+        t.Conv2DOptionsAddDilationWFactor(b, 1)
+        opts, otype = t.Conv2DOptionsEnd(b), t.BuiltinOptions.Conv2DOptions
+    else:
+        t.DepthwiseConv2DOptionsStart(b)
+        t.DepthwiseConv2DOptionsAddPadding(b, padding)
+        t.DepthwiseConv2DOptionsAddStrideH(b, op.stride[0])
+        t.DepthwiseConv2DOptionsAddStrideW(b, op.stride[1])
+        t.DepthwiseConv2DOptionsAddDepthMultiplier(b, op.depth_multiplier)
+        t.DepthwiseConv2DOptionsAddFusedActivationFunction(b, act)
+        t.DepthwiseConv2DOptionsAddDilationHFactor(b, 1)
+        t.DepthwiseConv2DOptionsAddDilationWFactor(b, 1)
+        opts, otype = t.DepthwiseConv2DOptionsEnd(b), t.BuiltinOptions.DepthwiseConv2DOptions
+    w.operator(op.kind, [x, wt, bt], [op.output], otype, opts)
+
+
+def write_fully_connected(w: Any, op: Any) -> None:
+    t, b = w.tfl, w.b
+    wt, bt = _weights(w, op, 0)
+    t.FullyConnectedOptionsStart(b)
+    t.FullyConnectedOptionsAddFusedActivationFunction(b, ACTIVATIONS[op.activation])
+    opts = t.FullyConnectedOptionsEnd(b)
+    inputs = [op.inputs[0], wt, bt]
+    w.operator(op.kind, inputs, [op.output], t.BuiltinOptions.FullyConnectedOptions, opts)
+
+
+def write_add(w: Any, op: Any) -> None:
+    t, b = w.tfl, w.b
+    t.AddOptionsStart(b)
+    t.AddOptionsAddFusedActivationFunction(b, ACTIVATIONS[op.activation])
+    opts = t.AddOptionsEnd(b)
+    w.operator(op.kind, list(op.inputs), [op.output], t.BuiltinOptions.AddOptions, opts)
+
+
+def write_mul(w: Any, op: Any) -> None:
+    t, b = w.tfl, w.b
+    t.MulOptionsStart(b)
+    t.MulOptionsAddFusedActivationFunction(b, ACTIVATIONS[op.activation])
+    opts = t.MulOptionsEnd(b)
+    w.operator(op.kind, list(op.inputs), [op.output], t.BuiltinOptions.MulOptions, opts)
+
+
+def write_pool(w: Any, op: Any) -> None:
+    """AVERAGE_POOL_2D or MAX_POOL_2D (SAME or VALID padding)."""
+    t, b = w.tfl, w.b
+    padding = _tf_padding(w, op, op.kernel)
+    t.Pool2DOptionsStart(b)
+    t.Pool2DOptionsAddPadding(b, padding)
+    t.Pool2DOptionsAddStrideH(b, op.stride[0])
+    t.Pool2DOptionsAddStrideW(b, op.stride[1])
+    t.Pool2DOptionsAddFilterHeight(b, op.kernel[0])
+    t.Pool2DOptionsAddFilterWidth(b, op.kernel[1])
+    t.Pool2DOptionsAddFusedActivationFunction(b, ACTIVATIONS[op.activation])
+    opts = t.Pool2DOptionsEnd(b)
+    w.operator(op.kind, [op.inputs[0]], [op.output], t.BuiltinOptions.Pool2DOptions, opts)
+
+
+def write_mean(w: Any, op: Any) -> None:
+    """MEAN over H and W with keep_dims (the axis list is a constant int32 tensor)."""
+    t, b = w.tfl, w.b
+    axes = w.tensor(f"{op.name}.axis", (2,), INT32, np.array([1, 2], "<i4"))
+    t.ReducerOptionsStart(b)
+    t.ReducerOptionsAddKeepDims(b, True)
+    opts = t.ReducerOptionsEnd(b)
+    w.operator(op.kind, [op.inputs[0], axes], [op.output], t.BuiltinOptions.ReducerOptions, opts)
+
+
+def write_plain(w: Any, op: Any) -> None:
+    """An op without options (HARD_SWISH, LOGISTIC)."""
+    w.operator(op.kind, list(op.inputs), [op.output], 0, None)
+
+
+def write_pad(w: Any, op: Any) -> None:
+    """PAD with its (4, 2) int32 paddings tensor (NHWC: H and W only)."""
+    t, b = w.tfl, w.b
+    top, bottom, left, right = op.padding
+    table = np.array([[0, 0], [top, bottom], [left, right], [0, 0]], "<i4")
+    pt = w.tensor(f"{op.name}.paddings", (4, 2), INT32, table)
+    t.PadOptionsStart(b)
+    opts = t.PadOptionsEnd(b)
+    w.operator(op.kind, [op.inputs[0], pt], [op.output], t.BuiltinOptions.PadOptions, opts)
+
+
+def write_reshape(w: Any, op: Any) -> None:
+    t, b = w.tfl, w.b
+    shape = w.graph.tensors[op.output].shape  # in the options only: no shape tensor to store
+    new_shape = w.ints(t.ReshapeOptionsStartNewShapeVector, shape)
+    t.ReshapeOptionsStart(b)
+    t.ReshapeOptionsAddNewShape(b, new_shape)
+    opts = t.ReshapeOptionsEnd(b)
+    w.operator(op.kind, [op.inputs[0]], [op.output], t.BuiltinOptions.ReshapeOptions, opts)
+
+
+# ---------------------------------------------------------------- readers
+
+
+def _activation(ctx: Any, act: int) -> str:
+    names = {v: k for k, v in ACTIVATIONS.items()}
+    if act not in names:
+        raise MobilenetsError(f"{ctx.path}: fused activation {act} is not supported")
+    return names[act]
+
+
+def _conv_padding(ctx: Any, op: Any, kind: int, kernel) -> tuple[int, int, int, int]:
+    if kind == PADDING["VALID"]:
+        return (0, 0, 0, 0)
+    _, h, w, _ = ctx.shape(op.inputs[0])
+    return same_padding(int(h), kernel[0], op.stride[0]) + same_padding(
+        int(w), kernel[1], op.stride[1]
+    )
+
+
+def read_conv(ctx: Any, ins: list[int], op: Any) -> None:
+    """CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED: weights, bias, scales and options."""
+    tfl = ctx.tfl
+    op.weights, op.bias = ctx.const(ins[1]), ctx.const(ins[2])
+    q = ctx.sub.Tensors(ins[1]).Quantization()
+    if q is not None and not q.ScaleIsNone():
+        scales = np.asarray(q.ScaleAsNumpy(), np.float32)
+        op.weight_scales = np.broadcast_to(scales, op.bias.shape).copy()
+    cls = {
+        "conv2d": tfl.Conv2DOptions,
+        "depthwise_conv2d": tfl.DepthwiseConv2DOptions,
+        "fully_connected": tfl.FullyConnectedOptions,
+    }[op.kind]
+    o = ctx.options(cls)
+    op.activation = _activation(ctx, o.FusedActivationFunction())
+    if op.kind != "fully_connected":
+        op.stride = (o.StrideH(), o.StrideW())
+        if op.kind == "depthwise_conv2d":
+            op.depth_multiplier = o.DepthMultiplier() or 1
+        op.padding = _conv_padding(ctx, op, o.Padding(), op.weights.shape[1:3])
+
+
+def read_binary(ctx: Any, ins: list[int], op: Any) -> None:
+    """ADD, MUL: two inputs and the fused activation."""
+    op.inputs = (ins[0], ins[1])
+    cls = ctx.tfl.AddOptions if op.kind == "add" else ctx.tfl.MulOptions
+    op.activation = _activation(ctx, ctx.options(cls).FusedActivationFunction())
+
+
+def read_pool(ctx: Any, ins: list[int], op: Any) -> None:
+    o = ctx.options(ctx.tfl.Pool2DOptions)
+    op.stride, op.kernel = (o.StrideH(), o.StrideW()), (o.FilterHeight(), o.FilterWidth())
+    op.padding = _conv_padding(ctx, op, o.Padding(), op.kernel)
+    op.activation = _activation(ctx, o.FusedActivationFunction())
+
+
+def read_mean(ctx: Any, ins: list[int], op: Any) -> None:
+    """MEAN: only over H and W (axes 1 and 2) of an NHWC tensor."""
+    axes = sorted(int(a) % 4 for a in np.asarray(ctx.const(ins[1])).reshape(-1))
+    if axes != [1, 2] or len(ctx.shape(ins[0])) != 4:
+        raise MobilenetsError(f"{ctx.path}: MEAN over axes {axes} is not supported (only H, W)")
+
+
+def read_pad(ctx: Any, ins: list[int], op: Any) -> None:
+    table = ctx.const(ins[1])
+    if np.any(table[0]) or np.any(table[3]):
+        raise MobilenetsError(f"{ctx.path}: PAD of the batch or channel axis is not supported")
+    op.padding = (*map(int, table[1]), *map(int, table[2]))
+
+
+def read_none(ctx: Any, ins: list[int], op: Any) -> None:
+    """An op whose one input and output say everything (RESHAPE, HARD_SWISH, ...)."""
