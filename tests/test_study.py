@@ -498,7 +498,7 @@ def test_report_opens_in_headless_chromium(tiny_study):
             ],
         )
         try:
-            page = browser.new_page()
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto((out / "report.html").resolve().as_uri())
@@ -506,11 +506,14 @@ def test_report_opens_in_headless_chromium(tiny_study):
             widths = page.eval_on_selector_all(
                 "img", "els => els.map(e => e.complete ? e.naturalWidth : 0)"
             )
+            overflow = page.evaluate("document.documentElement.scrollWidth")
+            shot = page.screenshot(path=str(out / "screenshot-1280.png"), full_page=True)
         finally:
             browser.close()
     keys = ["summary"] + [s["key"] for s in study["sections"]]
     assert ids == keys and len(keys) == 10
     assert len(widths) == 5 and all(w > 0 for w in widths), widths
+    assert overflow <= 1280 and len(shot) > 10_000  # nothing wider than a 1280 px window
     assert errors == []
 
 
@@ -549,6 +552,15 @@ def test_killed_study_finishes_only_the_missing_cells(tmp_path):
     trained = set(eval(rerun.stdout.strip().splitlines()[-1]))  # a list of cell ids
     assert trained == {c.id for c in cells} - done_before
     assert all(c.done(tmp_path) for c in cells) and first.stat().st_mtime_ns == stamp
+
+
+def test_log_axis_ticks_are_the_real_values_and_never_crowd():
+    from mobilenets.study.report import _spaced
+
+    assert _spaced([0.25, 0.35, 0.5, 0.75, 1.0]) == [0.25, 0.35, 0.5, 0.75, 1.0]
+    ticks = _spaced([16, 20, 24, 28, 128, 160, 192, 224])
+    assert ticks[-1] == 224 and 16 in ticks and 128 in ticks
+    assert all(np.log10(b / a) >= 0.085 for a, b in zip(ticks, ticks[1:], strict=False))
 
 
 def test_collapse_loses_the_spiral_in_low_dimensions():

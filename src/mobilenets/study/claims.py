@@ -343,6 +343,21 @@ def alpha_side(ev: Evidence, fams: dict[str, list[Variant]]) -> list[tuple[str, 
     return side
 
 
+def _paper_series(name: str, fixed: float, over: str) -> list[tuple[str, list, list]]:
+    """The V1 paper's MACs and params (published) over α (at 224 px) or over resolution (at
+    α = 1), for the log-log plots."""
+    rows = {
+        (a if over == "width" else r): (m, p)
+        for (a, r), (m, p, _t) in published.V1_PAPER.items()
+        if (r if over == "width" else a) == fixed
+    }
+    xs = sorted(rows)
+    return [
+        (f"{name} {what} (published)", xs, [rows[x][i] for x in xs])
+        for i, what in enumerate(("MACs", "params"))
+    ]
+
+
 def claim_alpha(ev: Evidence) -> Section:
     vs = ev.grid.sections["alpha"]
     fams = {m: [v for v in vs if v.model == m] for m in ("mobilenet_v1", "mobilenet_v2")}
@@ -383,7 +398,14 @@ def claim_alpha(ev: Evidence) -> Section:
             "the 1280-input classifier (constant) hold a share that does not shrink as α².",
             "Latency: onnxruntime, batch 1, all cores, after every training cell (median of the runs).",
         ],
-        [_loglog("alpha_cost", "Cost against α (log-log)", "width multiplier α", series)],
+        [
+            _loglog(
+                "alpha_cost",
+                "Cost against α (log-log)",
+                "width multiplier α",
+                series + _paper_series("V1 paper Table 6", 224, "width"),
+            )
+        ],
         alpha_side(ev, fams),
     )
 
@@ -437,7 +459,8 @@ def claim_rho(ev: Evidence) -> Section:
                 "rho_cost",
                 "MACs and params against resolution (log-log)",
                 "resolution (px)",
-                [("MACs", xs, macs), ("params", xs, params)],
+                [("MACs", xs, macs), ("params", xs, params)]
+                + _paper_series("V1 paper Table 7", 1.0, "resolution")[:1],
             )
         ],
         side,

@@ -133,6 +133,18 @@ def _plots(ev: Evidence, sections: list[Section], folder: Path) -> dict[str, str
     return uris
 
 
+def _spaced(xs: list[float], min_decades: float = 0.085) -> list[float]:
+    """Tick positions from ``xs`` (sorted) at least ``min_decades`` apart on a log axis, the
+    largest kept: their labels never overlap."""
+    import math
+
+    kept = [xs[-1]]
+    for x in reversed(xs[:-1]):
+        if math.log10(kept[-1] / x) >= min_decades:
+            kept.append(x)
+    return sorted(kept)
+
+
 def _draw_loglog(plt, spec, ev):
     import numpy as np
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
@@ -140,6 +152,10 @@ def _draw_loglog(plt, spec, ev):
     fig, ax = plt.subplots(figsize=(6, 4))
     styles = ("o-", "s--", "^-", "v--", "D-", "x--")  # distinct markers: no series hides another
     for i, s in enumerate(spec["series"]):
+        if "(published)" in s["label"]:  # the paper's points: grey, overlaid
+            ax.loglog(s["x"], s["y"], "x:" if "params" in s["label"] else "+:", color="0.45",
+                      ms=8, label=f"{s['label']} (slope {s['slope']:.2f})")  # fmt: skip
+            continue
         ax.loglog(
             s["x"], s["y"], styles[i % len(styles)], ms=7 - i, mfc="none" if i % 2 else None,
             label=f"{s['label']} (slope {s['slope']:.2f})",
@@ -147,7 +163,7 @@ def _draw_loglog(plt, spec, ev):
     xs = sorted({x for s in spec["series"] for x in s["x"]})
     x = np.array([xs[0], xs[-1]])
     ax.loglog(x, (x / x.max()) ** 2, "k:", lw=1, label="slope 2")
-    ax.xaxis.set_major_locator(FixedLocator(xs))  # the real α / pixel values, no 3×10⁻¹
+    ax.xaxis.set_major_locator(FixedLocator(_spaced(xs)))  # real α / pixel values, no 3×10⁻¹
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}"))
@@ -183,6 +199,8 @@ def _draw_layers(plt, spec, ev):
             ax.plot(range(1, len(ys) + 1), ys, "o-", ms=3, lw=0.8, alpha=0.8, label=f"seed {i}")
         ax.set_title(f"{s['name']}\n{s['label']}", fontsize=8)
         ax.set_xlabel("ReLU layer (this model)", fontsize=8)
+        top = max((max(ys) for ys in s["seeds"] if ys), default=0.0)
+        ax.set_ylim(0, max(1.0, 1.1 * top))  # percentages: never below 0
         ax.legend(fontsize=6)
     axes[0][0].set_ylabel(spec["ylabel"], fontsize=8)
     fig.suptitle(spec["title"], fontsize=9, y=1.04)
