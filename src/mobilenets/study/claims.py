@@ -916,7 +916,7 @@ def claim_structure(ev: Evidence) -> Section:
 NOT_MEASURED = (
     (
         "ResNet has ~70% redundancy (magnitude pruning)",
-        "not measurable here: no pruning experiment is implemented (ResNet-50 and V2 pruned at "
+        "no pruning experiment is implemented (ResNet-50 and V2 pruned at "
         "matched accuracy loss needs trained full-size models)",
     ),
     (
