@@ -554,6 +554,16 @@ def test_killed_study_finishes_only_the_missing_cells(tmp_path):
     assert all(c.done(tmp_path) for c in cells) and first.stat().st_mtime_ns == stamp
 
 
+def test_timing_note_never_prints_0_s_for_results_read_back():
+    from mobilenets.study.report import _timing_note
+
+    cells = {"a": {"wall_s": 10.0, "cpu_s": 9.0}}
+    reread = _timing_note({"cells": cells, "latency_wall_s": 0.01, "degradation_wall_s": 0.0})
+    assert " 0 s" not in reread and "read from earlier runs" in reread
+    measured = _timing_note({"cells": cells, "latency_wall_s": 12.0, "degradation_wall_s": 0.0})
+    assert "latency 12 s wall" in measured and "dead channels" not in measured
+
+
 def test_log_axis_ticks_are_the_real_values_and_never_crowd():
     from mobilenets.study.report import _spaced
 
