@@ -2,7 +2,8 @@
 
 Modules: ``cells`` (the grid and the one adapter to training), ``runner`` (parallel cells),
 ``measure`` (profile, bench, dead channels), ``estimate`` (``--plan --estimate``), ``collapse``
-(V2 Fig. 1), ``blocks`` (inverted residual vs ResNet bottleneck), ``claims`` (figures and
+(V2 Fig. 1), ``blocks`` (inverted residual vs ResNet bottleneck), ``structure`` (layer counts,
+shortcuts, expansion ratios, the planner's whole-network memory), ``claims`` (figures and
 verdicts), ``report`` (study.json, study.csv, plots, report.html), ``run`` (the command).
 """
 
