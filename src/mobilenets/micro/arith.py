@@ -155,6 +155,15 @@ def rescale_multiplier(s_in: float, s_out: float) -> tuple[int, int]:
     return quantize_multiplier(_f32(s_in) / _f32(s_out))
 
 
+def mean_multiplier(s_in: float, s_out: float, count: int) -> tuple[int, int]:
+    """MEAN (int8) over ``count`` values: TFLite's ``QuantizedMeanOrSum`` folds the division
+    into the multiplier ``s_in / s_out``: shifted left by ``min(floor(log2(count)), 32,
+    31 + shift)``, divided by ``count`` (integer division), the shift lowered by as much."""
+    m0, shift = rescale_multiplier(s_in, s_out)
+    up = min(count.bit_length() - 1, 32, 31 + shift)
+    return (m0 << up) // count, shift - up
+
+
 def _to_int16_multiplier(m: int) -> int:
     """TFLite ``DownScaleInt32ToInt16Multiplier``: a Q31 multiplier rounded to Q15."""
     if m >= INT32_MAX - (1 << 15):

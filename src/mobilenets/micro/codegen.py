@@ -23,7 +23,13 @@ import numpy as np
 
 from ..atomic import replace_folder
 from ..errors import UsageError
-from .arith import add_multipliers, conv_multipliers, rescale_multiplier
+from .arith import (
+    add_multipliers,
+    conv_multipliers,
+    hard_swish_params,
+    mean_multiplier,
+    mul_multiplier,
+)
 from .graph import QuantizedModel
 from .ops import C_CONSTANTS, STAGE_KINDS, c_enum
 from .planner import (
@@ -83,7 +89,7 @@ def _conv_params(qm: QuantizedModel, s: Stage, tag: str) -> tuple[str, str]:
     t_in, t_out = qm.tensors[s.inputs[0]], qm.tensors[s.output]
     w = np.asarray(op.weights, np.int8)
     cout = int(w.shape[0] if s.kind in ("conv", "fc") else w.shape[-1])
-    cin = int(t_in.shape[-1])
+    cin = int(np.prod(t_in.shape[1:])) if s.kind == "fc" else int(t_in.shape[-1])
     bias = np.asarray(op.bias if op.bias is not None else np.zeros(cout), np.int64)
     m0, shift = conv_multipliers(t_in.scale, op.weight_scales, t_out.scale)
     if m0.size == 1 and cout > 1:
@@ -117,6 +123,10 @@ def _conv_params(qm: QuantizedModel, s: Stage, tag: str) -> tuple[str, str]:
     return code, f"&{tag}"
 
 
+def _struct(ctype: str, tag: str, vals) -> tuple[str, str]:
+    return f"static const {ctype} {tag} = {{{', '.join(map(str, vals))}}};\n", f"&{tag}"
+
+
 def _stage_params(qm: QuantizedModel, plan: Plan, s: Stage) -> tuple[str, str]:
     tag = f"p{s.index}"
     op = s.op
@@ -131,12 +141,20 @@ def _stage_params(qm: QuantizedModel, plan: Plan, s: Stage) -> tuple[str, str]:
             f"static const mn_add_params {tag} = {{{', '.join(map(str, vals))}}};\n",
             f"&{tag}",
         )
+    if s.kind == "mul":
+        a, b = qm.tensors[s.inputs[0]], qm.tensors[s.inputs[1]]
+        m0, shift = mul_multiplier(a.scale, b.scale, t_out.scale)
+        vals = (-a.zero_point, -b.zero_point, m0, shift, t_out.zero_point, op.act_min, op.act_max)
+        return _struct("mn_mul_params", tag, vals)
     t_in = qm.tensors[s.inputs[0]]
+    if s.kind == "hswish":
+        vals = (t_in.zero_point, t_out.zero_point, *hard_swish_params(t_in.scale, t_out.scale))
+        return _struct("mn_hswish_params", tag, vals)
     mode = 1 if op.kind == "mean" else 0
     if mode == 0 and (_f32(t_in.scale) != _f32(t_out.scale) or t_in.zero_point != t_out.zero_point):
         raise UnsupportedModelError(f"op {op.name}: average pool must keep its quantization")
-    m0, shift = rescale_multiplier(t_in.scale, t_out.scale) if mode else (0, 0)
     tin = plan.tensors[s.inputs[0]]
+    m0, shift = mean_multiplier(t_in.scale, t_out.scale, tin.h * tin.w) if mode else (0, 0)
     acc = next(b for b in plan.buffers if b.stage == s.index)
     vals = (
         mode,

@@ -22,9 +22,9 @@ from .arith import (
     add_multipliers,
     conv_multipliers,
     hard_swish_params,
+    mean_multiplier,
     mul_multiplier,
     multiply_by_quantized_multiplier,
-    rescale_multiplier,
 )
 
 
@@ -158,13 +158,12 @@ def max_pool2d(xs, op, ts, t_out) -> np.ndarray:
 
 
 def mean(xs, op, ts, t_out) -> np.ndarray:
-    """MEAN over H and W (keep dims), int8: the centred sum rescaled by ``s_in / s_out``, then
-    divided by H * W rounding half away from zero (TFLite's integer Mean)."""
+    """MEAN over H and W, int8: the centred sum times a multiplier that holds both
+    ``s_in / s_out`` and the division by H * W (TFLite's ``QuantizedMeanOrSum``)."""
     x, t_in = xs[0], ts[0]
     acc = (x.astype(np.int64) - t_in.zero_point).sum(axis=(1, 2), keepdims=True)
-    m0, shift = rescale_multiplier(t_in.scale, t_out.scale)
-    acc = _round_div(multiply_by_quantized_multiplier(acc, m0, shift), x.shape[1] * x.shape[2])
-    out = acc + t_out.zero_point
+    m0, shift = mean_multiplier(t_in.scale, t_out.scale, x.shape[1] * x.shape[2])
+    out = multiply_by_quantized_multiplier(acc, m0, shift) + t_out.zero_point
     return np.clip(out, op.act_min, op.act_max).astype(np.int8).reshape((len(x), *t_out.shape[1:]))
 
 

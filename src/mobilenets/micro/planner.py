@@ -136,6 +136,35 @@ class Plan:
     streaming: bool = True
     deltas: dict[tuple[int, int], int] = field(default_factory=dict)
 
+    def check(self) -> None:
+        """TFLite Micro's planner self-check: every buffer lies inside the arena, aligned, and
+        no two buffers live at the same tick overlap, except a whole tensor written over rows of
+        an earlier whole tensor that no op reads any more (at least ``delta`` below it).
+        Raises MobilenetsError naming the two buffers."""
+        for b in self.buffers:
+            if b.offset < 0 or b.offset % ALIGN or b.offset + b.size > self.arena_bytes:
+                raise MobilenetsError(
+                    f"memory plan: buffer {b.name} at {b.offset} (+{b.size} B) is outside the "
+                    f"{self.arena_bytes} B arena or not {ALIGN}-byte aligned"
+                )
+        for i, a in enumerate(self.buffers):
+            for b in self.buffers[i + 1 :]:
+                if a.last < b.first or b.last < a.first:
+                    continue  # never live together
+                if a.offset + a.size <= b.offset or b.offset + b.size <= a.offset:
+                    continue
+                if self._may_overlap(a, b) or self._may_overlap(b, a):
+                    continue
+                raise MobilenetsError(
+                    f"memory plan: buffers {a.name} [{a.offset}, {a.offset + a.size}) and "
+                    f"{b.name} [{b.offset}, {b.offset + b.size}) overlap while both are live"
+                )
+
+    def _may_overlap(self, x: Buffer, y: Buffer) -> bool:
+        """``y`` (a whole tensor written after ``x`` is complete) sits far enough below ``x``."""
+        key = (x.tensor, y.tensor)
+        return x.tensor >= 0 and key in self.deltas and y.offset <= x.offset - self.deltas[key]
+
     @property
     def peak_op(self) -> str:
         return self.stages[self.peak_stage].op.name or f"op{self.peak_stage}"
@@ -241,6 +270,15 @@ def _stage(qm, index, op, name, pending_pad, resolve) -> Stage:
         inputs[0] = src
         padding = tuple(a + b for a, b in zip(padding, pad, strict=True))
     inputs = [resolve(t) for t in inputs]
+    if kind == "mul" and qm.tensors[inputs[0]].nbytes < qm.tensors[inputs[1]].nbytes:
+        inputs.reverse()  # the engine broadcasts its second input
+    if kind in ("add", "mul"):
+        small, big = qm.tensors[inputs[1]], qm.tensors[inputs[0]]
+        if small.shape != big.shape and not (kind == "mul" and small.nbytes == big.shape[-1]):
+            raise UnsupportedModelError(
+                f"op {name}: {op.kind} of shapes {big.shape} and {small.shape} is not supported "
+                "(same shapes, or MUL by one value per channel)"
+            )
     kernel = tuple(op.kernel)
     if kind in ("conv", "dw"):
         kernel = (int(op.weights.shape[1]), int(op.weights.shape[2]))
@@ -401,6 +439,7 @@ def plan_memory(
         streaming=streaming,
         deltas=deltas,
     )
+    plan.check()
     _peak(plan)
     if not streaming:
         plan.layer_by_layer_bytes = arena

@@ -316,51 +316,62 @@ def _builtin_name(code: int) -> str:
     return names.get(code, f"builtin code {code}")
 
 
+def _parse(model, path) -> QuantizedModel:
+    """Subgraph 0 of a parsed flatbuffer as a graph (no metadata, not yet checked)."""
+    sub = model.Subgraphs(0)
+    codes = [
+        max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode())
+        for i in range(model.OperatorCodesLength())
+    ]
+    tensors = []
+    for i in range(sub.TensorsLength()):
+        t = sub.Tensors(i)
+        q = t.Quantization()
+        scale = zp = 0
+        if q is not None and not q.ScaleIsNone():
+            scale, zp = float(_np(q, "Scale", np.float32)[0]), int(q.ZeroPoint(0))
+        tensors.append(Tensor(t.Name().decode(), tuple(_np(t, "Shape", np.int64)), scale, zp))
+    ctx = _ReadCtx(model, sub, path)
+    ops = [
+        _read_op(ctx, sub.Operators(i), codes[sub.Operators(i).OpcodeIndex()], i)
+        for i in range(sub.OperatorsLength())
+    ]
+    return QuantizedModel(tensors, ops, int(sub.Inputs(0)), int(sub.Outputs(0)))
+
+
+def _load(path: Path, with_meta: bool) -> tuple[QuantizedModel, dict[str, Any]]:
+    from .quantizer import activation_range
+
+    raw = path.read_bytes()
+    if len(raw) < 8 or raw[4:8] != b"TFL3":
+        raise MobilenetsError(f"{path}: not a .tflite file (no TFL3 identifier)")
+    try:
+        model = _tfl()[1].Model.GetRootAsModel(raw, 0)
+        meta = _metadata(model, path) if with_meta else {}
+        graph = _parse(model, path)
+    except MobilenetsError:
+        raise
+    except Exception as e:  # a damaged flatbuffer
+        raise MobilenetsError(f"{path}: unreadable .tflite ({type(e).__name__}: {e})") from None
+    graph.config = meta.get("config") or {}
+    graph.class_names, graph.preprocess = meta.get("class_names"), meta.get("preprocess") or {}
+    check_model(graph, str(path))  # indices, topological order, shapes, quantization, names
+    if not graph.is_float:
+        for op in graph.ops:
+            t_out = graph.tensors[op.output]
+            op.act_min, op.act_max = activation_range(op.activation, t_out.scale, t_out.zero_point)
+    return graph, meta
+
+
+def read_graph(path: str | Path) -> QuantizedModel:
+    """The op graph of a ``.tflite`` file, its metadata ignored (ops the registry supports;
+    MobilenetsError in one line naming the file and the first other op)."""
+    return _load(Path(path), with_meta=False)[0]
+
+
 def read_tflite(path: str | Path) -> tuple[QuantizedModel, dict[str, Any]]:
     """Rebuild the graph and the metadata of a ``.tflite`` written by :func:`write_tflite`.
 
     Raises MobilenetsError naming the file when it is not ours or has an unsupported op.
     """
-    from .quantizer import activation_range
-
-    tfl = _tfl()[1]
-    path = Path(path)
-    raw = path.read_bytes()
-    if len(raw) < 8 or raw[4:8] != b"TFL3":
-        raise MobilenetsError(f"{path}: not a .tflite file (no TFL3 identifier)")
-    try:
-        model = tfl.Model.GetRootAsModel(raw, 0)
-        meta = _metadata(model, path)
-        sub = model.Subgraphs(0)
-        codes = [
-            max(
-                model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode()
-            )
-            for i in range(model.OperatorCodesLength())
-        ]
-        tensors = []
-        for i in range(sub.TensorsLength()):
-            t = sub.Tensors(i)
-            q = t.Quantization()
-            scale = zp = 0
-            if q is not None and not q.ScaleIsNone():
-                scale, zp = float(_np(q, "Scale", np.float32)[0]), int(q.ZeroPoint(0))
-            tensors.append(Tensor(t.Name().decode(), tuple(_np(t, "Shape", np.int64)), scale, zp))
-        ctx = _ReadCtx(model, sub, path)
-        ops = [
-            _read_op(ctx, sub.Operators(i), codes[sub.Operators(i).OpcodeIndex()], i)
-            for i in range(sub.OperatorsLength())
-        ]
-    except MobilenetsError:
-        raise
-    except Exception as e:  # a damaged flatbuffer
-        raise MobilenetsError(f"{path}: unreadable .tflite ({type(e).__name__}: {e})") from None
-    inp, out = int(sub.Inputs(0)), int(sub.Outputs(0))
-    graph = QuantizedModel(tensors, ops, inp, out, config=meta["config"])
-    graph.class_names, graph.preprocess = meta.get("class_names"), meta.get("preprocess") or {}
-    check_model(graph, str(path))  # indices, topological order, shapes, quantization, names
-    if not graph.is_float:
-        for op in ops:
-            t_out = tensors[op.output]
-            op.act_min, op.act_max = activation_range(op.activation, t_out.scale, t_out.zero_point)
-    return graph, meta
+    return _load(Path(path), with_meta=True)

@@ -600,6 +600,67 @@ void mn_add_row(const mn_add_params *p, const int8_t *a, const int8_t *b, int8_t
     }
 }
 
+/* b has nb values: nb == n (same shape) or nb == c, repeated for each pixel (broadcast). */
+void mn_mul_row(const mn_mul_params *p, const int8_t *a, const int8_t *b, int nb, int8_t *out,
+                int n)
+{
+    const int32_t oa = p->in1_offset, ob = p->in2_offset, m0 = p->m0, sh = p->shift;
+    const int32_t zp = p->out_zp, lo = p->act_min, hi = p->act_max;
+    int i, j = 0;
+    for (i = 0; i < n; ++i) {
+        out[i] = mn_sat(mn_requantize((a[i] + oa) * (b[j] + ob), m0, sh) + zp, lo, hi);
+        j = j + 1 == nb ? 0 : j + 1;
+    }
+}
+
+/* gemmlowp's int16 SaturatingRoundingDoublingHighMul (rounds, then truncates toward zero). */
+static int16_t mn_srdhm16(int16_t a, int16_t b)
+{
+    const int32_t ab = (int32_t)a * (int32_t)b;
+    if (a == INT16_MIN && b == INT16_MIN) return INT16_MAX;
+    return (int16_t)((ab + (ab >= 0 ? (1 << 14) : 1 - (1 << 14))) / (1 << 15));
+}
+
+/* TFLite's SaturatingDoublingHighMul: a * b / 2^15, truncated toward zero. */
+static int16_t mn_sdhm16(int16_t a, int16_t b)
+{
+    if (a == INT16_MIN && b == INT16_MIN) return INT16_MAX;
+    return (int16_t)(((int32_t)a * (int32_t)b) / (1 << 15));
+}
+
+static int16_t mn_lsl16_sat(int32_t v, int amount)
+{
+    v = v * (1 << amount);
+    return (int16_t)(v > INT16_MAX ? INT16_MAX : (v < INT16_MIN ? INT16_MIN : v));
+}
+
+static int32_t mn_rdbp(int32_t x, int32_t e)
+{
+    const int32_t mask = (int32_t)(((uint32_t)1 << e) - 1u);
+    return (x >> e) + ((x & mask) > ((mask >> 1) + (x < 0 ? 1 : 0)) ? 1 : 0);
+}
+
+/* HARD_SWISH as TFLite's reference: x * relu6(x + 3) / 6 in int16 fixed point. */
+void mn_hswish_row(const mn_hswish_params *p, const int8_t *in, int8_t *out, int n)
+{
+    const int16_t om = (int16_t)p->out_m, rm = (int16_t)p->relu_m;
+    const int32_t oe = p->out_e, re = p->relu_e;
+    int i;
+    for (i = 0; i < n; ++i) {
+        const int16_t hires = (int16_t)((in[i] - p->in_zp) * 128);
+        const int16_t pre = mn_srdhm16(hires, om);
+        int16_t relu = hires;
+        int32_t v;
+        if (re > 0) relu = mn_lsl16_sat(relu, (int)re - 1);
+        relu = mn_srdhm16(relu, rm);
+        if (re > 0) relu = mn_lsl16_sat(relu, 1);
+        if (re < 0) relu = (int16_t)mn_rdbp(relu, -re);
+        relu = (int16_t)((relu + (1 << 15)) >> 1);
+        v = mn_rdbp(mn_sdhm16(relu, pre), -oe) + p->out_zp;
+        out[i] = mn_sat(v, -128, 127);
+    }
+}
+
 void mn_pool_row(const mn_pool_params *p, int32_t *acc, const int8_t *row, int w, int c, int first)
 {
     int x, i;
@@ -616,9 +677,10 @@ void mn_pool_finish(const mn_pool_params *p, const int32_t *acc, int8_t *out, in
     int i;
     for (i = 0; i < c; ++i) {
         int32_t v = acc[i];
-        if (p->mode == 1) v = mn_requantize(v, p->m0, p->shift);
-        v = v > 0 ? (v + n / 2) / n : (v - n / 2) / n;
-        if (p->mode == 1) v += p->out_zp;
+        if (p->mode == 1) /* MEAN: the multiplier also divides by n (TFLite's QuantizedMeanOrSum) */
+            v = mn_requantize(v, p->m0, p->shift) + p->out_zp;
+        else
+            v = v > 0 ? (v + n / 2) / n : (v - n / 2) / n;
         if (v < p->act_min) v = p->act_min;
         if (v > p->act_max) v = p->act_max;
         out[i] = (int8_t)v;
@@ -643,8 +705,8 @@ static int mn_needed(const mn_stage *s, int r, int in_h)
         return hi < in_h - 1 ? hi : in_h - 1;
     case MN_FC:
         return in_h - 1;
-    default:
-        return r;
+    default: /* row r; a one-row input (squeeze-excite's scale) is broadcast */
+        return r < in_h ? r : in_h - 1;
     }
 }
 
@@ -675,6 +737,17 @@ static void mn_compute(const mn_net *net, uint8_t *arena, const mn_stage *s, int
     case MN_ADD:
         mn_add_row((const mn_add_params *)s->params, mn_row(arena, in, r),
                    mn_row(arena, &net->tensors[s->in1], r), mn_row(arena, ot, r), ot->w * ot->c);
+        break;
+    case MN_MUL: {
+        const mn_tensor *t1 = &net->tensors[s->in1];
+        mn_mul_row((const mn_mul_params *)s->params, mn_row(arena, in, r),
+                   mn_row(arena, t1, r < t1->h ? r : t1->h - 1), t1->w * t1->c,
+                   mn_row(arena, ot, r), ot->w * ot->c);
+        break;
+    }
+    case MN_HSWISH:
+        mn_hswish_row((const mn_hswish_params *)s->params, mn_row(arena, in, r),
+                      mn_row(arena, ot, r), ot->w * ot->c);
         break;
     case MN_POOL: {
         const mn_pool_params *p = (const mn_pool_params *)s->params;

@@ -36,11 +36,23 @@ typedef struct {
     int32_t in1_offset, in2_offset, m1, s1, m2, s2, mo, so, out_zp, act_min, act_max;
 } mn_add_params;
 
-/* Global pooling: mode 0 = AVERAGE_POOL_2D (same scale in and out), 1 = MEAN. */
+/* Global pooling: mode 0 = AVERAGE_POOL_2D (same scale in and out), 1 = MEAN (m0 and shift
+ * hold s_in / s_out and the division by count). */
 typedef struct {
     int32_t mode, count, in_zp, out_zp, m0, shift, act_min, act_max;
     int32_t acc_offset; /* int32 sums, one per channel, in the arena */
 } mn_pool_params;
+
+/* TFLite int8 MUL: (a - za) * (b - zb) rescaled; b is a row of the same size or is broadcast
+ * (squeeze-excite: one row of c values for every pixel). */
+typedef struct {
+    int32_t in1_offset, in2_offset, m0, shift, out_zp, act_min, act_max;
+} mn_mul_params;
+
+/* TFLite int8 HARD_SWISH: Q15 multipliers (int16) and their exponents, from Prepare. */
+typedef struct {
+    int32_t in_zp, out_zp, out_m, out_e, relu_m, relu_e;
+} mn_hswish_params;
 
 typedef struct {
     int32_t h, w, c;  /* rows of w * c bytes */
@@ -72,6 +84,9 @@ void mn_pointwise(const mn_conv_params *p, const int8_t *in, int npix, int8_t *o
 void mn_dw_row(const mn_conv_params *p, const int8_t *const *rows, int kh, int kw, int sw, int pl,
                int in_w, int8_t *out, int out_w, int8_t *patch);
 void mn_add_row(const mn_add_params *p, const int8_t *a, const int8_t *b, int8_t *out, int n);
+void mn_mul_row(const mn_mul_params *p, const int8_t *a, const int8_t *b, int nb, int8_t *out,
+                int n);
+void mn_hswish_row(const mn_hswish_params *p, const int8_t *in, int8_t *out, int n);
 void mn_pool_row(const mn_pool_params *p, int32_t *acc, const int8_t *row, int w, int c, int first);
 void mn_pool_finish(const mn_pool_params *p, const int32_t *acc, int8_t *out, int c);
 

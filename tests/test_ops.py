@@ -1,0 +1,201 @@
+"""Each int8 op of the registry (``micro.ops``), on small random single-op or few-op graphs
+written with our own ``.tflite`` writer: the NumPy reference and the generated host C equal the
+``tflite-micro`` interpreter bit for bit on 20 random inputs each."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from mobilenets import generate_c
+from mobilenets.micro import ops
+from mobilenets.micro.arith import same_padding
+from mobilenets.micro.graph import Op, QuantizedModel, Tensor
+from mobilenets.micro.quantizer import activation_range
+from mobilenets.micro.reference import run_int8
+from mobilenets.micro.runtimes import have_tflm, tflm_outputs
+from mobilenets.micro.tflite import read_graph, write_tflite
+
+needs_tflm = pytest.mark.skipif(not have_tflm(), reason="tflite-micro is not installed")
+HAVE_CC = shutil.which("cc") is not None
+N_INPUTS = 20
+WARN = "-std=c99 -Wall -Wextra -Werror -Wpedantic -Wconversion -Wshadow -Wcast-align".split()
+
+
+class _G:
+    """A tiny graph builder: random quantization, ops appended in order."""
+
+    def __init__(self, seed: int, shape: tuple[int, ...]) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.tensors: list[Tensor] = []
+        self.ops: list[Op] = []
+        self.x = self.tensor(shape)
+
+    def tensor(self, shape, scale=None, zp=None) -> int:
+        scale = float(np.float32(scale or self.rng.uniform(0.01, 0.08)))
+        zp = int(self.rng.integers(-20, 21)) if zp is None else zp
+        self.tensors.append(Tensor(f"t{len(self.tensors)}", tuple(shape), scale, zp))
+        return len(self.tensors) - 1
+
+    def op(self, kind, inputs, shape, act="none", scale=None, zp=None, **kw) -> int:
+        out = self.tensor(shape, scale, zp)
+        t = self.tensors[out]
+        op = Op(kind, tuple(inputs), out, f"op{len(self.ops)}", activation=act, **kw)
+        op.act_min, op.act_max = activation_range(act, t.scale, t.zero_point)
+        self.ops.append(op)
+        return out
+
+    def weighted(self, kind, x, shape, wshape, act="none", per_tensor=False, **kw) -> int:
+        n = wshape[0] if kind != "depthwise_conv2d" else wshape[-1]
+        scales = self.rng.uniform(0.002, 0.02, n).astype(np.float32)
+        if per_tensor:
+            scales[:] = scales[0]
+        w = self.rng.integers(-127, 128, wshape).astype(np.int8)
+        b = self.rng.integers(-3000, 3000, n).astype(np.int32)
+        return self.op(kind, [x], shape, act, weights=w, weight_scales=scales, bias=b, **kw)
+
+    def model(self, out: int) -> QuantizedModel:
+        return QuantizedModel(self.tensors, self.ops, self.x, out, config={"name": "ops"})
+
+
+def conv(kind: str, k: int, stride: int, act: str, pad: str, seed: int) -> QuantizedModel:
+    h, c = 11, 8
+    g = _G(seed, (1, h, h, c))
+    padding = same_padding(h, k, stride) * 2 if pad == "same" else (0,) * 4
+    padding = (padding[0], padding[1], padding[0], padding[1])
+    o = (h + padding[0] + padding[1] - k) // stride + 1
+    cout = 6 if kind == "conv2d" else c
+    wshape = (cout, k, k, c) if kind == "conv2d" else (1, k, k, c)
+    kw = {"stride": (stride, stride), "padding": padding}
+    return g.model(g.weighted(kind, g.x, (1, o, o, cout), wshape, act, **kw))
+
+
+def fully_connected(per_tensor: bool, act: str) -> QuantizedModel:
+    g = _G(7, (1, 1, 1, 24))
+    return g.model(
+        g.weighted("fully_connected", g.x, (1, 10), (10, 24), act, per_tensor=per_tensor)
+    )
+
+
+def squeeze_excite() -> QuantizedModel:
+    """MobileNetV3's block tail: x -> MEAN -> 1x1 conv (relu) -> 1x1 conv -> HARD_SWISH
+    -> MUL(x, scale) broadcast over H, W -> 1x1 conv."""
+    g = _G(3, (1, 6, 6, 8))
+    x = g.op("hard_swish", [g.x], (1, 6, 6, 8))
+    m = g.op("mean", [x], (1, 1, 1, 8))
+    a = g.weighted("conv2d", m, (1, 1, 1, 4), (4, 1, 1, 8), "relu")
+    s = g.weighted("conv2d", a, (1, 1, 1, 8), (8, 1, 1, 4))
+    s = g.op("hard_swish", [s], (1, 1, 1, 8))
+    y = g.op("mul", [x, s], (1, 6, 6, 8))
+    return g.model(g.weighted("conv2d", y, (1, 6, 6, 5), (5, 1, 1, 8)))
+
+
+def elementwise(kind: str, seed: int, scale: float | None = None) -> QuantizedModel:
+    g = _G(seed, (1, 5, 5, 6))
+    if kind == "hard_swish":
+        return g.model(g.op(kind, [g.x], (1, 5, 5, 6), scale=scale))
+    y = g.op("hard_swish", [g.x], (1, 5, 5, 6))
+    return g.model(g.op(kind, [g.x, y], (1, 5, 5, 6), "relu6" if seed % 2 else "none"))
+
+
+def pooled(kind: str) -> QuantizedModel:
+    g = _G(5, (1, 7, 7, 6))
+    if kind == "mean":
+        return g.model(g.op("mean", [g.x], (1, 1, 1, 6)))
+    t = g.tensors[g.x]
+    return g.model(
+        g.op("avg_pool2d", [g.x], (1, 1, 1, 6), scale=t.scale, zp=t.zero_point, kernel=(7, 7))
+    )
+
+
+CASES = {
+    **{
+        f"{kind}-k{k}-s{s}-{pad}-{act}": (lambda kind=kind, k=k, s=s, a=act, p=pad, i=i: conv(
+            kind, k, s, a, p, i
+        ))
+        for i, (kind, k, s, act, pad) in enumerate(
+            (kind, k, s, act, pad)
+            for kind in ("conv2d", "depthwise_conv2d")
+            for k in (1, 3, 5, 7)
+            for s in (1, 2)
+            for act, pad in (("relu6", "same"), ("none", "valid"), ("relu", "same"))
+            if not (k == 1 and pad == "same")
+        )
+    },
+    "fully_connected-per-tensor": lambda: fully_connected(True, "none"),
+    "fully_connected-per-channel-relu": lambda: fully_connected(False, "relu"),
+    "add": lambda: elementwise("add", 1),
+    "mul": lambda: elementwise("mul", 2),
+    "hard_swish-small-scale": lambda: elementwise("hard_swish", 3, 0.004),
+    "hard_swish-large-scale": lambda: elementwise("hard_swish", 4, 0.2),
+    "mean": lambda: pooled("mean"),
+    "avg_pool2d-global": lambda: pooled("avg_pool2d"),
+    "squeeze-excite": squeeze_excite,
+}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Every case: the model, its .tflite, 20 inputs and (with a C compiler) its host binary;
+    the engine is compiled once and linked into each."""
+    root = tmp_path_factory.mktemp("ops")
+    out = {}
+    engine = None
+    for name, make in CASES.items():
+        qm = make()
+        path = write_tflite(qm, root / f"{name}.tflite")
+        shape = (N_INPUTS, *qm.input_tensor.shape[1:])
+        x = np.random.default_rng(len(name)).integers(-128, 128, shape).astype(np.int8)
+        exe = None
+        if HAVE_CC:
+            folder = root / name
+            generate_c(qm, folder)
+            if engine is None:
+                engine = root / "mn_engine.o"
+                cmd = ["cc", "-O2", *WARN, "-c", str(folder / "mn_engine.c"), "-o", str(engine)]
+                subprocess.run(cmd, check=True)
+            exe = folder / "mn_host"
+            srcs = [str(folder / f) for f in ("model.c", "main_host.c", "mn_inputs.c")]
+            subprocess.run(["cc", "-O1", *WARN, *srcs, str(engine), "-o", str(exe)], check=True)
+        out[name] = (qm, path, x, exe)
+    return out
+
+
+@needs_tflm
+@pytest.mark.parametrize("name", list(CASES))
+def test_op_is_bit_exact_with_tflite_micro(built, name):
+    qm, path, x, exe = built[name]
+    theirs = tflm_outputs(path, x).reshape(len(x), -1)
+    ours = run_int8(qm, x).reshape(len(x), -1)
+    assert np.array_equal(ours, theirs), f"reference: {np.abs(ours - theirs.astype(int)).max()} LSB"
+    back = read_graph(path)  # the reader gives the same graph back
+    assert [o.kind for o in back.ops] == [o.kind for o in qm.ops]
+    assert np.array_equal(run_int8(back, x).reshape(len(x), -1), theirs)
+    if exe is not None:
+        res = subprocess.run([str(exe)], input=x.tobytes(), capture_output=True, check=True)
+        host = np.frombuffer(res.stdout, np.int8).reshape(len(x), -1)
+        assert np.array_equal(host, theirs), f"host C: {np.abs(host - theirs.astype(int)).max()} LSB"
+
+
+def test_registry_is_the_one_table():
+    """Every op kind has one entry holding all its parts; the supported list names them."""
+    for kind, entry in ops.OPS.items():
+        assert entry.kind == kind and callable(entry.kernel) and callable(entry.write)
+        assert entry.quant in ("calibrated", "input")
+    assert "HARD_SWISH" in ops.supported_tflite_ops()
+    assert "MN_MAX_KERNEL 7" in ops.c_enum()
+
+
+def test_unsupported_op_is_refused_in_one_line(tmp_path, monkeypatch):
+    from mobilenets.errors import MobilenetsError
+    from mobilenets.micro import tflite
+
+    path = write_tflite(CASES["hard_swish-small-scale"](), tmp_path / "a.tflite")
+    monkeypatch.delitem(tflite.BY_CODE, 117)
+    with pytest.raises(MobilenetsError) as e:
+        read_graph(path)
+    msg = str(e.value)
+    assert "op 0 is HARD_SWISH, not supported (supported: ADD," in msg and "\n" not in msg
