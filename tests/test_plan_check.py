@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from test_ops import CASES, _G
+from test_ops import _G, CASES
 
 from mobilenets import create_model
 from mobilenets.errors import MobilenetsError
