@@ -111,11 +111,18 @@ def pooled(kind: str) -> QuantizedModel:
     )
 
 
+def probabilities(kind: str, scale: float) -> QuantizedModel:
+    """LOGISTIC or SOFTMAX (over channels) after a 1x1 conv; output scale 1/256, zero point -128."""
+    g = _G(9, (1, 3, 4, 10))
+    x = g.weighted("conv2d", g.x, (1, 3, 4, 10), (10, 1, 1, 10), scale=scale)
+    return g.model(g.op(kind, [x], (1, 3, 4, 10), scale=1 / 256, zp=-128))
+
+
 CASES = {
     **{
-        f"{kind}-k{k}-s{s}-{pad}-{act}": (lambda kind=kind, k=k, s=s, a=act, p=pad, i=i: conv(
-            kind, k, s, a, p, i
-        ))
+        f"{kind}-k{k}-s{s}-{pad}-{act}": (
+            lambda kind=kind, k=k, s=s, a=act, p=pad, i=i: conv(kind, k, s, a, p, i)
+        )
         for i, (kind, k, s, act, pad) in enumerate(
             (kind, k, s, act, pad)
             for kind in ("conv2d", "depthwise_conv2d")
@@ -134,6 +141,10 @@ CASES = {
     "mean": lambda: pooled("mean"),
     "avg_pool2d-global": lambda: pooled("avg_pool2d"),
     "squeeze-excite": squeeze_excite,
+    "logistic": lambda: probabilities("logistic", 0.05),
+    "logistic-wide-input": lambda: probabilities("logistic", 0.3),
+    "softmax": lambda: probabilities("softmax", 0.05),
+    "softmax-wide-input": lambda: probabilities("softmax", 0.3),
 }
 
 
@@ -177,14 +188,16 @@ def test_op_is_bit_exact_with_tflite_micro(built, name):
     if exe is not None:
         res = subprocess.run([str(exe)], input=x.tobytes(), capture_output=True, check=True)
         host = np.frombuffer(res.stdout, np.int8).reshape(len(x), -1)
-        assert np.array_equal(host, theirs), f"host C: {np.abs(host - theirs.astype(int)).max()} LSB"
+        assert np.array_equal(host, theirs), (
+            f"host C: {np.abs(host - theirs.astype(int)).max()} LSB"
+        )
 
 
 def test_registry_is_the_one_table():
     """Every op kind has one entry holding all its parts; the supported list names them."""
     for kind, entry in ops.OPS.items():
         assert entry.kind == kind and callable(entry.kernel) and callable(entry.write)
-        assert entry.quant in ("calibrated", "input")
+        assert entry.quant in ("calibrated", "input", "fixed")
     assert "HARD_SWISH" in ops.supported_tflite_ops()
     assert "MN_MAX_KERNEL 7" in ops.c_enum()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,8 +15,7 @@ from mobilenets import ModelConfig, create_model, quantize_int8, run_int8
 from mobilenets.checkpoint import save_checkpoint
 from mobilenets.cli import main
 from mobilenets.errors import MobilenetsError, UsageError
-from mobilenets.micro import runtimes
-from mobilenets.micro import tflite as tfl
+from mobilenets.micro import ops, runtimes
 from mobilenets.micro.export import export_tflite, quantize_input
 from mobilenets.micro.tflite import read_tflite, write_tflite
 from mobilenets.predict import Predictor
@@ -197,11 +197,12 @@ def test_foreign_or_unsupported_tflite_is_refused(tmp_path, monkeypatch, capsys)
         with pytest.raises(MobilenetsError, match="not a mobilenets .tflite"):
             Predictor(sine)
     q = quantize_int8(small_model(), torch.randn(8, 1, 28, 28))
-    monkeypatch.setitem(tfl.OPCODES, "avg_pool2d", (40, 1, 1))  # written as MEAN
-    path = write_tflite(q, tmp_path / "mean.tflite")
+    pool = ops.OPS["avg_pool2d"]
+    monkeypatch.setitem(ops.OPS, "avg_pool2d", dataclasses.replace(pool, code=2))  # CONCATENATION
+    path = write_tflite(q, tmp_path / "concat.tflite")
     assert main(["predict", str(path), str(junk)]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "builtin code 40, not supported" in err
+    assert err.count("\n") == 0 and "is CONCATENATION, not supported (supported: ADD," in err
 
 
 def test_predict_needs_a_runtime_that_can_run_the_file(tmp_path, monkeypatch, capsys):

@@ -180,3 +180,104 @@ def hard_swish_params(s_in: float, s_out: float) -> tuple[int, int, int, int]:
     out_m, out_e = quantize_multiplier(float(np.float32(hires / np.float32(s_out))))
     relu_m, relu_e = quantize_multiplier(float(np.float32(hires / np.float32(3.0 / 32768.0))))
     return _to_int16_multiplier(out_m), out_e, _to_int16_multiplier(relu_m), relu_e
+
+
+# ---------------------------------------------------------------- fixed-point exp and 1/(1+x)
+# gemmlowp's fixed-point functions as TFLite's LOGISTIC and SOFTMAX use them, on int32 raw
+# values (held in int64 arrays): a value with ``ib`` integer bits has 31 - ib fractional bits.
+
+_EXP_BARREL = ((-2, 1672461947), (-1, 1302514674), (0, 790015084), (1, 290630308),
+               (2, 39332535), (3, 720401), (4, 242))  # fmt: skip  # exp(-2^k) in Q0.31
+
+
+def _wrap32(x: np.ndarray) -> np.ndarray:
+    return ((np.asarray(x, np.int64) + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+
+
+def _sat_shift_left(x: np.ndarray, exponent: int) -> np.ndarray:
+    """gemmlowp's SaturatingRoundingMultiplyByPOT for a positive exponent."""
+    return np.clip(np.asarray(x, np.int64) << exponent, INT32_MIN, INT32_MAX)
+
+
+def _fx_mul(a, b) -> np.ndarray:
+    return saturating_rounding_doubling_high_mul(a, b)
+
+
+def _exp_quarter_interval(a: np.ndarray) -> np.ndarray:
+    """exp(a) for a in [-1/4, 0), Q0.31 in and out: a Taylor expansion around -1/8."""
+    x = _wrap32(a + (1 << 28))
+    x2 = _fx_mul(x, x)
+    x3 = _fx_mul(x2, x)
+    x4 = _fx_mul(x2, x2)
+    x4_over_4 = rounding_divide_by_pot(x4, 2)
+    poly = rounding_divide_by_pot(_wrap32(_fx_mul(_wrap32(x4_over_4 + x3), 715827883) + x2), 1)
+    return _wrap32(1895147668 + _fx_mul(1895147668, _wrap32(x + poly)))
+
+
+def exp_on_negative_values(a: np.ndarray, ib: int) -> np.ndarray:
+    """gemmlowp ``exp_on_negative_values``: exp(a) for a <= 0 with ``ib`` integer bits, Q0.31."""
+    a = np.asarray(a, np.int64)
+    fb = 31 - ib
+    quarter = 1 << (fb - 2)
+    a_mod = (a & (quarter - 1)) - quarter
+    result = _exp_quarter_interval(_sat_shift_left(a_mod, ib) if ib else a_mod)
+    remainder = _wrap32(a_mod - a)
+    for exponent, multiplier in _EXP_BARREL:
+        if ib > exponent:
+            hit = (remainder & (1 << (fb + exponent))) != 0
+            result = np.where(hit, _fx_mul(result, multiplier), result)
+    if ib > 5:
+        result = np.where(a < -(1 << (36 - ib)), 0, result)
+    return np.where(a == 0, INT32_MAX, result)
+
+
+def one_over_one_plus_x(a: np.ndarray) -> np.ndarray:
+    """gemmlowp ``one_over_one_plus_x_for_x_in_0_1``: Q0.31 in and out, Newton-Raphson."""
+    s = np.asarray(a, np.int64) + INT32_MAX
+    half = np.where(s >= 0, (s + 1) // 2, -((-s + 1) // 2))  # RoundingHalfSum(a, 1)
+    x = _wrap32(1515870810 + _fx_mul(half, -1010580540))  # 48/17 - 32/17 * d, Q2.29
+    for _ in range(3):
+        one_minus = _wrap32((1 << 29) - _fx_mul(half, x))
+        x = _wrap32(x + _sat_shift_left(_fx_mul(x, one_minus), 2))
+    return _sat_shift_left(x, 1)
+
+
+def logistic_fixed(a: np.ndarray, ib: int) -> np.ndarray:
+    """gemmlowp ``logistic``: 1 / (1 + exp(-a)) for ``ib`` integer bits in, Q0.31 out."""
+    a = np.asarray(a, np.int64)
+    positive = a > 0
+    pos = one_over_one_plus_x(exp_on_negative_values(np.where(positive, -a, a), ib))
+    return np.where(a == 0, 1 << 30, np.where(positive, pos, INT32_MAX - pos))
+
+
+def get_reciprocal(x: np.ndarray, ib: int) -> tuple[np.ndarray, np.ndarray]:
+    """TFLite ``GetReciprocal``: (1 / x in Q0.31 scaled, bits over unit) of positive x."""
+    x = np.asarray(x, np.int64)
+    headroom = 32 - np.frompyfunc(int.bit_length, 1, 1)(x).astype(np.int64)  # leading zeros
+    shifted = _wrap32(((x << headroom) & 0xFFFFFFFF) - (1 << 31))
+    return one_over_one_plus_x(shifted), ib - headroom
+
+
+def _frexp_multiplier(real: float) -> tuple[int, int]:
+    """``frexp`` then round half away from zero (TFLite's LOGISTIC Prepare)."""
+    q, shift = math.frexp(real)
+    return int(math.floor(q * (1 << 31) + 0.5)), shift
+
+
+def input_radius(integer_bits: int, left_shift: int) -> int:
+    """TFLite ``CalculateInputRadius`` (31 total signed bits)."""
+    value = ((1 << integer_bits) - 1) * (1 << (31 - integer_bits)) / (1 << left_shift)
+    return int(math.floor(value))
+
+
+def logistic_params(s_in: float) -> tuple[int, int, int]:
+    """LOGISTIC (int8): (multiplier, left shift, input radius) into Q4.27."""
+    m, shift = _frexp_multiplier(float(np.float32(s_in)) * (1 << 27))
+    return m, shift, input_radius(4, shift)
+
+
+def softmax_params(s_in: float, beta: float = 1.0) -> tuple[int, int, int]:
+    """SOFTMAX (int8): (multiplier, left shift, diff_min) into Q5.26 differences."""
+    real = min(beta * float(np.float32(s_in)) * (1 << 26), (1 << 31) - 1.0)
+    m, shift = quantize_multiplier(real)
+    return m, shift, -input_radius(5, shift)

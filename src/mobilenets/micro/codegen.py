@@ -27,8 +27,10 @@ from .arith import (
     add_multipliers,
     conv_multipliers,
     hard_swish_params,
+    logistic_params,
     mean_multiplier,
     mul_multiplier,
+    softmax_params,
 )
 from .graph import QuantizedModel
 from .ops import C_CONSTANTS, STAGE_KINDS, c_enum
@@ -147,6 +149,13 @@ def _stage_params(qm: QuantizedModel, plan: Plan, s: Stage) -> tuple[str, str]:
         vals = (-a.zero_point, -b.zero_point, m0, shift, t_out.zero_point, op.act_min, op.act_max)
         return _struct("mn_mul_params", tag, vals)
     t_in = qm.tensors[s.inputs[0]]
+    if s.kind in ("logistic", "softmax"):
+        if s.kind == "logistic":
+            m0, shift, radius = logistic_params(t_in.scale)
+        else:
+            m0, shift, diff_min = softmax_params(t_in.scale, op.beta)
+            radius = -diff_min
+        return _struct("mn_prob_params", tag, (t_in.zero_point, m0, shift, radius))
     if s.kind == "hswish":
         vals = (t_in.zero_point, t_out.zero_point, *hard_swish_params(t_in.scale, t_out.scale))
         return _struct("mn_hswish_params", tag, vals)

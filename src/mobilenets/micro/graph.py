@@ -74,6 +74,7 @@ class Op:
     act_max: int = 127
     activation: str = "none"  # fused: none, relu, relu6
     pad_value: int | None = None  # PADV2's constant; None: the zero point (PAD)
+    beta: float = 1.0  # SOFTMAX
 
     def __post_init__(self) -> None:
         ops.spec(self.kind)  # ValueError naming the supported kinds

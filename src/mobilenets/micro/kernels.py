@@ -21,10 +21,17 @@ from .arith import (
     ADD_LEFT_SHIFT,
     add_multipliers,
     conv_multipliers,
+    exp_on_negative_values,
+    get_reciprocal,
     hard_swish_params,
+    logistic_fixed,
+    logistic_params,
     mean_multiplier,
     mul_multiplier,
     multiply_by_quantized_multiplier,
+    rounding_divide_by_pot,
+    saturating_rounding_doubling_high_mul,
+    softmax_params,
 )
 
 
@@ -229,3 +236,30 @@ def pad(xs, op, ts, t_out) -> np.ndarray:
 def reshape(xs, op, ts, t_out) -> np.ndarray:
     """RESHAPE / SQUEEZE: NHWC order is kept."""
     return xs[0].reshape((xs[0].shape[0], *t_out.shape[1:]))
+
+
+def logistic(xs, op, ts, t_out) -> np.ndarray:
+    """LOGISTIC (int8 in, int8 out with scale 1/256 and zero point -128): the input in Q4.27,
+    gemmlowp's fixed-point logistic, rounded to Q0.8; inputs beyond the radius saturate."""
+    x = xs[0].astype(np.int64) - ts[0].zero_point
+    m, shift, radius = logistic_params(ts[0].scale)
+    q4 = multiply_by_quantized_multiplier(np.clip(x, -radius, radius), m, shift)
+    out = rounding_divide_by_pot(logistic_fixed(q4, 4), 23) - 128
+    out = np.where(x <= -radius, -128, np.where(x >= radius, 127, out))
+    return np.clip(out, -128, 127).astype(np.int8)
+
+
+def softmax(xs, op, ts, t_out) -> np.ndarray:
+    """SOFTMAX over the last axis (int8 in, int8 out with scale 1/256 and zero point -128):
+    differences to the row maximum in Q5.26, gemmlowp's exp, a Q12 sum and its reciprocal."""
+    x = xs[0].astype(np.int64)
+    m, shift, diff_min = softmax_params(ts[0].scale, op.beta)
+    diff = x - x.max(axis=-1, keepdims=True)
+    used = diff >= diff_min
+    scaled = multiply_by_quantized_multiplier(np.where(used, diff, 0), m, shift)
+    exps = np.where(used, exp_on_negative_values(scaled, 5), 0)
+    total = rounding_divide_by_pot(exps, 12).sum(axis=-1, keepdims=True)
+    recip, over = get_reciprocal(total, 12)
+    out = rounding_divide_by_pot(saturating_rounding_doubling_high_mul(recip, exps), over + 23)
+    out = np.where(used, out - 128, -128)
+    return np.clip(out, -128, 127).astype(np.int8)

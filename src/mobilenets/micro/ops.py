@@ -19,9 +19,10 @@ from typing import Any
 from . import kernels, tflite_ops
 
 # planner stage kinds, in C kernel id order (the ``MN_*`` enum of the generated mn_engine.h)
-STAGE_KINDS = ("conv", "dw", "add", "pool", "fc", "mul", "hswish")
+STAGE_KINDS = ("conv", "dw", "add", "pool", "fc", "mul", "hswish", "logistic", "softmax")
 MAX_KERNEL = 7  # the largest conv/pool window the C engine takes (its row-pointer array)
 PATCH_MAX = 64  # the longest im2col patch (kh * kw * cin) the C engine gathers
+FIXED_QUANT = (1.0 / 256.0, -128)  # (scale, zero point) of a ``fixed`` int8 output
 C_CONSTANTS = {"MAX_KERNEL": MAX_KERNEL, "PATCH_MAX": PATCH_MAX}
 
 
@@ -33,7 +34,8 @@ class OpSpec:
       operator and the op version written for fp32 and int8 graphs.
     - ``write``/``read``: the ``.tflite`` codec; ``kernel``: the NumPy reference.
     - ``quant``: the output's quantization: ``calibrated`` (its own range) or ``input`` (the
-      input's scale and zero point, as TFLite's kernels for it do not rescale).
+      input's scale and zero point, as TFLite's kernels for it do not rescale) or ``fixed``
+      (:data:`FIXED_QUANT`: LOGISTIC and SOFTMAX outputs are Q0.8 probabilities).
     - ``stage``: the planner/C stage kind (:data:`STAGE_KINDS`), ``fold`` (merged into the
       convolution it feeds) or ``alias`` (no code: the output is the input's bytes).
     - ``rows``: the planner's row rule: ``window`` (a kernel's rows around ``r * stride``),
@@ -79,6 +81,10 @@ OPS: dict[str, OpSpec] = {
                quant="input", stage="maxpool", rows="window"),
         OpSpec("hard_swish", 117, (1, 1), _T.write_plain, _T.read_none, _K.hard_swish,
                stage="hswish"),
+        OpSpec("logistic", 14, (1, 2), _T.write_plain, _T.read_none, _K.logistic,
+               quant="fixed", stage="logistic"),
+        OpSpec("softmax", 25, (1, 2), _T.write_softmax, _T.read_softmax, _K.softmax,
+               quant="fixed", stage="softmax"),
         OpSpec("pad", 34, (1, 2), _T.write_pad, _T.read_pad, _K.pad, quant="input",
                stage="fold"),
         OpSpec("reshape", 22, (1, 1), _T.write_reshape, _T.read_none, _K.reshape,
@@ -89,7 +95,7 @@ OP_KINDS = tuple(OPS)
 BY_CODE = {s.code: s for s in OPS.values()}
 TFLITE_NAMES = {
     0: "ADD", 1: "AVERAGE_POOL_2D", 3: "CONV_2D", 4: "DEPTHWISE_CONV_2D", 9: "FULLY_CONNECTED",
-    17: "MAX_POOL_2D", 18: "MUL", 22: "RESHAPE", 34: "PAD", 40: "MEAN", 117: "HARD_SWISH",
+    14: "LOGISTIC", 17: "MAX_POOL_2D", 25: "SOFTMAX", 18: "MUL", 22: "RESHAPE", 34: "PAD", 40: "MEAN", 117: "HARD_SWISH",
 }  # fmt: skip
 
 
@@ -102,7 +108,7 @@ def spec(kind: str) -> OpSpec:
 
 def supported_tflite_ops() -> str:
     """The TFLite builtin ops a file may use, comma-separated (for one-line refusals)."""
-    return ", ".join(sorted(TFLITE_NAMES[s.code] for s in OPS.values()))
+    return ", ".join(sorted({TFLITE_NAMES.get(s.code, f"builtin {s.code}") for s in OPS.values()}))
 
 
 def c_enum() -> str:

@@ -33,8 +33,25 @@ from .graph import Op, QuantizedModel
 from .ops import MAX_KERNEL, PATCH_MAX, STAGE_KINDS, spec
 
 ALIGN = 4
-STREAM_KINDS = ("conv", "dw", "add", "pool", "mul", "hswish")  # read their inputs by rows
-ROW_PRODUCERS = ("conv", "dw", "add", "mul", "hswish")  # write their outputs row by row
+STREAM_KINDS = (
+    "conv",
+    "dw",
+    "add",
+    "pool",
+    "mul",
+    "hswish",
+    "logistic",
+    "softmax",
+)  # read their inputs by rows
+ROW_PRODUCERS = (
+    "conv",
+    "dw",
+    "add",
+    "mul",
+    "hswish",
+    "logistic",
+    "softmax",
+)  # write their outputs row by row
 
 
 class UnsupportedModelError(MobilenetsError):

@@ -31,7 +31,7 @@ from torch import fx, nn
 from ..errors import UsageError
 from .graph import Op, QuantizedModel, Tensor
 from .lower import lower
-from .ops import spec
+from .ops import FIXED_QUANT, spec
 
 CALIB_METHODS = ("minmax", "percentile", "mse")
 # Evidence (benchmarks/bench_tflite.py --calib-compare --checkpoint CKPT: 512 calibration
@@ -201,6 +201,8 @@ def quantize_graph(graph: QuantizedModel, ranges: dict[int, tuple[float, float]]
         if spec(op.kind).quant == "input":  # the registry's quantization rule
             src = tensors[op.inputs[0]]
             tensors[op.output].scale, tensors[op.output].zero_point = src.scale, src.zero_point
+        elif spec(op.kind).quant == "fixed":
+            tensors[op.output].scale, tensors[op.output].zero_point = FIXED_QUANT
         else:
             assign(op.output)
     ops = [_quantize_op(op, tensors) for op in graph.ops]

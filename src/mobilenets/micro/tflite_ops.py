@@ -135,6 +135,14 @@ def write_plain(w: Any, op: Any) -> None:
     w.operator(op.kind, list(op.inputs), [op.output], 0, None)
 
 
+def write_softmax(w: Any, op: Any) -> None:
+    t, b = w.tfl, w.b
+    t.SoftmaxOptionsStart(b)
+    t.SoftmaxOptionsAddBeta(b, float(op.beta))
+    opts = t.SoftmaxOptionsEnd(b)
+    w.operator(op.kind, [op.inputs[0]], [op.output], t.BuiltinOptions.SoftmaxOptions, opts)
+
+
 def write_pad(w: Any, op: Any) -> None:
     """PAD with its (4, 2) int32 paddings tensor (NHWC: H and W only)."""
     t, b = w.tfl, w.b
@@ -216,6 +224,10 @@ def read_mean(ctx: Any, ins: list[int], op: Any) -> None:
     axes = sorted(int(a) % 4 for a in np.asarray(ctx.const(ins[1])).reshape(-1))
     if axes != [1, 2] or len(ctx.shape(ins[0])) != 4:
         raise MobilenetsError(f"{ctx.path}: MEAN over axes {axes} is not supported (only H, W)")
+
+
+def read_softmax(ctx: Any, ins: list[int], op: Any) -> None:
+    op.beta = float(ctx.options(ctx.tfl.SoftmaxOptions).Beta())
 
 
 def read_pad(ctx: Any, ins: list[int], op: Any) -> None:

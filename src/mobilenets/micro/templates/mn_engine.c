@@ -661,6 +661,126 @@ void mn_hswish_row(const mn_hswish_params *p, const int8_t *in, int8_t *out, int
     }
 }
 
+/* ---- gemmlowp-style fixed point (TFLite's LOGISTIC and SOFTMAX): int32 raw values with
+ * ib integer bits and 31 - ib fractional bits. */
+
+static int32_t mn_srdhm(int32_t a, int32_t b)
+{
+    const int64_t ab = (int64_t)a * (int64_t)b;
+    const int64_t t = ab + (ab >= 0 ? ((int64_t)1 << 30) : (1 - ((int64_t)1 << 30)));
+    if (a == INT32_MIN && b == INT32_MIN) return INT32_MAX;
+    return (int32_t)(t >= 0 ? (t >> 31) : -((-t) >> 31));
+}
+
+static int32_t mn_lsl_sat(int32_t x, int e)
+{
+    const int64_t v = (int64_t)x * ((int64_t)1 << e);
+    return (int32_t)(v > INT32_MAX ? INT32_MAX : (v < INT32_MIN ? INT32_MIN : v));
+}
+
+static int32_t mn_add32(int32_t a, int32_t b) /* two's complement wrap, as gemmlowp's int32 */
+{
+    return (int32_t)(uint32_t)((uint32_t)a + (uint32_t)b);
+}
+
+/* exp(a) for a in [-1/4, 0), Q0.31: a Taylor expansion around -1/8. */
+static int32_t mn_exp_quarter(int32_t a)
+{
+    const int32_t c = 1895147668, third = 715827883; /* exp(-1/8), 1/3 in Q0.31 */
+    const int32_t x = mn_add32(a, 1 << 28);
+    const int32_t x2 = mn_srdhm(x, x), x3 = mn_srdhm(x2, x), x4 = mn_srdhm(x2, x2);
+    const int32_t poly = mn_rdbp(mn_add32(mn_srdhm(mn_add32(mn_rdbp(x4, 2), x3), third), x2), 1);
+    return mn_add32(c, mn_srdhm(c, mn_add32(x, poly)));
+}
+
+/* exp(a) for a <= 0 with ib integer bits, Q0.31 (gemmlowp's exp_on_negative_values). */
+static int32_t mn_exp_neg(int32_t a, int ib)
+{
+    static const int32_t mult[7] = {1672461947, 1302514674, 790015084, 290630308, 39332535,
+                                    720401, 242}; /* exp(-2^k), k = -2..4, Q0.31 */
+    const int fb = 31 - ib;
+    const int32_t quarter = (int32_t)1 << (fb - 2);
+    const int32_t a_mod = (a & (quarter - 1)) - quarter;
+    const int32_t rem = mn_add32(a_mod, (int32_t)(0u - (uint32_t)a));
+    int32_t r = mn_exp_quarter(ib ? mn_lsl_sat(a_mod, ib) : a_mod);
+    int k;
+    for (k = -2; k <= 4; ++k)
+        if (ib > k && (rem & ((int32_t)1 << (fb + k)))) r = mn_srdhm(r, mult[k + 2]);
+    if (ib > 5 && a < -((int32_t)1 << (36 - ib))) r = 0;
+    return a == 0 ? INT32_MAX : r;
+}
+
+/* 1 / (1 + a) for a in [0, 1), Q0.31, by three Newton-Raphson steps in Q2.29. */
+static int32_t mn_one_over_one_plus(int32_t a)
+{
+    const int64_t s = (int64_t)a + INT32_MAX;
+    const int32_t half = (int32_t)(s >= 0 ? (s + 1) / 2 : (s - 1) / 2);
+    int32_t x = mn_add32(1515870810, mn_srdhm(half, -1010580540)); /* 48/17 - 32/17 d */
+    int i;
+    for (i = 0; i < 3; ++i) {
+        const int32_t one_minus = mn_add32(1 << 29, (int32_t)(0u - (uint32_t)mn_srdhm(half, x)));
+        x = mn_add32(x, mn_lsl_sat(mn_srdhm(x, one_minus), 2));
+    }
+    return mn_lsl_sat(x, 1);
+}
+
+void mn_logistic_row(const mn_prob_params *p, const int8_t *in, int8_t *out, int n)
+{
+    const int32_t radius = p->radius;
+    int i;
+    for (i = 0; i < n; ++i) {
+        const int32_t x = in[i] - p->in_zp;
+        int32_t q4, r;
+        if (x <= -radius) {
+            out[i] = -128;
+            continue;
+        }
+        if (x >= radius) {
+            out[i] = 127;
+            continue;
+        }
+        q4 = mn_requantize(x, p->m0, p->shift);
+        if (q4 == 0) {
+            r = 1 << 30;
+        } else {
+            r = mn_one_over_one_plus(mn_exp_neg(q4 > 0 ? -q4 : q4, 4));
+            if (q4 < 0) r = INT32_MAX - r;
+        }
+        out[i] = mn_sat(mn_rdbp(r, 23) - 128, -128, 127);
+    }
+}
+
+/* SOFTMAX over the c channels of each of npix pixels (beta folded into m0 at generation). */
+void mn_softmax_row(const mn_prob_params *p, const int8_t *in, int8_t *out, int npix, int c)
+{
+    int px, i;
+    for (px = 0; px < npix; ++px, in += c, out += c) {
+        int32_t mx = -128, sum = 0, recip, over, headroom = 0;
+        uint32_t u;
+        for (i = 0; i < c; ++i) mx = in[i] > mx ? in[i] : mx;
+        for (i = 0; i < c; ++i) {
+            const int32_t d = in[i] - mx;
+            if (d >= -p->radius) sum += mn_rdbp(mn_exp_neg(mn_requantize(d, p->m0, p->shift), 5), 12);
+        }
+        u = (uint32_t)sum;
+        while (!(u & 0x80000000u)) {
+            u <<= 1;
+            ++headroom;
+        }
+        over = 12 - headroom;
+        recip = mn_one_over_one_plus((int32_t)(u - 0x80000000u));
+        for (i = 0; i < c; ++i) {
+            const int32_t d = in[i] - mx;
+            int32_t v = -128;
+            if (d >= -p->radius) {
+                const int32_t e = mn_exp_neg(mn_requantize(d, p->m0, p->shift), 5);
+                v = mn_rdbp(mn_srdhm(recip, e), over + 23) - 128;
+            }
+            out[i] = mn_sat(v, -128, 127);
+        }
+    }
+}
+
 void mn_pool_row(const mn_pool_params *p, int32_t *acc, const int8_t *row, int w, int c, int first)
 {
     int x, i;
@@ -748,6 +868,14 @@ static void mn_compute(const mn_net *net, uint8_t *arena, const mn_stage *s, int
     case MN_HSWISH:
         mn_hswish_row((const mn_hswish_params *)s->params, mn_row(arena, in, r),
                       mn_row(arena, ot, r), ot->w * ot->c);
+        break;
+    case MN_LOGISTIC:
+        mn_logistic_row((const mn_prob_params *)s->params, mn_row(arena, in, r),
+                        mn_row(arena, ot, r), ot->w * ot->c);
+        break;
+    case MN_SOFTMAX:
+        mn_softmax_row((const mn_prob_params *)s->params, mn_row(arena, in, r),
+                       mn_row(arena, ot, r), ot->w, ot->c);
         break;
     case MN_POOL: {
         const mn_pool_params *p = (const mn_pool_params *)s->params;

@@ -54,6 +54,13 @@ typedef struct {
     int32_t in_zp, out_zp, out_m, out_e, relu_m, relu_e;
 } mn_hswish_params;
 
+/* TFLite int8 LOGISTIC and SOFTMAX (output scale 1/256, zero point -128): the input (or its
+ * difference to the row maximum) to Q4.27 (Q5.26) by m0 << shift; radius: LOGISTIC's input
+ * radius, SOFTMAX's -diff_min. */
+typedef struct {
+    int32_t in_zp, m0, shift, radius;
+} mn_prob_params;
+
 typedef struct {
     int32_t h, w, c;  /* rows of w * c bytes */
     int32_t offset;   /* in the arena */
@@ -87,6 +94,8 @@ void mn_add_row(const mn_add_params *p, const int8_t *a, const int8_t *b, int8_t
 void mn_mul_row(const mn_mul_params *p, const int8_t *a, const int8_t *b, int nb, int8_t *out,
                 int n);
 void mn_hswish_row(const mn_hswish_params *p, const int8_t *in, int8_t *out, int n);
+void mn_logistic_row(const mn_prob_params *p, const int8_t *in, int8_t *out, int n);
+void mn_softmax_row(const mn_prob_params *p, const int8_t *in, int8_t *out, int npix, int c);
 void mn_pool_row(const mn_pool_params *p, int32_t *acc, const int8_t *row, int w, int c, int first);
 void mn_pool_finish(const mn_pool_params *p, const int32_t *acc, int8_t *out, int c);
 
