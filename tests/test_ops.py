@@ -111,6 +111,48 @@ def pooled(kind: str) -> QuantizedModel:
     )
 
 
+def window_pool(kind: str, k: int, stride: int, pad: str, act: str) -> QuantizedModel:
+    h = 9
+    g = _G(6, (1, h, h, 5))
+    t = g.tensors[g.x]
+    p = same_padding(h, k, stride) if pad == "same" else (0, 0)
+    o = (h + p[0] + p[1] - k) // stride + 1
+    kw = {"kernel": (k, k), "stride": (stride, stride), "padding": (*p, *p)}
+    y = g.op(kind, [g.x], (1, o, o, 5), act, scale=t.scale, zp=t.zero_point, **kw)
+    return g.model(y)
+
+
+def padded(kind: str) -> QuantizedModel:
+    """A PAD (or PADV2 with another value) that feeds no convolution: it runs on its own."""
+    g = _G(8, (1, 6, 7, 3))
+    t = g.tensors[g.x]
+    value = {"pad_value": 17} if kind == "padv2" else {}
+    y = g.op(
+        kind, [g.x], (1, 9, 9, 3), scale=t.scale, zp=t.zero_point, padding=(1, 2, 0, 2), **value
+    )
+    return g.model(
+        g.op(
+            "max_pool2d",
+            [y],
+            (1, 4, 4, 3),
+            scale=t.scale,
+            zp=t.zero_point,
+            kernel=(2, 2),
+            stride=(2, 2),
+        )
+    )
+
+
+def squeezed(kind: str) -> QuantizedModel:
+    """MEAN -> RESHAPE or SQUEEZE to (1, C) -> FULLY_CONNECTED -> SOFTMAX: a converter's head."""
+    g = _G(10, (1, 5, 5, 12))
+    m = g.op("mean", [g.x], (1, 1, 1, 12))
+    t = g.tensors[m]
+    flat = g.op(kind, [m], (1, 12), scale=t.scale, zp=t.zero_point)
+    logits = g.weighted("fully_connected", flat, (1, 7), (7, 12))
+    return g.model(g.op("softmax", [logits], (1, 7), scale=1 / 256, zp=-128))
+
+
 def probabilities(kind: str, scale: float) -> QuantizedModel:
     """LOGISTIC or SOFTMAX (over channels) after a 1x1 conv; output scale 1/256, zero point -128."""
     g = _G(9, (1, 3, 4, 10))
@@ -141,6 +183,14 @@ CASES = {
     "mean": lambda: pooled("mean"),
     "avg_pool2d-global": lambda: pooled("avg_pool2d"),
     "squeeze-excite": squeeze_excite,
+    "avg_pool2d-3x3-s2-same": lambda: window_pool("avg_pool2d", 3, 2, "same", "none"),
+    "avg_pool2d-2x2-s2-valid-relu": lambda: window_pool("avg_pool2d", 2, 2, "valid", "relu"),
+    "max_pool2d-3x3-s2-same": lambda: window_pool("max_pool2d", 3, 2, "same", "none"),
+    "max_pool2d-3x3-s1-valid-relu6": lambda: window_pool("max_pool2d", 3, 1, "valid", "relu6"),
+    "pad-then-max_pool2d": lambda: padded("pad"),
+    "padv2-then-max_pool2d": lambda: padded("padv2"),
+    "mean-reshape-fc-softmax": lambda: squeezed("reshape"),
+    "mean-squeeze-fc-softmax": lambda: squeezed("squeeze"),
     "logistic": lambda: probabilities("logistic", 0.05),
     "logistic-wide-input": lambda: probabilities("logistic", 0.3),
     "softmax": lambda: probabilities("softmax", 0.05),

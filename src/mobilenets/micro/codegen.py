@@ -149,6 +149,13 @@ def _stage_params(qm: QuantizedModel, plan: Plan, s: Stage) -> tuple[str, str]:
         vals = (-a.zero_point, -b.zero_point, m0, shift, t_out.zero_point, op.act_min, op.act_max)
         return _struct("mn_mul_params", tag, vals)
     t_in = qm.tensors[s.inputs[0]]
+    if s.kind == "pool2d":
+        vals = (int(op.kind == "max_pool2d"), t_out.shape[-1], op.act_min, op.act_max)
+        return _struct("mn_pool2d_params", tag, vals)
+    if s.kind == "pad":
+        return _struct(
+            "mn_pad_params", tag, (t_out.zero_point if op.pad_value is None else op.pad_value,)
+        )
     if s.kind in ("logistic", "softmax"):
         if s.kind == "logistic":
             m0, shift, radius = logistic_params(t_in.scale)

@@ -19,7 +19,9 @@ from typing import Any
 from . import kernels, tflite_ops
 
 # planner stage kinds, in C kernel id order (the ``MN_*`` enum of the generated mn_engine.h)
-STAGE_KINDS = ("conv", "dw", "add", "pool", "fc", "mul", "hswish", "logistic", "softmax")
+STAGE_KINDS = (
+    *("conv", "dw", "add", "pool", "fc", "mul", "hswish", "logistic", "softmax", "pool2d", "pad"),
+)
 MAX_KERNEL = 7  # the largest conv/pool window the C engine takes (its row-pointer array)
 PATCH_MAX = 64  # the longest im2col patch (kh * kw * cin) the C engine gathers
 FIXED_QUANT = (1.0 / 256.0, -128)  # (scale, zero point) of a ``fixed`` int8 output
@@ -40,7 +42,8 @@ class OpSpec:
       convolution it feeds) or ``alias`` (no code: the output is the input's bytes).
     - ``rows``: the planner's row rule: ``window`` (a kernel's rows around ``r * stride``),
       ``same`` (row ``r`` of every input, row 0 of a one-row broadcast input) or ``all``
-      (every input row: pooling to one row, the fully connected layer).
+      (every input row: pooling to one row, the fully connected layer). The planner runs a
+      global AVERAGE_POOL_2D as ``pool`` and a PAD it cannot fold as ``pad``.
     """
 
     kind: str
@@ -74,11 +77,11 @@ OPS: dict[str, OpSpec] = {
         OpSpec("add", 0, (1, 2), _T.write_add, _T.read_binary, _K.add, stage="add", n_inputs=2),
         OpSpec("mul", 18, (1, 2), _T.write_mul, _T.read_binary, _K.mul, stage="mul", n_inputs=2),
         OpSpec("avg_pool2d", 1, (1, 2), _T.write_pool, _T.read_pool, _K.avg_pool2d,
-               quant="input", stage="pool", rows="all"),
+               quant="input", stage="pool2d", rows="window"),
         OpSpec("mean", 40, (1, 2), _T.write_mean, _T.read_mean, _K.mean, stage="pool",
                rows="all"),
         OpSpec("max_pool2d", 17, (1, 2), _T.write_pool, _T.read_pool, _K.max_pool2d,
-               quant="input", stage="maxpool", rows="window"),
+               quant="input", stage="pool2d", rows="window"),
         OpSpec("hard_swish", 117, (1, 1), _T.write_plain, _T.read_none, _K.hard_swish,
                stage="hswish"),
         OpSpec("logistic", 14, (1, 2), _T.write_plain, _T.read_none, _K.logistic,
@@ -87,6 +90,10 @@ OPS: dict[str, OpSpec] = {
                quant="fixed", stage="softmax"),
         OpSpec("pad", 34, (1, 2), _T.write_pad, _T.read_pad, _K.pad, quant="input",
                stage="fold"),
+        OpSpec("padv2", 60, (1, 2), _T.write_padv2, _T.read_padv2, _K.pad, quant="input",
+               stage="pad"),
+        OpSpec("squeeze", 43, (1, 1), _T.write_squeeze, _T.read_none, _K.reshape,
+               quant="input", stage="alias"),
         OpSpec("reshape", 22, (1, 1), _T.write_reshape, _T.read_none, _K.reshape,
                quant="input", stage="alias"),
     )

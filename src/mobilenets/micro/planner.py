@@ -43,6 +43,7 @@ STREAM_KINDS = (
     "logistic",
     "softmax",
 )  # read their inputs by rows
+WINDOW_KINDS = ("conv", "dw", "pool2d")  # read a kernel's rows around r * stride
 ROW_PRODUCERS = (
     "conv",
     "dw",
@@ -76,8 +77,11 @@ class Stage:
         """The last input row that output row ``r`` reads (-1: none)."""
         if self.whole_input:
             return in_h - 1
-        if self.kind in ("conv", "dw"):
+        if self.kind in WINDOW_KINDS:
             return min(in_h - 1, r * self.stride[0] - self.padding[0] + self.kernel[0] - 1)
+        if self.kind == "pad":
+            y = r - self.padding[0]
+            return y if 0 <= y < in_h else -1
         if self.kind == "fc":
             return in_h - 1
         return min(r, in_h - 1)  # a one-row input (squeeze-excite's scale) is broadcast
@@ -85,9 +89,12 @@ class Stage:
     def read_rows(self, r: int, in_h: int) -> range:
         if self.whole_input:
             return range(in_h)
-        if self.kind in ("conv", "dw"):
+        if self.kind in WINDOW_KINDS:
             lo = r * self.stride[0] - self.padding[0]
             return range(max(lo, 0), self.needed_row(r, in_h) + 1)
+        if self.kind == "pad":
+            y = self.needed_row(r, in_h)
+            return range(y, y + 1) if y >= 0 else range(0)
         if self.kind == "fc":
             return range(in_h)
         return range(min(r, in_h - 1), min(r, in_h - 1) + 1)
@@ -260,13 +267,7 @@ def build_stages(qm: QuantizedModel) -> tuple[list[Stage], dict[int, int]]:
         if role == "alias":
             alias[op.output] = op.inputs[0]
             continue
-        if role == "fold":
-            users = consumers.get(op.output, [])
-            src, dst = qm.tensors[op.inputs[0]], qm.tensors[op.output]
-            if len(users) != 1 or spec(qm.ops[users[0]].kind).stage not in ("conv", "dw"):
-                raise UnsupportedModelError(f"op {name}: a pad op must feed one convolution")
-            if src.zero_point != dst.zero_point or src.scale != dst.scale:
-                raise UnsupportedModelError(f"op {name}: pad changes the quantization")
+        if role == "fold" and _foldable(qm, op, consumers.get(op.output, [])):
             pending_pad[op.output] = (op.inputs[0], tuple(op.padding))
             continue
         stages.append(_stage(qm, len(stages), op, name, pending_pad, resolve))
@@ -276,8 +277,27 @@ def build_stages(qm: QuantizedModel) -> tuple[list[Stage], dict[int, int]]:
     return stages, alias
 
 
+def _foldable(qm: QuantizedModel, op: Op, users: list[int]) -> bool:
+    """A PAD folds into the one convolution it feeds (its implicit zero-point padding)."""
+    src, dst = qm.tensors[op.inputs[0]], qm.tensors[op.output]
+    conv = len(users) == 1 and spec(qm.ops[users[0]].kind).stage in ("conv", "dw")
+    same_q = src.zero_point == dst.zero_point and src.scale == dst.scale
+    return conv and same_q and op.pad_value in (None, dst.zero_point)
+
+
+def _is_global_pool(qm: QuantizedModel, op: Op) -> bool:
+    h, w, _ = _hwc(qm.tensors[op.inputs[0]].shape)
+    oh, ow, _ = _hwc(qm.tensors[op.output].shape)
+    flat = not any(op.padding) and (oh, ow) == (1, 1)
+    return op.kind == "mean" or (op.kind == "avg_pool2d" and flat and tuple(op.kernel) == (h, w))
+
+
 def _stage(qm, index, op, name, pending_pad, resolve) -> Stage:
     kind = spec(op.kind).stage
+    if kind == "fold":
+        kind = "pad"  # a PAD that cannot fold into a convolution runs on its own
+    if kind == "pool2d" and _is_global_pool(qm, op):
+        kind = "pool"  # accumulated row by row into one row
     if kind not in STAGE_KINDS:
         raise UnsupportedModelError(f"op {name}: {op.kind} is not supported by the C generator")
     inputs = list(op.inputs)
@@ -299,15 +319,11 @@ def _stage(qm, index, op, name, pending_pad, resolve) -> Stage:
     kernel = tuple(op.kernel)
     if kind in ("conv", "dw"):
         kernel = (int(op.weights.shape[1]), int(op.weights.shape[2]))
+    if kind in WINDOW_KINDS:
         if kernel[0] > MAX_KERNEL or kernel[1] > MAX_KERNEL:
             raise UnsupportedModelError(
                 f"op {name}: kernels larger than {MAX_KERNEL}x{MAX_KERNEL} are not supported"
             )
-    if kind == "pool":
-        h, w, _ = _hwc(qm.tensors[inputs[0]].shape)
-        oh, ow, _ = _hwc(qm.tensors[op.output].shape)
-        if (oh, ow) != (1, 1) or (op.kind == "avg_pool2d" and tuple(op.kernel) != (h, w)):
-            raise UnsupportedModelError(f"op {name}: only global average pooling is supported")
     return Stage(index, kind, op, tuple(inputs), op.output, padding, kernel, tuple(op.stride))
 
 

@@ -154,6 +154,33 @@ def write_pad(w: Any, op: Any) -> None:
     w.operator(op.kind, [op.inputs[0], pt], [op.output], t.BuiltinOptions.PadOptions, opts)
 
 
+def write_padv2(w: Any, op: Any) -> None:
+    """PADV2: PAD's table and a scalar int8 constant (the padding value)."""
+    t, b = w.tfl, w.b
+    top, bottom, left, right = op.padding
+    table = np.array([[0, 0], [top, bottom], [left, right], [0, 0]], "<i4")
+    pt = w.tensor(f"{op.name}.paddings", (4, 2), INT32, table)
+    out = w.graph.tensors[op.output]
+    value = out.zero_point if op.pad_value is None else op.pad_value
+    q = ([out.scale], [out.zero_point], 0)
+    vt = w.tensor(f"{op.name}.value", (1,), INT8, np.array([value], "i1"), q)
+    t.PadV2OptionsStart(b)
+    opts = t.PadV2OptionsEnd(b)
+    w.operator(op.kind, [op.inputs[0], pt, vt], [op.output], t.BuiltinOptions.PadV2Options, opts)
+
+
+def write_squeeze(w: Any, op: Any) -> None:
+    """SQUEEZE of the size-1 axes of the input that the output drops."""
+    t, b = w.tfl, w.b
+    src, dst = w.graph.tensors[op.inputs[0]].shape, w.graph.tensors[op.output].shape
+    dims = [i for i in range(1, len(src)) if src[i] == 1][: len(src) - len(dst)]
+    squeeze = w.ints(t.SqueezeOptionsStartSqueezeDimsVector, dims)
+    t.SqueezeOptionsStart(b)
+    t.SqueezeOptionsAddSqueezeDims(b, squeeze)
+    opts = t.SqueezeOptionsEnd(b)
+    w.operator(op.kind, [op.inputs[0]], [op.output], t.BuiltinOptions.SqueezeOptions, opts)
+
+
 def write_reshape(w: Any, op: Any) -> None:
     t, b = w.tfl, w.b
     shape = w.graph.tensors[op.output].shape  # in the options only: no shape tensor to store
@@ -235,6 +262,11 @@ def read_pad(ctx: Any, ins: list[int], op: Any) -> None:
     if np.any(table[0]) or np.any(table[3]):
         raise MobilenetsError(f"{ctx.path}: PAD of the batch or channel axis is not supported")
     op.padding = (*map(int, table[1]), *map(int, table[2]))
+
+
+def read_padv2(ctx: Any, ins: list[int], op: Any) -> None:
+    read_pad(ctx, ins, op)
+    op.pad_value = int(np.asarray(ctx.const(ins[2])).reshape(-1)[0]) if len(ins) > 2 else None
 
 
 def read_none(ctx: Any, ins: list[int], op: Any) -> None:

@@ -661,6 +661,46 @@ void mn_hswish_row(const mn_hswish_params *p, const int8_t *in, int8_t *out, int
     }
 }
 
+/* Windowed pooling: only the taps inside the input count (TFLite's SAME padding). */
+void mn_pool2d_row(const mn_pool2d_params *p, const int8_t *const *rows, int kh, int kw, int sw,
+                   int pl, int in_w, int8_t *out, int out_w)
+{
+    const int c = p->c, is_max = p->mode == 1;
+    int ox, ch, ky, kx;
+    for (ox = 0; ox < out_w; ++ox) {
+        const int ix0 = ox * sw - pl;
+        for (ch = 0; ch < c; ++ch) {
+            int32_t acc = is_max ? -128 : 0, n = 0;
+            for (ky = 0; ky < kh; ++ky) {
+                if (!rows[ky]) continue;
+                for (kx = 0; kx < kw; ++kx) {
+                    const int ix = ix0 + kx;
+                    int32_t v;
+                    if (ix < 0 || ix >= in_w) continue;
+                    v = rows[ky][(size_t)ix * (size_t)c + (size_t)ch];
+                    acc = is_max ? (v > acc ? v : acc) : acc + v;
+                    ++n;
+                }
+            }
+            if (!is_max && n) acc = acc > 0 ? (acc + n / 2) / n : (acc - n / 2) / n;
+            out[(size_t)ox * (size_t)c + (size_t)ch] = mn_sat(acc, p->act_min, p->act_max);
+        }
+    }
+}
+
+static void mn_pad_row(const mn_pad_params *p, const int8_t *in, int in_w, int pl, int8_t *out,
+                       int out_w, int c)
+{
+    const int right = out_w - in_w - pl;
+    if (!in) {
+        memset(out, p->value, (size_t)out_w * (size_t)c);
+        return;
+    }
+    memset(out, p->value, (size_t)pl * (size_t)c);
+    memcpy(out + (size_t)pl * (size_t)c, in, (size_t)in_w * (size_t)c);
+    memset(out + (size_t)(pl + in_w) * (size_t)c, p->value, (size_t)right * (size_t)c);
+}
+
 /* ---- gemmlowp-style fixed point (TFLite's LOGISTIC and SOFTMAX): int32 raw values with
  * ib integer bits and 31 - ib fractional bits. */
 
@@ -821,8 +861,12 @@ static int mn_needed(const mn_stage *s, int r, int in_h)
     switch (s->kind) {
     case MN_CONV:
     case MN_DW:
+    case MN_POOL2D:
         hi = r * s->sh - s->pt + s->kh - 1;
         return hi < in_h - 1 ? hi : in_h - 1;
+    case MN_PAD:
+        hi = r - s->pt;
+        return hi >= 0 && hi < in_h ? hi : -1;
     case MN_FC:
         return in_h - 1;
     default: /* row r; a one-row input (squeeze-excite's scale) is broadcast */
@@ -869,6 +913,23 @@ static void mn_compute(const mn_net *net, uint8_t *arena, const mn_stage *s, int
         mn_hswish_row((const mn_hswish_params *)s->params, mn_row(arena, in, r),
                       mn_row(arena, ot, r), ot->w * ot->c);
         break;
+    case MN_POOL2D: {
+        const int lo = r * s->sh - s->pt;
+        for (ky = 0; ky < s->kh; ++ky) {
+            const int y = lo + ky;
+            rows[ky] = (y >= 0 && y < in->h) ? mn_row(arena, in, y) : NULL;
+        }
+        mn_pool2d_row((const mn_pool2d_params *)s->params, rows, s->kh, s->kw, s->sw, s->pl, in->w,
+                      mn_row(arena, ot, r), ot->w);
+        break;
+    }
+    case MN_PAD: {
+        const int y = r - s->pt;
+        mn_pad_row((const mn_pad_params *)s->params,
+                   y >= 0 && y < in->h ? mn_row(arena, in, y) : NULL, in->w, s->pl,
+                   mn_row(arena, ot, r), ot->w, ot->c);
+        break;
+    }
     case MN_LOGISTIC:
         mn_logistic_row((const mn_prob_params *)s->params, mn_row(arena, in, r),
                         mn_row(arena, ot, r), ot->w * ot->c);

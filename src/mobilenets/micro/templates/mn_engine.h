@@ -61,6 +61,16 @@ typedef struct {
     int32_t in_zp, m0, shift, radius;
 } mn_prob_params;
 
+/* AVERAGE_POOL_2D (mode 0: the mean of the taps inside the input) or MAX_POOL_2D (mode 1). */
+typedef struct {
+    int32_t mode, c, act_min, act_max;
+} mn_pool2d_params;
+
+/* PAD/PADV2 of H and W with one int8 value (PAD: the zero point). */
+typedef struct {
+    int32_t value;
+} mn_pad_params;
+
 typedef struct {
     int32_t h, w, c;  /* rows of w * c bytes */
     int32_t offset;   /* in the arena */
@@ -96,6 +106,8 @@ void mn_mul_row(const mn_mul_params *p, const int8_t *a, const int8_t *b, int nb
 void mn_hswish_row(const mn_hswish_params *p, const int8_t *in, int8_t *out, int n);
 void mn_logistic_row(const mn_prob_params *p, const int8_t *in, int8_t *out, int n);
 void mn_softmax_row(const mn_prob_params *p, const int8_t *in, int8_t *out, int npix, int c);
+void mn_pool2d_row(const mn_pool2d_params *p, const int8_t *const *rows, int kh, int kw, int sw,
+                   int pl, int in_w, int8_t *out, int out_w);
 void mn_pool_row(const mn_pool_params *p, int32_t *acc, const int8_t *row, int w, int c, int first);
 void mn_pool_finish(const mn_pool_params *p, const int32_t *acc, int8_t *out, int c);
 
