@@ -180,7 +180,12 @@ def test_input_buffer_runs_in_place_bit_exact(pair, cpp_two):
 def test_two_prefixed_models_in_one_cortex_m7_program_bit_exact(pair):
     """Item 13 on the M7 under QEMU: both models, one engine, outputs equal the reference."""
     root = pair[0]
-    (root / "two_mcu.c").write_text(TWO_MAIN.replace("n * ", "(size_t)n * (size_t)"))
+    # startup.c calls main() without arguments: argc/argv would be whatever the registers hold
+    text = TWO_MAIN.replace("n * ", "(size_t)n * (size_t)").replace(
+        "int main(int argc, char **argv)\n{",
+        "int main(void)\n{\n    int argc = 1;\n    char **argv = 0;",
+    )
+    (root / "two_mcu.c").write_text(text)
     srcs = ["two_mcu.c", "a/model.c", "b/model.c", "a/mn_inputs.c", "b/mn_inputs.c"]
     srcs += ["a/mn_engine.c", "a/startup.c"]
     elf = root / "two.elf"

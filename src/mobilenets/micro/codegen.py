@@ -254,7 +254,7 @@ def model_header(qm: QuantizedModel, plan: Plan, prefix: str = DEFAULT_PREFIX) -
         f"#define {P}INPUT_ZERO_POINT {ti.zero_point}",
         f'#define {P}OUTPUT_SCALE "{_f32(to.scale)!r}"',
         f"#define {P}OUTPUT_ZERO_POINT {to.zero_point}",
-        "/* the engine limits this model was generated for (model.c checks mn_engine.h) */",
+        "/* the engine limits this model was generated for (model.c checks the engine header) */",
         *(f"#define {P}ENGINE_{k} {v}" for k, v in C_CONSTANTS.items()),
         f"#define {P}NUM_CLASSES {len(names) if names else to.nbytes}",
         f"extern const char *const {p}class_names[];",
