@@ -41,8 +41,9 @@ class OpSpec:
     - ``stage``: the planner/C stage kind (:data:`STAGE_KINDS`), ``fold`` (merged into the
       convolution it feeds) or ``alias`` (no code: the output is the input's bytes).
     - ``rows``: the planner's row rule: ``window`` (a kernel's rows around ``r * stride``),
-      ``same`` (row ``r`` of every input, row 0 of a one-row broadcast input) or ``all``
-      (every input row: pooling to one row, the fully connected layer). The planner runs a
+      ``same`` (row ``r`` of every input, row 0 of a one-row broadcast input; MEAN
+      accumulates its input row by row), ``shift`` (row ``r - top``: PAD) or ``all`` (every
+      input row: the fully connected layer). The planner runs a
       global AVERAGE_POOL_2D as ``pool`` and a PAD it cannot fold as ``pad``.
     """
 
@@ -78,8 +79,7 @@ OPS: dict[str, OpSpec] = {
         OpSpec("mul", 18, (1, 2), _T.write_mul, _T.read_binary, _K.mul, stage="mul", n_inputs=2),
         OpSpec("avg_pool2d", 1, (1, 2), _T.write_pool, _T.read_pool, _K.avg_pool2d,
                quant="input", stage="pool2d", rows="window"),
-        OpSpec("mean", 40, (1, 2), _T.write_mean, _T.read_mean, _K.mean, stage="pool",
-               rows="all"),
+        OpSpec("mean", 40, (1, 2), _T.write_mean, _T.read_mean, _K.mean, stage="pool"),
         OpSpec("max_pool2d", 17, (1, 2), _T.write_pool, _T.read_pool, _K.max_pool2d,
                quant="input", stage="pool2d", rows="window"),
         OpSpec("hard_swish", 117, (1, 1), _T.write_plain, _T.read_none, _K.hard_swish,
@@ -89,9 +89,9 @@ OPS: dict[str, OpSpec] = {
         OpSpec("softmax", 25, (1, 2), _T.write_softmax, _T.read_softmax, _K.softmax,
                quant="fixed", stage="softmax"),
         OpSpec("pad", 34, (1, 2), _T.write_pad, _T.read_pad, _K.pad, quant="input",
-               stage="fold"),
+               stage="fold", rows="shift"),
         OpSpec("padv2", 60, (1, 2), _T.write_padv2, _T.read_padv2, _K.pad, quant="input",
-               stage="pad"),
+               stage="pad", rows="shift"),
         OpSpec("squeeze", 43, (1, 1), _T.write_squeeze, _T.read_none, _K.reshape,
                quant="input", stage="alias"),
         OpSpec("reshape", 22, (1, 1), _T.write_reshape, _T.read_none, _K.reshape,

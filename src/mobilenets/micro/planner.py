@@ -43,7 +43,6 @@ STREAM_KINDS = (
     "logistic",
     "softmax",
 )  # read their inputs by rows
-WINDOW_KINDS = ("conv", "dw", "pool2d")  # read a kernel's rows around r * stride
 ROW_PRODUCERS = (
     "conv",
     "dw",
@@ -64,7 +63,7 @@ class Stage:
     """One executable op: a graph op with its ``pad`` folded in and ``reshape`` aliased away."""
 
     index: int
-    kind: str  # conv, dw, add, pool, fc
+    kind: str  # the C kernel (ops.STAGE_KINDS)
     op: Op
     inputs: tuple[int, ...]
     output: int
@@ -72,32 +71,27 @@ class Stage:
     kernel: tuple[int, int] = (1, 1)
     stride: tuple[int, int] = (1, 1)
     whole_input: bool = False  # reads a pooled vector: waits for the pool's last (virtual) row
+    rows: str = "same"  # the registry's row rule (ops.OpSpec.rows)
 
     def needed_row(self, r: int, in_h: int) -> int:
         """The last input row that output row ``r`` reads (-1: none)."""
-        if self.whole_input:
+        if self.whole_input or self.rows == "all":
             return in_h - 1
-        if self.kind in WINDOW_KINDS:
+        if self.rows == "window":
             return min(in_h - 1, r * self.stride[0] - self.padding[0] + self.kernel[0] - 1)
-        if self.kind == "pad":
+        if self.rows == "shift":
             y = r - self.padding[0]
             return y if 0 <= y < in_h else -1
-        if self.kind == "fc":
-            return in_h - 1
         return min(r, in_h - 1)  # a one-row input (squeeze-excite's scale) is broadcast
 
     def read_rows(self, r: int, in_h: int) -> range:
-        if self.whole_input:
+        if self.whole_input or self.rows == "all":
             return range(in_h)
-        if self.kind in WINDOW_KINDS:
+        if self.rows == "window":
             lo = r * self.stride[0] - self.padding[0]
             return range(max(lo, 0), self.needed_row(r, in_h) + 1)
-        if self.kind == "pad":
-            y = self.needed_row(r, in_h)
-            return range(y, y + 1) if y >= 0 else range(0)
-        if self.kind == "fc":
-            return range(in_h)
-        return range(min(r, in_h - 1), min(r, in_h - 1) + 1)
+        y = self.needed_row(r, in_h)
+        return range(y, y + 1) if y >= 0 else range(0)
 
 
 @dataclass
@@ -293,11 +287,11 @@ def _is_global_pool(qm: QuantizedModel, op: Op) -> bool:
 
 
 def _stage(qm, index, op, name, pending_pad, resolve) -> Stage:
-    kind = spec(op.kind).stage
+    kind, rows = spec(op.kind).stage, spec(op.kind).rows
     if kind == "fold":
         kind = "pad"  # a PAD that cannot fold into a convolution runs on its own
     if kind == "pool2d" and _is_global_pool(qm, op):
-        kind = "pool"  # accumulated row by row into one row
+        kind, rows = "pool", "same"  # accumulated row by row into one (virtual) row
     if kind not in STAGE_KINDS:
         raise UnsupportedModelError(f"op {name}: {op.kind} is not supported by the C generator")
     inputs = list(op.inputs)
@@ -319,12 +313,13 @@ def _stage(qm, index, op, name, pending_pad, resolve) -> Stage:
     kernel = tuple(op.kernel)
     if kind in ("conv", "dw"):
         kernel = (int(op.weights.shape[1]), int(op.weights.shape[2]))
-    if kind in WINDOW_KINDS:
+    if rows == "window":
         if kernel[0] > MAX_KERNEL or kernel[1] > MAX_KERNEL:
             raise UnsupportedModelError(
                 f"op {name}: kernels larger than {MAX_KERNEL}x{MAX_KERNEL} are not supported"
             )
-    return Stage(index, kind, op, tuple(inputs), op.output, padding, kernel, tuple(op.stride))
+    stride = tuple(op.stride)
+    return Stage(index, kind, op, tuple(inputs), op.output, padding, kernel, stride, rows=rows)
 
 
 def _tensor_plans(qm: QuantizedModel, stages: list[Stage], streaming: bool):
