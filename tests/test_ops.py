@@ -15,7 +15,7 @@ from mobilenets.micro import ops
 from mobilenets.micro.arith import same_padding
 from mobilenets.micro.graph import Op, QuantizedModel, Tensor
 from mobilenets.micro.quantizer import activation_range
-from mobilenets.micro.reference import run_int8
+from mobilenets.micro.reference import run_graph, run_int8
 from mobilenets.micro.runtimes import have_tflm, tflm_outputs
 from mobilenets.micro.tflite import read_graph, write_tflite
 
@@ -28,14 +28,14 @@ WARN = "-std=c99 -Wall -Wextra -Werror -Wpedantic -Wconversion -Wshadow -Wcast-a
 class _G:
     """A tiny graph builder: random quantization, ops appended in order."""
 
-    def __init__(self, seed: int, shape: tuple[int, ...]) -> None:
+    def __init__(self, seed: int, shape: tuple[int, ...], **q) -> None:
         self.rng = np.random.default_rng(seed)
         self.tensors: list[Tensor] = []
         self.ops: list[Op] = []
-        self.x = self.tensor(shape)
+        self.x = self.tensor(shape, **q)
 
     def tensor(self, shape, scale=None, zp=None) -> int:
-        scale = float(np.float32(scale or self.rng.uniform(0.01, 0.08)))
+        scale = float(np.float32(self.rng.uniform(0.01, 0.08) if scale is None else scale))
         zp = int(self.rng.integers(-20, 21)) if zp is None else zp
         self.tensors.append(Tensor(f"t{len(self.tensors)}", tuple(shape), scale, zp))
         return len(self.tensors) - 1
@@ -262,3 +262,30 @@ def test_unsupported_op_is_refused_in_one_line(tmp_path, monkeypatch):
         read_graph(path)
     msg = str(e.value)
     assert "op 0 is HARD_SWISH, not supported (supported: ADD," in msg and "\n" not in msg
+
+
+def _float_io() -> QuantizedModel:
+    """float32 in -> QUANTIZE -> conv 3x3 -> DEQUANTIZE -> float32 out."""
+    g = _G(12, (1, 6, 6, 3), scale=0.0, zp=0)
+    q = g.op("quantize", [g.x], (1, 6, 6, 3))
+    y = g.weighted("conv2d", q, (1, 6, 6, 4), (4, 3, 3, 3), "relu6", padding=(1, 1, 1, 1))
+    return g.model(g.op("dequantize", [y], (1, 6, 6, 4), scale=0.0, zp=0))
+
+
+@needs_tflm
+def test_quantize_dequantize_at_the_boundary(tmp_path):
+    qm = _float_io()
+    path = write_tflite(qm, tmp_path / "f.tflite")
+    x = np.random.default_rng(0).normal(0, 1.5, (N_INPUTS, 6, 6, 3)).astype(np.float32)
+    x[0, 0, 0, :] = [0.5 * qm.tensors[1].scale, -2.5 * qm.tensors[1].scale, 1e3]  # ties, clamp
+    theirs = tflm_outputs(path, x).reshape(len(x), -1)
+    ours = run_graph(qm, x).reshape(len(x), -1)
+    assert ours.dtype == np.float32 and np.array_equal(ours, theirs)
+    core = qm.int8_core()  # what run_int8 and the C library take: the QUANTIZE output
+    xq = run_graph(QuantizedModel(qm.tensors, qm.ops[:1], 0, 1), x)
+    assert core.input == 1 and core.output == 2 and len(core.ops) == 1
+    assert np.array_equal(run_int8(qm, xq).reshape(len(x), -1), run_int8(core, xq))
+    assert [o.kind for o in read_graph(path).ops] == ["quantize", "conv2d", "dequantize"]
+    generate_c(qm, tmp_path / "c")  # the C library takes and returns int8
+    header = (tmp_path / "c" / "model.h").read_text()
+    assert f'MN_INPUT_SCALE "{float(np.float32(qm.tensors[1].scale))!r}"' in header  # int8 side

@@ -473,6 +473,7 @@ def generate_c(
     ``generate_c`` output holding nothing but the files its marker lists (and build outputs).
     """
     _check_args(qmodel, out_dir, target, max_sram, streaming)
+    qmodel = qmodel.int8_core()  # float32 boundary ops: the caller quantizes (model.h says how)
     prefix = check_prefix(prefix)
     check_model(qmodel, "qmodel")
     names = qmodel.class_names

@@ -102,8 +102,23 @@ class QuantizedModel:
 
     @property
     def is_float(self) -> bool:
-        """True for the fp32 graph (float32 weights, unquantized tensors)."""
-        return self.input_tensor.scale == 0.0
+        """True for the fp32 graph (float32 weights, no quantized tensor). An int8 graph may
+        still have float32 boundary tensors (QUANTIZE in, DEQUANTIZE out: :meth:`int8_core`)."""
+        return all(t.scale == 0.0 for t in self.tensors)
+
+    def int8_core(self) -> QuantizedModel:
+        """The graph between its boundary QUANTIZE and DEQUANTIZE (itself when it has none):
+        int8 in, int8 out, what ``run_int8`` and the generated C take and return."""
+        ops, inp, out = list(self.ops), self.input, self.output
+        if ops and ops[0].kind == "quantize" and ops[0].inputs[0] == inp:
+            inp = ops.pop(0).output
+        if ops and ops[-1].kind == "dequantize" and ops[-1].output == out:
+            out = ops.pop().inputs[0]
+        if (inp, out) == (self.input, self.output):
+            return self
+        return QuantizedModel(
+            self.tensors, ops, inp, out, self.config, self.preprocess, self.class_names
+        )
 
     def op_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -233,6 +233,20 @@ def pad(xs, op, ts, t_out) -> np.ndarray:
     return np.pad(xs[0], widths, constant_values=value)
 
 
+def quantize(xs, op, ts, t_out) -> np.ndarray:
+    """QUANTIZE float32 -> int8: ``round(x / scale) + zero_point`` in float32, half away from
+    zero, clamped (TFLite's AffineQuantize)."""
+    v = np.asarray(xs[0], np.float32) / np.float32(t_out.scale)
+    q = np.sign(v) * np.floor(np.abs(v) + np.float32(0.5))
+    return np.clip(q.astype(np.int64) + t_out.zero_point, -128, 127).astype(np.int8)
+
+
+def dequantize(xs, op, ts, t_out) -> np.ndarray:
+    """DEQUANTIZE int8 -> float32: ``scale * (q - zero_point)``, the scale in double."""
+    centered = xs[0].astype(np.int64) - ts[0].zero_point
+    return (float(np.float32(ts[0].scale)) * centered).astype(np.float32)
+
+
 def reshape(xs, op, ts, t_out) -> np.ndarray:
     """RESHAPE / SQUEEZE: NHWC order is kept."""
     return xs[0].reshape((xs[0].shape[0], *t_out.shape[1:]))

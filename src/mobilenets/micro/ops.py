@@ -39,7 +39,9 @@ class OpSpec:
       input's scale and zero point, as TFLite's kernels for it do not rescale) or ``fixed``
       (:data:`FIXED_QUANT`: LOGISTIC and SOFTMAX outputs are Q0.8 probabilities).
     - ``stage``: the planner/C stage kind (:data:`STAGE_KINDS`), ``fold`` (merged into the
-      convolution it feeds) or ``alias`` (no code: the output is the input's bytes).
+      convolution it feeds), ``alias`` (no code: the output is the input's bytes) or
+      ``boundary`` (float32 <-> int8 at the model's input or output, left to the caller: the
+      C API takes and returns int8).
     - ``rows``: the planner's row rule: ``window`` (a kernel's rows around ``r * stride``),
       ``same`` (row ``r`` of every input, row 0 of a one-row broadcast input; MEAN
       accumulates its input row by row), ``shift`` (row ``r - top``: PAD) or ``all`` (every
@@ -94,6 +96,10 @@ OPS: dict[str, OpSpec] = {
                stage="pad", rows="shift"),
         OpSpec("squeeze", 43, (1, 1), _T.write_squeeze, _T.read_none, _K.reshape,
                quant="input", stage="alias"),
+        OpSpec("quantize", 114, (1, 1), _T.write_plain, _T.read_none, _K.quantize,
+               stage="boundary"),
+        OpSpec("dequantize", 6, (1, 2), _T.write_plain, _T.read_none, _K.dequantize,
+               stage="boundary"),
         OpSpec("reshape", 22, (1, 1), _T.write_reshape, _T.read_none, _K.reshape,
                quant="input", stage="alias"),
     )
@@ -101,8 +107,10 @@ OPS: dict[str, OpSpec] = {
 OP_KINDS = tuple(OPS)
 BY_CODE = {s.code: s for s in OPS.values()}
 TFLITE_NAMES = {
-    0: "ADD", 1: "AVERAGE_POOL_2D", 3: "CONV_2D", 4: "DEPTHWISE_CONV_2D", 9: "FULLY_CONNECTED",
-    14: "LOGISTIC", 17: "MAX_POOL_2D", 25: "SOFTMAX", 18: "MUL", 22: "RESHAPE", 34: "PAD", 40: "MEAN", 117: "HARD_SWISH",
+    0: "ADD", 1: "AVERAGE_POOL_2D", 3: "CONV_2D", 4: "DEPTHWISE_CONV_2D", 6: "DEQUANTIZE",
+    9: "FULLY_CONNECTED", 14: "LOGISTIC", 17: "MAX_POOL_2D", 18: "MUL", 22: "RESHAPE",
+    25: "SOFTMAX", 34: "PAD", 40: "MEAN", 43: "SQUEEZE", 60: "PADV2", 114: "QUANTIZE",
+    117: "HARD_SWISH",
 }  # fmt: skip
 
 

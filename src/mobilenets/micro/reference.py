@@ -18,7 +18,9 @@ def run_int8(qmodel: QuantizedModel, x_int8: np.ndarray, batch_size: int = 32) -
     """int8 logits (N, classes) of ``qmodel`` for int8 NHWC inputs ``x_int8`` (N, H, W, C).
 
     A single image (H, W, C) gives (classes,). Bit-exact with TFLite Micro's reference kernels.
+    A graph with float32 boundary ops runs without them (:meth:`QuantizedModel.int8_core`).
     """
+    qmodel = qmodel.int8_core()
     x = np.asarray(x_int8)
     single = x.ndim == 3
     x = x[None] if single else x
@@ -32,6 +34,12 @@ def run_int8(qmodel: QuantizedModel, x_int8: np.ndarray, batch_size: int = 32) -
     classes = qmodel.output_tensor.nbytes  # the logits tensor is (1, 1, 1, classes)
     out = np.concatenate(outs).reshape(len(x), classes) if outs else np.zeros((0, classes), np.int8)
     return out[0] if single else out
+
+
+def run_graph(qmodel: QuantizedModel, x: np.ndarray) -> np.ndarray:
+    """Every op of ``qmodel`` (its boundary QUANTIZE/DEQUANTIZE included) on a batch ``x`` of
+    the input tensor's type; the output tensor's values, (N, *shape[1:])."""
+    return _run_batch(qmodel, np.asarray(x))
 
 
 def _run_batch(qmodel: QuantizedModel, x: np.ndarray) -> np.ndarray:

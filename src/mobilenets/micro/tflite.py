@@ -195,7 +195,7 @@ def tflite_bytes(graph: QuantizedModel, metadata: dict[str, Any] | None = None) 
     """
     w = _Writer(graph)
     for t in graph.tensors:  # activation tensors keep their graph indices
-        w.tensor(t.name, t.shape, FLOAT32 if graph.is_float else INT8, None, _act_q(t))
+        w.tensor(t.name, t.shape, FLOAT32 if t.scale == 0.0 else INT8, None, _act_q(t))
     for op in graph.ops:
         _emit(w, op)
     meta = {

@@ -131,7 +131,7 @@ def write_mean(w: Any, op: Any) -> None:
 
 
 def write_plain(w: Any, op: Any) -> None:
-    """An op without options (HARD_SWISH, LOGISTIC)."""
+    """An op without options (HARD_SWISH, LOGISTIC, QUANTIZE, DEQUANTIZE)."""
     w.operator(op.kind, list(op.inputs), [op.output], 0, None)
 
 

@@ -98,10 +98,16 @@ def _bad_scale(scale: Any) -> bool:
 
 
 def _activation_tensors(qm: QuantizedModel) -> list[int]:
+    """The int8 activation tensors: all but QUANTIZE's float input and DEQUANTIZE's output."""
     used = {int(qm.input), int(qm.output)}
+    floats = set()
     for op in qm.ops:
         used.update(int(t) for t in (*op.inputs, op.output))
-    return sorted(used)
+        if op.kind == "quantize":
+            floats.add(int(op.inputs[0]))
+        elif op.kind == "dequantize":
+            floats.add(int(op.output))
+    return sorted(used - floats)
 
 
 def check_quantization(qm: QuantizedModel, where: str) -> None:
