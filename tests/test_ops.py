@@ -171,6 +171,7 @@ CASES = {
             for k in (1, 3, 5, 7)
             for s in (1, 2)
             for act, pad in (("relu6", "same"), ("none", "valid"), ("relu", "same"))
+            + ((("relu_n1_to_1", "valid"),) if k == 3 else ())
             if not (k == 1 and pad == "same")
         )
     },
@@ -191,6 +192,7 @@ CASES = {
     "padv2-then-max_pool2d": lambda: padded("padv2"),
     "mean-reshape-fc-softmax": lambda: squeezed("reshape"),
     "mean-squeeze-fc-softmax": lambda: squeezed("squeeze"),
+    "zoo": lambda: zoo(),  # zoo is defined below
     "logistic": lambda: probabilities("logistic", 0.05),
     "logistic-wide-input": lambda: probabilities("logistic", 0.3),
     "softmax": lambda: probabilities("softmax", 0.05),
@@ -289,3 +291,49 @@ def test_quantize_dequantize_at_the_boundary(tmp_path):
     generate_c(qm, tmp_path / "c")  # the C library takes and returns int8
     header = (tmp_path / "c" / "model.h").read_text()
     assert f'MN_INPUT_SCALE "{float(np.float32(qm.tensors[1].scale))!r}"' in header  # int8 side
+
+
+def zoo() -> QuantizedModel:
+    """Most ops in one streamed graph: PAD -> MAX_POOL -> 5x5 conv -> 7x7/2 depthwise ->
+    HARD_SWISH -> squeeze-excite (MEAN, 1x1, LOGISTIC, MUL) -> ADD -> AVERAGE_POOL -> MEAN ->
+    RESHAPE -> FULLY_CONNECTED -> SOFTMAX."""
+    g = _G(13, (1, 12, 12, 4))
+    t = g.tensors[g.x]
+    p = g.op("pad", [g.x], (1, 14, 14, 4), scale=t.scale, zp=t.zero_point, padding=(1, 1, 1, 1))
+    kw = {"kernel": (3, 3), "stride": (1, 1), "scale": t.scale, "zp": t.zero_point}
+    m = g.op("max_pool2d", [p], (1, 12, 12, 4), **kw)
+    c = g.weighted("conv2d", m, (1, 12, 12, 8), (8, 5, 5, 4), "relu6", padding=(2, 2, 2, 2))
+    dw = g.weighted("depthwise_conv2d", c, (1, 6, 6, 8), (1, 7, 7, 8), stride=(2, 2),
+                    padding=(2, 3, 2, 3))  # fmt: skip
+    x = g.op("hard_swish", [dw], (1, 6, 6, 8))
+    s = g.op("mean", [x], (1, 1, 1, 8))
+    s = g.weighted("conv2d", s, (1, 1, 1, 8), (8, 1, 1, 8))
+    s = g.op("logistic", [s], (1, 1, 1, 8), scale=1 / 256, zp=-128)
+    y = g.op("add", [g.op("mul", [x, s], (1, 6, 6, 8)), x], (1, 6, 6, 8))
+    t = g.tensors[y]
+    kw = {"kernel": (2, 2), "stride": (2, 2), "scale": t.scale, "zp": t.zero_point}
+    a = g.op("avg_pool2d", [y], (1, 3, 3, 8), **kw)
+    v = g.op("mean", [a], (1, 1, 1, 8))
+    flat = g.op("reshape", [v], (1, 8), scale=g.tensors[v].scale, zp=g.tensors[v].zero_point)
+    logits = g.weighted("fully_connected", flat, (1, 6), (6, 8))
+    return g.model(g.op("softmax", [logits], (1, 6), scale=1 / 256, zp=-128))
+
+
+@needs_tflm
+@pytest.mark.skipif(
+    not (HAVE_CC and shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm")),
+    reason="needs cc, gcc-arm-none-eabi and qemu-system-arm",
+)
+def test_op_zoo_on_cortex_m7_equals_tflite_micro(tmp_path):
+    """The whole zoo graph: reference = TFLite Micro on 20 inputs; the Cortex-M7 build under
+    QEMU (SIMD kernels, 32-bit) equals them on 3."""
+    qm = zoo()
+    x = np.random.default_rng(5).integers(-128, 128, (N_INPUTS, 12, 12, 4)).astype(np.int8)
+    theirs = tflm_outputs(write_tflite(qm, tmp_path / "zoo.tflite"), x).reshape(len(x), -1)
+    assert np.array_equal(run_int8(qm, x), theirs)
+    generate_c(qm, tmp_path / "c", target="cortex-m7", test_inputs=x[:3])
+    make = ["make", "-s", "-C", str(tmp_path / "c")]
+    subprocess.run([*make, "cortex-m7"], check=True, capture_output=True)
+    res = subprocess.run([*make, "run-cortex-m7"], capture_output=True, text=True, timeout=120)
+    rows = [line.split(":")[1].split() for line in res.stdout.splitlines() if line[:4] == "out "]
+    assert res.returncode == 0 and np.array_equal(np.array(rows, np.int8), theirs[:3])

@@ -72,7 +72,7 @@ class Op:
     depth_multiplier: int = 1
     act_min: int = -128
     act_max: int = 127
-    activation: str = "none"  # fused: none, relu, relu6
+    activation: str = "none"  # fused: none, relu, relu_n1_to_1, relu6
     pad_value: int | None = None  # PADV2's constant; None: the zero point (PAD)
     beta: float = 1.0  # SOFTMAX
 

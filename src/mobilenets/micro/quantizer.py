@@ -76,6 +76,8 @@ def activation_range(activation: str, scale: float, zero_point: int) -> tuple[in
         lo = max(lo, q(0.0))
     if activation == "relu6":
         hi = min(hi, q(6.0))
+    if activation == "relu_n1_to_1":
+        lo, hi = max(lo, q(-1.0)), min(hi, q(1.0))
     return lo, hi
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import MobilenetsError
 from .arith import padding_kind, same_padding
 
-ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 3}
+ACTIVATIONS = {"none": 0, "relu": 1, "relu_n1_to_1": 2, "relu6": 3}  # fused, int8-capable
 PADDING = {"SAME": 0, "VALID": 1}
 FLOAT32, INT32, INT8 = 0, 2, 9
 
