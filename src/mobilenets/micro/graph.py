@@ -22,8 +22,14 @@ C code generator. Conventions (those of TFLite, so the writer is a plain transla
 - ``act_min``/``act_max`` is the fused activation as an output clamp (ReLU6 -> [q(0), q(6)]),
   computed as TFLite does (``CalculateActivationRangeQuantized``); ``activation`` names it
   (``none``, ``relu``, ``relu6``) so the ``.tflite`` writer can store the fused activation.
-- ``avg_pool2d``, ``max_pool2d``, ``pad`` and ``reshape`` keep their input's scale and zero point
-  (TFLite's int8 kernels for them do not rescale).
+- ``avg_pool2d``, ``max_pool2d``, ``pad``, ``padv2``, ``reshape`` and ``squeeze`` keep their
+  input's scale and zero point (TFLite's int8 kernels for them do not rescale); ``logistic`` and
+  ``softmax`` outputs have scale 1/256 and zero point -128. Each op kind's rules live in one
+  registry entry (:mod:`.ops`).
+- ``mul`` may broadcast its second input ([1, H, W, C] x [1, 1, 1, C], squeeze-excite); ``mean``
+  reduces H and W (keep dims).
+- An int8 graph may start with ``quantize`` (a float32 input tensor, scale 0) and end with
+  ``dequantize``; :meth:`QuantizedModel.int8_core` is the graph between them.
 
 The fp32 graph (for the fp32 ``.tflite``) uses the same classes: float32 ``weights`` and ``bias``,
 tensors with ``scale == 0.0`` (not quantized), ``act_min``/``act_max`` unused.

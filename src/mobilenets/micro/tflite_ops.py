@@ -80,6 +80,7 @@ def write_conv(w: Any, op: Any) -> None:
 
 
 def write_fully_connected(w: Any, op: Any) -> None:
+    """FULLY_CONNECTED: weights (O, I), bias, the fused activation."""
     t, b = w.tfl, w.b
     wt, bt = _weights(w, op, 0)
     t.FullyConnectedOptionsStart(b)
@@ -90,6 +91,7 @@ def write_fully_connected(w: Any, op: Any) -> None:
 
 
 def write_add(w: Any, op: Any) -> None:
+    """ADD: two inputs, the fused activation."""
     t, b = w.tfl, w.b
     t.AddOptionsStart(b)
     t.AddOptionsAddFusedActivationFunction(b, ACTIVATIONS[op.activation])
@@ -98,6 +100,7 @@ def write_add(w: Any, op: Any) -> None:
 
 
 def write_mul(w: Any, op: Any) -> None:
+    """MUL: two inputs (the second may broadcast), the fused activation."""
     t, b = w.tfl, w.b
     t.MulOptionsStart(b)
     t.MulOptionsAddFusedActivationFunction(b, ACTIVATIONS[op.activation])
@@ -136,6 +139,7 @@ def write_plain(w: Any, op: Any) -> None:
 
 
 def write_softmax(w: Any, op: Any) -> None:
+    """SOFTMAX with its beta."""
     t, b = w.tfl, w.b
     t.SoftmaxOptionsStart(b)
     t.SoftmaxOptionsAddBeta(b, float(op.beta))
@@ -182,6 +186,7 @@ def write_squeeze(w: Any, op: Any) -> None:
 
 
 def write_reshape(w: Any, op: Any) -> None:
+    """RESHAPE to the output tensor's shape (in the options)."""
     t, b = w.tfl, w.b
     shape = w.graph.tensors[op.output].shape  # in the options only: no shape tensor to store
     new_shape = w.ints(t.ReshapeOptionsStartNewShapeVector, shape)
@@ -240,6 +245,7 @@ def read_binary(ctx: Any, ins: list[int], op: Any) -> None:
 
 
 def read_pool(ctx: Any, ins: list[int], op: Any) -> None:
+    """AVERAGE_POOL_2D, MAX_POOL_2D: window, stride, SAME/VALID padding, activation."""
     o = ctx.options(ctx.tfl.Pool2DOptions)
     op.stride, op.kernel = (o.StrideH(), o.StrideW()), (o.FilterHeight(), o.FilterWidth())
     op.padding = _conv_padding(ctx, op, o.Padding(), op.kernel)
@@ -254,10 +260,12 @@ def read_mean(ctx: Any, ins: list[int], op: Any) -> None:
 
 
 def read_softmax(ctx: Any, ins: list[int], op: Any) -> None:
+    """SOFTMAX: its beta."""
     op.beta = float(ctx.options(ctx.tfl.SoftmaxOptions).Beta())
 
 
 def read_pad(ctx: Any, ins: list[int], op: Any) -> None:
+    """PAD: the (4, 2) paddings table, H and W only."""
     table = ctx.const(ins[1])
     if np.any(table[0]) or np.any(table[3]):
         raise MobilenetsError(f"{ctx.path}: PAD of the batch or channel axis is not supported")
@@ -265,6 +273,7 @@ def read_pad(ctx: Any, ins: list[int], op: Any) -> None:
 
 
 def read_padv2(ctx: Any, ins: list[int], op: Any) -> None:
+    """PADV2: PAD's table and the constant value."""
     read_pad(ctx, ins, op)
     op.pad_value = int(np.asarray(ctx.const(ins[2])).reshape(-1)[0]) if len(ins) > 2 else None
 

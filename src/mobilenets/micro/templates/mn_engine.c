@@ -874,20 +874,27 @@ static int mn_needed(const mn_stage *s, int r, int in_h)
     }
 }
 
+/* The kh input rows that output row r of a windowed stage reads (NULL: padding). */
+static void mn_window_rows(uint8_t *arena, const mn_stage *s, const mn_tensor *in, int r,
+                           const int8_t **rows)
+{
+    const int lo = r * s->sh - s->pt;
+    int ky;
+    for (ky = 0; ky < s->kh; ++ky) {
+        const int y = lo + ky;
+        rows[ky] = (y >= 0 && y < in->h) ? mn_row(arena, in, y) : NULL;
+    }
+}
+
 static void mn_compute(const mn_net *net, uint8_t *arena, const mn_stage *s, int r)
 {
     const mn_tensor *in = &net->tensors[s->in0], *ot = &net->tensors[s->out];
     const int8_t *rows[MN_MAX_KERNEL];
-    int ky;
     switch (s->kind) {
     case MN_CONV:
     case MN_DW: {
         const mn_conv_params *p = (const mn_conv_params *)s->params;
-        const int lo = r * s->sh - s->pt;
-        for (ky = 0; ky < s->kh; ++ky) {
-            const int y = lo + ky;
-            rows[ky] = (y >= 0 && y < in->h) ? mn_row(arena, in, y) : NULL;
-        }
+        mn_window_rows(arena, s, in, r, rows);
         if (s->kind == MN_DW)
             mn_dw_row(p, rows, s->kh, s->kw, s->sw, s->pl, in->w, mn_row(arena, ot, r), ot->w,
                       net->patch_offset >= 0 ? (int8_t *)(arena + net->patch_offset) : NULL);
@@ -913,16 +920,11 @@ static void mn_compute(const mn_net *net, uint8_t *arena, const mn_stage *s, int
         mn_hswish_row((const mn_hswish_params *)s->params, mn_row(arena, in, r),
                       mn_row(arena, ot, r), ot->w * ot->c);
         break;
-    case MN_POOL2D: {
-        const int lo = r * s->sh - s->pt;
-        for (ky = 0; ky < s->kh; ++ky) {
-            const int y = lo + ky;
-            rows[ky] = (y >= 0 && y < in->h) ? mn_row(arena, in, y) : NULL;
-        }
+    case MN_POOL2D:
+        mn_window_rows(arena, s, in, r, rows);
         mn_pool2d_row((const mn_pool2d_params *)s->params, rows, s->kh, s->kw, s->sw, s->pl, in->w,
                       mn_row(arena, ot, r), ot->w);
         break;
-    }
     case MN_PAD: {
         const int y = r - s->pt;
         mn_pad_row((const mn_pad_params *)s->params,
