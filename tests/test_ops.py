@@ -144,11 +144,15 @@ def padded(kind: str) -> QuantizedModel:
 
 
 def squeezed(kind: str) -> QuantizedModel:
-    """MEAN -> RESHAPE or SQUEEZE to (1, C) -> FULLY_CONNECTED -> SOFTMAX: a converter's head."""
+    """MEAN -> RESHAPE or SQUEEZE to (1, C) (or MEAN without keep_dims) -> FULLY_CONNECTED ->
+    SOFTMAX: what converters write for a classifier head."""
     g = _G(10, (1, 5, 5, 12))
-    m = g.op("mean", [g.x], (1, 1, 1, 12))
-    t = g.tensors[m]
-    flat = g.op(kind, [m], (1, 12), scale=t.scale, zp=t.zero_point)
+    if kind == "mean":
+        flat = g.op("mean", [g.x], (1, 12))
+    else:
+        m = g.op("mean", [g.x], (1, 1, 1, 12))
+        t = g.tensors[m]
+        flat = g.op(kind, [m], (1, 12), scale=t.scale, zp=t.zero_point)
     logits = g.weighted("fully_connected", flat, (1, 7), (7, 12))
     return g.model(g.op("softmax", [logits], (1, 7), scale=1 / 256, zp=-128))
 
@@ -192,6 +196,7 @@ CASES = {
     "padv2-then-max_pool2d": lambda: padded("padv2"),
     "mean-reshape-fc-softmax": lambda: squeezed("reshape"),
     "mean-squeeze-fc-softmax": lambda: squeezed("squeeze"),
+    "mean-without-keep-dims-fc-softmax": lambda: squeezed("mean"),
     "zoo": lambda: zoo(),  # zoo is defined below
     "logistic": lambda: probabilities("logistic", 0.05),
     "logistic-wide-input": lambda: probabilities("logistic", 0.3),

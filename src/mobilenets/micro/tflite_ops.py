@@ -124,11 +124,12 @@ def write_pool(w: Any, op: Any) -> None:
 
 
 def write_mean(w: Any, op: Any) -> None:
-    """MEAN over H and W with keep_dims (the axis list is a constant int32 tensor)."""
+    """MEAN over H and W (the axis list is a constant int32 tensor); keep_dims when the
+    output is 4-D, else (1, C) as Keras's global average pooling converts."""
     t, b = w.tfl, w.b
     axes = w.tensor(f"{op.name}.axis", (2,), INT32, np.array([1, 2], "<i4"))
     t.ReducerOptionsStart(b)
-    t.ReducerOptionsAddKeepDims(b, True)
+    t.ReducerOptionsAddKeepDims(b, len(w.graph.tensors[op.output].shape) == 4)
     opts = t.ReducerOptionsEnd(b)
     w.operator(op.kind, [op.inputs[0], axes], [op.output], t.BuiltinOptions.ReducerOptions, opts)
 
