@@ -18,7 +18,7 @@ import numpy as np
 from ..artifact import ArtifactMeta
 from ..atomic import write_bytes
 from ..errors import MobilenetsError
-from . import tflite_ops
+from . import tflite_model, tflite_ops
 from .graph import Op, QuantizedModel, Tensor
 from .ops import BY_CODE, TFLITE_NAMES, spec, supported_tflite_ops
 from .validate import check_model
@@ -115,7 +115,7 @@ class _Writer:
             t.OperatorAddBuiltinOptions(self.b, options)
         self.ops.append(t.OperatorEnd(self.b))
 
-    def finish(self, metadata: dict[str, str], description: str) -> bytes:
+    def finish(self, metadata: dict[str, str | bytes], description: str) -> bytes:
         t, b = self.tfl, self.b
         tensors = self._vector(t.SubGraphStartTensorsVector, self.tensors)
         inputs = self.ints(t.SubGraphStartInputsVector, [self.graph.input])
@@ -131,7 +131,7 @@ class _Writer:
         subgraphs = self._vector(t.ModelStartSubgraphsVector, [t.SubGraphEnd(b)])
         meta_offsets = []
         for key, value in metadata.items():
-            self.buffers.append(value.encode())
+            self.buffers.append(value if isinstance(value, bytes) else value.encode())
             key_off = b.CreateString(key)
             t.MetadataStart(b)
             t.MetadataAddName(b, key_off)
@@ -148,6 +148,7 @@ class _Writer:
         codes = [self._opcode(k) for k in self.opcodes]
         codes_vec = self._vector(t.ModelStartOperatorCodesVector, codes)
         meta_vec = self._vector(t.ModelStartMetadataVector, meta_offsets)
+        signatures = tflite_model.add_signature(self)
         desc = b.CreateString(description)
         t.ModelStart(b)
         t.ModelAddVersion(b, SCHEMA_VERSION)
@@ -156,6 +157,7 @@ class _Writer:
         t.ModelAddDescription(b, desc)
         t.ModelAddBuffers(b, buffers)
         t.ModelAddMetadata(b, meta_vec)
+        t.ModelAddSignatureDefs(b, signatures)
         b.Finish(t.ModelEnd(b), file_identifier=b"TFL3")
         return bytes(b.Output())
 
@@ -164,6 +166,11 @@ class _Writer:
         for off in reversed(offsets):
             self.b.PrependUOffsetTRelative(off)
         return self.b.EndVector()
+
+    def written_opcodes(self) -> list[tuple[int, int]]:
+        """(builtin code, version) of each operator code written (for min_runtime_version)."""
+        pick = 0 if self.graph.is_float else 1
+        return [(spec(k).code, spec(k).versions[pick]) for k in self.opcodes]
 
     def _opcode(self, kind: str) -> int:
         t = self.tfl
@@ -205,9 +212,11 @@ def tflite_bytes(graph: QuantizedModel, metadata: dict[str, Any] | None = None) 
         "preprocess": graph.preprocess,
         **(metadata or {}),
     }
-    encoded = {k: json.dumps(v, sort_keys=True) for k, v in meta.items()}
+    encoded: dict[str, str | bytes] = {k: json.dumps(v, sort_keys=True) for k, v in meta.items()}
+    encoded.update(tflite_model.standard_entries(graph, w.written_opcodes()))
     kind = "fp32" if graph.is_float else "int8"
-    return w.finish(encoded, f"mobilenets {graph.config.get('name', '')} {kind}")
+    payload = w.finish(encoded, f"mobilenets {graph.config.get('name', '')} {kind}")
+    return tflite_model.append_labels(payload, graph.class_names or [])
 
 
 def write_tflite(

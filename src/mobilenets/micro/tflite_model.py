@@ -1,0 +1,402 @@
+"""Model-level pieces of a ``.tflite`` file, beside the graph: what phone users expect of it.
+
+- :func:`inspect_tflite`: the I/O of ANY ``.tflite`` file (:class:`TFLiteIO`: shapes, types,
+  quantization, layout), refusing in one line what no backend here runs (several subgraphs,
+  dynamic shapes, uint8 legacy quantization).
+- :func:`read_standard_metadata`: LiteRT's standard model metadata (the ``TFLITE_METADATA``
+  buffer, ``metadata_schema.fbs``, and the ``labels.txt`` packed in the zip appended to the
+  file): labels and input normalization.
+- Writing (hooked into :mod:`mobilenets.micro.tflite`): :func:`standard_entries` (the
+  ``TFLITE_METADATA`` and ``min_runtime_version`` buffers), :func:`add_signature` (the
+  ``serving_default`` SignatureDef) and :func:`append_labels` (the zip with ``labels.txt``).
+
+The ``TFLITE_METADATA`` flatbuffer is written with the ``flatbuffers`` builder following the
+public schema (TensorFlow Lite Support's ``metadata_schema.fbs``, file identifier ``M001``),
+as ``tflite-support`` does not install here; the slot numbers below are that schema's fields.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import MobilenetsError
+
+METADATA_NAME = "TFLITE_METADATA"
+LABELS_FILE = "labels.txt"
+SIGNATURE_KEY = "serving_default"
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+# metadata_schema.fbs: enum values and union type ids used here
+IMAGE_PROPERTIES, NORMALIZATION_OPTIONS = 2, 1
+RGB, GRAYSCALE = 1, 2
+TENSOR_AXIS_LABELS = 2
+# TFLite's runtime_version.cc: the first release that runs (builtin code, version)
+MIN_RUNTIME = {
+    (0, 1): "1.5.0", (0, 2): "1.14.0", (1, 1): "1.5.0", (1, 2): "1.14.0",
+    (3, 1): "1.5.0", (3, 3): "1.14.0", (4, 1): "1.5.0", (4, 3): "1.14.0",
+    (9, 1): "1.5.0", (9, 4): "1.14.0", (17, 1): "1.5.0", (17, 2): "1.14.0",
+    (22, 1): "1.5.0", (34, 1): "1.5.0", (34, 2): "1.14.0", (40, 1): "1.6.0", (40, 2): "1.14.0",
+    (6, 1): "1.6.0", (6, 2): "1.14.0", (6, 3): "1.15.0", (114, 1): "1.14.0", (114, 2): "1.14.0",
+}  # fmt: skip
+TYPE_NAMES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 9: "int8"}
+
+
+@dataclass(frozen=True)
+class TFLiteIO:
+    """Input and output of subgraph 0: NHWC (or NCHW) image in, (1, classes) out."""
+
+    shape: tuple[int, ...]  # the input's, batch first
+    layout: str  # "NHWC" or "NCHW"
+    in_dtype: str  # "int8" or "float32"
+    in_scale: float
+    in_zero_point: int
+    out_dtype: str
+    out_scale: float
+    out_zero_point: int
+    num_classes: int
+    has_metadata: bool  # our own (mobilenets) metadata entries
+    metadata_names: tuple[str, ...] = ()
+
+    @property
+    def in_chans(self) -> int:
+        """Input channels."""
+        return self.shape[1] if self.layout == "NCHW" else self.shape[3]
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        """Input (height, width)."""
+        return tuple(self.shape[2:4]) if self.layout == "NCHW" else tuple(self.shape[1:3])
+
+    def to_input(self, x: np.ndarray) -> np.ndarray:
+        """Normalized float NCHW inputs -> what the file's input tensor takes."""
+        x = np.asarray(x, np.float32)
+        if self.layout == "NHWC":
+            x = x.transpose(0, 2, 3, 1)
+        if self.in_dtype == "float32":
+            return np.ascontiguousarray(x)
+        q = np.round(x.astype(np.float64) / np.float32(self.in_scale)) + self.in_zero_point
+        return np.clip(q, -128, 127).astype(np.int8)
+
+    def from_output(self, y: np.ndarray) -> np.ndarray:
+        """The file's outputs (N, K) -> float values (dequantized when int8)."""
+        if self.out_dtype == "float32":
+            return np.asarray(y, np.float32)
+        return (y.astype(np.float32) - self.out_zero_point) * np.float32(self.out_scale)
+
+    def input_range(self) -> tuple[float, float] | None:
+        """The real values an int8 input can hold (None for float inputs)."""
+        if self.in_dtype != "int8":
+            return None
+        s, z = self.in_scale, self.in_zero_point
+        return s * (-128 - z), s * (127 - z)
+
+
+def _model(raw: bytes, path: Any):
+    import tflite
+
+    if len(raw) < 8 or raw[4:8] != b"TFL3":
+        raise MobilenetsError(f"{path}: not a .tflite file (no TFL3 identifier)")
+    return tflite.Model.GetRootAsModel(raw, 0)
+
+
+def _quant(t) -> tuple[float, int]:
+    q = t.Quantization()
+    if q is None or q.ScaleIsNone() or q.ScaleLength() == 0:
+        return 0.0, 0
+    return float(q.Scale(0)), int(q.ZeroPoint(0)) if q.ZeroPointLength() else 0
+
+
+def _check_tensors(sub, path: Any) -> None:
+    """One-line refusals: uint8 (legacy) quantization, dynamic shapes beyond the batch."""
+    for i in range(sub.TensorsLength()):
+        t = sub.Tensors(i)
+        name = t.Name().decode(errors="replace")
+        if t.Type() == 3:
+            raise MobilenetsError(
+                f"{path}: tensor {name!r} is uint8: uint8 (legacy) quantization is not "
+                "supported (convert with int8 quantization)"
+            )
+        sig = [] if t.ShapeSignatureIsNone() else list(t.ShapeSignatureAsNumpy())
+        shape = [] if t.ShapeIsNone() else list(t.ShapeAsNumpy())
+        if any(int(d) < 0 for d in sig[1:]) or any(int(d) < 0 for d in shape):
+            raise MobilenetsError(
+                f"{path}: tensor {name!r} has a dynamic shape {sig or shape}: dynamic shapes "
+                "are not supported (convert with a fixed input size)"
+            )
+
+
+def inspect_tflite(path: str | Path, raw: bytes | None = None) -> TFLiteIO:
+    """The I/O of any ``.tflite`` file; MobilenetsError in one line for what is not run here."""
+    path = Path(path)
+    raw = path.read_bytes() if raw is None else raw
+    model = _model(raw, path)
+    try:
+        return _inspect(model, path)
+    except MobilenetsError:
+        raise
+    except Exception as e:  # a damaged flatbuffer
+        raise MobilenetsError(f"{path}: unreadable .tflite ({type(e).__name__}: {e})") from None
+
+
+def _inspect(model, path: Path) -> TFLiteIO:
+    n = model.SubgraphsLength()
+    if n != 1:
+        raise MobilenetsError(f"{path}: {n} subgraphs: only files with one subgraph are supported")
+    sub = model.Subgraphs(0)
+    if sub.InputsLength() != 1 or sub.OutputsLength() != 1:
+        raise MobilenetsError(
+            f"{path}: {sub.InputsLength()} inputs and {sub.OutputsLength()} outputs: "
+            "a classifier with one image input and one output is expected"
+        )
+    _check_tensors(sub, path)
+    ti, to = sub.Tensors(sub.Inputs(0)), sub.Tensors(sub.Outputs(0))
+    shape = tuple(int(d) for d in ti.ShapeAsNumpy())
+    for t, what in ((ti, "input"), (to, "output")):
+        if t.Type() not in (0, 9):
+            got = TYPE_NAMES.get(t.Type(), str(t.Type()))
+            raise MobilenetsError(f"{path}: the {what} is {got}: int8 or float32 is supported")
+    if len(shape) != 4 or shape[0] != 1:
+        raise MobilenetsError(
+            f"{path}: input shape {list(shape)}: a (1, H, W, C) image is expected"
+        )
+    layout = "NCHW" if shape[1] in (1, 3) and shape[3] not in (1, 3) else "NHWC"
+    out_shape = [int(d) for d in to.ShapeAsNumpy()]
+    (s_in, z_in), (s_out, z_out) = _quant(ti), _quant(to)
+    names = tuple(
+        model.Metadata(i).Name().decode(errors="replace") for i in range(model.MetadataLength())
+    )
+    return TFLiteIO(
+        shape, layout, TYPE_NAMES[ti.Type()], s_in, z_in, TYPE_NAMES[to.Type()], s_out, z_out,
+        int(np.prod(out_shape)), "mobilenets" in names, names,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------- standard metadata: reading
+
+
+def _table(buf: bytes, pos: int):
+    from flatbuffers.table import Table
+
+    return Table(bytearray(buf), pos)
+
+
+def _field(tab, slot: int) -> int:
+    return tab.Offset(4 + 2 * slot)
+
+
+def _string(tab, slot: int) -> str | None:
+    o = _field(tab, slot)
+    return tab.String(o + tab.Pos).decode(errors="replace") if o else None
+
+
+def _tables(tab, slot: int) -> list[Any]:
+    o = _field(tab, slot)
+    if not o:
+        return []
+    start, n = tab.Vector(o), tab.VectorLen(o)
+    return [_table(tab.Bytes, tab.Indirect(start + 4 * i)) for i in range(n)]
+
+
+def _floats(tab, slot: int) -> list[float]:
+    o = _field(tab, slot)
+    if not o:
+        return []
+    start, n = tab.Vector(o), tab.VectorLen(o)
+    return np.frombuffer(bytes(tab.Bytes[start : start + 4 * n]), "<f4").tolist()
+
+
+def read_standard_metadata(path: str | Path, raw: bytes | None = None) -> dict[str, Any]:
+    """``labels`` (list or None), ``mean``/``std`` (fractions of 255, or None) from LiteRT's
+    standard metadata; ``{}`` when the file has none. MobilenetsError when it is damaged."""
+    path = Path(path)
+    raw = path.read_bytes() if raw is None else raw
+    model = _model(raw, path)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name().decode(errors="replace") == METADATA_NAME:
+            data = model.Buffers(entry.Buffer()).DataAsNumpy().tobytes()
+            try:
+                return _parse_model_metadata(data, raw)
+            except Exception as e:
+                raise MobilenetsError(
+                    f"{path}: damaged {METADATA_NAME} ({type(e).__name__}: {e})"
+                ) from None
+    return {}
+
+
+def _parse_model_metadata(data: bytes, raw: bytes) -> dict[str, Any]:
+    from flatbuffers.number_types import Uint8Flags
+    from flatbuffers.util import GetBufferIdentifier
+
+    if bytes(GetBufferIdentifier(data, 0)) != b"M001":
+        raise ValueError("no M001 identifier")
+    root = _table(data, int.from_bytes(data[:4], "little"))
+    out: dict[str, Any] = {"labels": None, "mean": None, "std": None}
+    for sg in _tables(root, 3)[:1]:
+        for tm in _tables(sg, 2)[:1]:  # input tensor: its NormalizationOptions
+            for pu in _tables(tm, 4):
+                o_type = _field(pu, 0)
+                if o_type and pu.Get(Uint8Flags, o_type + pu.Pos) == NORMALIZATION_OPTIONS:
+                    opts = _table(pu.Bytes, pu.Indirect(_field(pu, 1) + pu.Pos))
+                    out["mean"] = [v / 255 for v in _floats(opts, 0)]
+                    out["std"] = [v / 255 for v in _floats(opts, 1)]
+        for tm in _tables(sg, 3)[:1]:  # output tensor: its TENSOR_AXIS_LABELS file
+            for af in _tables(tm, 6):
+                name = _string(af, 0)
+                if name:
+                    out["labels"] = _zip_labels(raw, name)
+    return out
+
+
+def _zip_labels(raw: bytes, name: str) -> list[str] | None:
+    """The lines of ``name`` in the zip appended to the model (None when absent)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as z:
+            text = z.read(name).decode()
+    except (zipfile.BadZipFile, KeyError):
+        return None
+    return [line for line in text.splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------- standard metadata: writing
+
+
+def _fb_string_vector(b, values: Sequence[int]) -> int:
+    b.StartVector(4, len(values), 4)
+    for v in reversed(values):
+        b.PrependUOffsetTRelative(v)
+    return b.EndVector()
+
+
+def _fb_floats(b, values: Sequence[float]) -> int:
+    b.StartVector(4, len(values), 4)
+    for v in reversed(values):
+        b.PrependFloat32(float(v))
+    return b.EndVector()
+
+
+def _input_metadata(b, in_chans: int, mean: Sequence[float], std: Sequence[float]) -> int:
+    """TensorMetadata of the image input: ImageProperties and NormalizationOptions (in pixel
+    units, as the standard expects: ``(pixel - mean) / std``)."""
+    mean_v = _fb_floats(b, [255 * m for m in mean])
+    std_v = _fb_floats(b, [255 * s for s in std])
+    b.StartObject(2)  # NormalizationOptions {mean, std}
+    b.PrependUOffsetTRelativeSlot(0, mean_v, 0)
+    b.PrependUOffsetTRelativeSlot(1, std_v, 0)
+    norm = b.EndObject()
+    b.StartObject(2)  # ProcessUnit {options_type, options}
+    b.PrependUint8Slot(0, NORMALIZATION_OPTIONS, 0)
+    b.PrependUOffsetTRelativeSlot(1, norm, 0)
+    units = _fb_string_vector(b, [b.EndObject()])
+    b.StartObject(2)  # ImageProperties {color_space, default_size}
+    b.PrependInt8Slot(0, GRAYSCALE if in_chans == 1 else RGB, 0)
+    props = b.EndObject()
+    b.StartObject(3)  # Content {content_properties_type, content_properties, range}
+    b.PrependUint8Slot(0, IMAGE_PROPERTIES, 0)
+    b.PrependUOffsetTRelativeSlot(1, props, 0)
+    content = b.EndObject()
+    name = b.CreateString("image")
+    b.StartObject(7)  # TensorMetadata
+    b.PrependUOffsetTRelativeSlot(0, name, 0)
+    b.PrependUOffsetTRelativeSlot(3, content, 0)
+    b.PrependUOffsetTRelativeSlot(4, units, 0)
+    return b.EndObject()
+
+
+def _output_metadata(b) -> int:
+    """TensorMetadata of the logits: the labels file (TENSOR_AXIS_LABELS)."""
+    fname, fdesc = b.CreateString(LABELS_FILE), b.CreateString("class names, one per line")
+    b.StartObject(5)  # AssociatedFile {name, description, type, locale, version}
+    b.PrependUOffsetTRelativeSlot(0, fname, 0)
+    b.PrependUOffsetTRelativeSlot(1, fdesc, 0)
+    b.PrependInt8Slot(2, TENSOR_AXIS_LABELS, 0)
+    files = _fb_string_vector(b, [b.EndObject()])
+    name, desc = b.CreateString(OUTPUT_NAME), b.CreateString("class logits")
+    b.StartObject(7)
+    b.PrependUOffsetTRelativeSlot(0, name, 0)
+    b.PrependUOffsetTRelativeSlot(1, desc, 0)
+    b.PrependUOffsetTRelativeSlot(6, files, 0)
+    return b.EndObject()
+
+
+def model_metadata(
+    name: str, in_chans: int, mean: Sequence[float], std: Sequence[float], version: str
+) -> bytes:
+    """The ``TFLITE_METADATA`` flatbuffer (``ModelMetadata``, identifier ``M001``)."""
+    import flatbuffers
+
+    b = flatbuffers.Builder(1024)
+    inputs = _fb_string_vector(b, [_input_metadata(b, in_chans, mean, std)])
+    outputs = _fb_string_vector(b, [_output_metadata(b)])
+    b.StartObject(10)  # SubGraphMetadata
+    b.PrependUOffsetTRelativeSlot(2, inputs, 0)
+    b.PrependUOffsetTRelativeSlot(3, outputs, 0)
+    subgraphs = _fb_string_vector(b, [b.EndObject()])
+    strings = [b.CreateString(s) for s in (name, "image classifier", version, "1.0.0")]
+    b.StartObject(8)  # ModelMetadata
+    b.PrependUOffsetTRelativeSlot(0, strings[0], 0)
+    b.PrependUOffsetTRelativeSlot(1, strings[1], 0)
+    b.PrependUOffsetTRelativeSlot(2, strings[2], 0)
+    b.PrependUOffsetTRelativeSlot(3, subgraphs, 0)
+    b.PrependUOffsetTRelativeSlot(7, strings[3], 0)
+    b.Finish(b.EndObject(), file_identifier=b"M001")
+    return bytes(b.Output())
+
+
+def min_runtime_version(ops: Sequence[tuple[int, int]]) -> str:
+    """The first TFLite release that runs every (builtin code, version) in ``ops``."""
+    found = [MIN_RUNTIME.get(op, "1.14.0") for op in ops] or ["1.5.0"]
+    return max(found, key=lambda v: tuple(int(p) for p in v.split(".")))
+
+
+def standard_entries(graph: Any, opcodes: Sequence[tuple[int, int]]) -> dict[str, bytes]:
+    """``TFLITE_METADATA`` and ``min_runtime_version`` (16 bytes, NUL-padded, as TensorFlow's
+    converter writes it) for a graph with ``preprocess`` and the written (code, version)s."""
+    from .. import __version__
+
+    prep = graph.preprocess or {}
+    in_chans = graph.input_tensor.shape[3]
+    mean = prep.get("mean") or [0.0] * in_chans
+    std = prep.get("std") or [1.0] * in_chans
+    name = f"mobilenets {graph.config.get('name', '')}".strip()
+    return {
+        METADATA_NAME: model_metadata(name, in_chans, mean, std, __version__),
+        "min_runtime_version": min_runtime_version(opcodes).encode().ljust(16, b"\0"),
+    }
+
+
+def add_signature(w: Any) -> int:
+    """The ``serving_default`` SignatureDef vector of a :class:`tflite._Writer` (one input
+    ``input``, one output ``logits``), built before the Model table starts."""
+    t, b = w.tfl, w.b
+    maps = []
+    for name, index in ((INPUT_NAME, w.graph.input), (OUTPUT_NAME, w.graph.output)):
+        s = b.CreateString(name)
+        t.TensorMapStart(b)
+        t.TensorMapAddName(b, s)
+        t.TensorMapAddTensorIndex(b, index)
+        maps.append(t.TensorMapEnd(b))
+    ins, outs = (w._vector(t.SignatureDefStartInputsVector, [maps[0]]),
+                 w._vector(t.SignatureDefStartOutputsVector, [maps[1]]))  # fmt: skip
+    key = b.CreateString(SIGNATURE_KEY)
+    t.SignatureDefStart(b)
+    t.SignatureDefAddInputs(b, ins)
+    t.SignatureDefAddOutputs(b, outs)
+    t.SignatureDefAddSignatureKey(b, key)
+    t.SignatureDefAddSubgraphIndex(b, 0)
+    return w._vector(t.ModelStartSignatureDefsVector, [t.SignatureDefEnd(b)])
+
+
+def append_labels(payload: bytes, class_names: Sequence[str]) -> bytes:
+    """``payload`` with a zip holding ``labels.txt`` appended (how LiteRT's metadata tools
+    pack associated files; interpreters ignore the bytes after the flatbuffer)."""
+    buf = io.BytesIO(payload)
+    with zipfile.ZipFile(buf, "a", zipfile.ZIP_STORED) as z:
+        z.writestr(LABELS_FILE, "".join(f"{c}\n" for c in class_names))
+    return buf.getvalue()

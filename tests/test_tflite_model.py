@@ -1,0 +1,90 @@
+"""What phone users expect of the .tflite files we write (issue 16 item 5), measured against
+Keras's converter output: a ``serving_default`` SignatureDef, LiteRT's standard metadata
+(labels and normalization) beside ours, and ``min_runtime_version``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_tflite import NAMES, small_model
+
+from mobilenets.micro import runtimes
+from mobilenets.micro.quantizer import quantize_int8
+from mobilenets.micro.reference import run_int8
+from mobilenets.micro.tflite import read_tflite, write_tflite
+from mobilenets.micro.tflite_model import (
+    METADATA_NAME,
+    inspect_tflite,
+    min_runtime_version,
+    model_metadata,
+    read_standard_metadata,
+)
+from mobilenets.preprocess import Preprocess
+
+KERAS = Path(__file__).parent / "data/foreign/keras_mobilenet_a025_32_gray_softmax.tflite"
+needs_peers = pytest.mark.skipif(
+    not (runtimes.have_litert() and runtimes.have_tflm()), reason="LiteRT/TFLite Micro missing"
+)
+
+
+@pytest.fixture(scope="module")
+def ours(tmp_path_factory):
+    """A small int8 V2 written with class names and a normalization."""
+    q = quantize_int8(small_model(), torch.randn(16, 1, 28, 28))
+    q.class_names = NAMES
+    q.preprocess = Preprocess(28, 1, (0.286,), (0.353,)).to_dict()
+    return q, write_tflite(q, tmp_path_factory.mktemp("tm") / "m.tflite")
+
+
+def _metadata_names(path: Path) -> set[str]:
+    return set(inspect_tflite(path).metadata_names)
+
+
+@needs_peers
+def test_signature_runner_works_and_is_bit_exact(ours):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    q, path = ours
+    for f in (KERAS, path):  # Keras's file has one; so must ours
+        it = Interpreter(str(f), experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+        assert list(it.get_signature_list()) == ["serving_default"]
+    runner = it.get_signature_runner()  # raised before (no SignatureDef)
+    x = np.random.default_rng(0).integers(-128, 128, (6, 28, 28, 1)).astype(np.int8)
+    got = np.stack([runner(input=row[None])["logits"].reshape(-1) for row in x])
+    assert np.array_equal(got, run_int8(q, x))  # our reference
+    assert np.array_equal(got, runtimes.tflm_outputs(path, x))  # TFLite Micro
+
+
+def test_standard_metadata_round_trips_beside_ours(ours):
+    q, path = ours
+    assert {"min_runtime_version"} <= _metadata_names(KERAS)
+    names = _metadata_names(path)
+    assert {"mobilenets", "config", "class_names", METADATA_NAME, "min_runtime_version"} <= names
+    std = read_standard_metadata(path)
+    assert std["labels"] == NAMES
+    assert std["mean"] == pytest.approx([0.286]) and std["std"] == pytest.approx([0.353])
+    _, meta = read_tflite(path)  # our own entries still read (the binary ones are skipped)
+    assert meta["class_names"] == NAMES
+    assert read_standard_metadata(KERAS) == {}  # Keras writes no TFLITE_METADATA
+
+
+def test_metadata_flatbuffer_and_min_runtime_version(ours):
+    _, path = ours
+    raw = path.read_bytes()
+    assert min_runtime_version([(3, 3), (22, 1)]) == "1.14.0"
+    assert min_runtime_version([(3, 1), (6, 3)]) == "1.15.0"
+    buf = model_metadata("m", 3, [0.5] * 3, [0.25] * 3, "1")
+    assert buf[4:8] == b"M001"
+    import tflite
+
+    m = tflite.Model.GetRootAsModel(raw, 0)
+    entries = {
+        m.Metadata(i).Name().decode(): m.Metadata(i).Buffer() for i in range(m.MetadataLength())
+    }
+    version = m.Buffers(entries["min_runtime_version"]).DataAsNumpy().tobytes()
+    assert version == b"1.14.0".ljust(16, b"\0")  # int8 CONV_2D v3 etc.: TFLite 1.14
+    assert m.SignatureDefsLength() == 1
+    assert m.SignatureDefs(0).SignatureKey() == b"serving_default"
