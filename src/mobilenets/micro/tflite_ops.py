@@ -232,6 +232,8 @@ def read_conv(ctx: Any, ins: list[int], op: Any) -> None:
     o = ctx.options(cls)
     op.activation = _activation(ctx, o.FusedActivationFunction())
     if op.kind != "fully_connected":
+        if (o.DilationHFactor() or 1, o.DilationWFactor() or 1) != (1, 1):
+            raise MobilenetsError(f"{ctx.path}: dilated {op.kind} is not supported")
         op.stride = (o.StrideH(), o.StrideW())
         if op.kind == "depthwise_conv2d":
             op.depth_multiplier = o.DepthMultiplier() or 1
