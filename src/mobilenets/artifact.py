@@ -12,11 +12,12 @@ for a huge allocation); this module adds what ties them together.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .config import ModelConfig
+from .config import ModelConfig, min_resolution
 from .errors import MobilenetsError, UsageError
 from .preprocess import Preprocess
 
@@ -98,6 +99,7 @@ class ArtifactMeta:
     class_names: tuple[str, ...]
     preprocess: Preprocess
     quantization: dict[str, Any] | None = None
+    assumed: str = ""  # files without mobilenets metadata: what was assumed (one line)
 
     @property
     def num_classes(self) -> int:
@@ -126,6 +128,32 @@ class ArtifactMeta:
         if quantization is not None and not isinstance(quantization, dict):
             raise UsageError(f"quantization: must be a JSON object, got {quantization!r}"[:200])
         return cls(cfg, checked, prep, quantization)
+
+    @classmethod
+    def foreign(
+        cls,
+        where: str,
+        num_classes: int,
+        preprocess: Preprocess,
+        class_names: Sequence[str] | None = None,
+        assumed: str = "",
+    ) -> ArtifactMeta:
+        """The metadata of a file without ours (a converter's ``.tflite``): only its I/O is
+        known. ``config`` is a stand-in carrying the channels, resolution and number of classes
+        (its architecture fields mean nothing); class names default to ``class_0..``;
+        ``assumed`` says in one line what was not read from the file. MobilenetsError naming
+        ``where`` when they do not fit together."""
+        res = preprocess.resolution
+        try:
+            cfg = ModelConfig(
+                "mobilenet_v1", resolution=res, num_classes=num_classes,
+                in_chans=preprocess.in_chans, small_input=res < min_resolution(False),
+            )  # fmt: skip
+            names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
+            meta = cls._build(cfg, names, preprocess, None)
+        except UsageError as e:
+            raise MobilenetsError(f"{where}: {e}") from None
+        return dataclasses.replace(meta, assumed=assumed)
 
     @classmethod
     def parse(cls, fields: dict[str, Any], where: str) -> ArtifactMeta:

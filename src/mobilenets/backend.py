@@ -122,13 +122,16 @@ class OnnxRuntimeBackend(_Base):
 
 @dataclass
 class _TFLiteBase(_Base):
-    graph: Any = None  # micro.graph.QuantizedModel
+    graph: Any = None  # micro.graph.QuantizedModel; None: a file our reader does not take yet
+    io: Any = None  # micro.tflite_model.TFLiteIO: the file's input/output
 
     def _int8_input(self, batch: torch.Tensor | np.ndarray) -> np.ndarray:
+        if self.io is not None:
+            return self.io.to_input(np.asarray(batch, np.float32))
         return quantize_input(np.asarray(batch, np.float32), self.graph)
 
     def _float_output(self, y: np.ndarray) -> np.ndarray:
-        return dequantize(y, self.graph)
+        return self.io.from_output(y) if self.io is not None else dequantize(y, self.graph)
 
 
 @dataclass
@@ -146,16 +149,13 @@ class LiteRTBackend(_TFLiteBase):
 
         if self.interpreter is None:
             self.interpreter = litert_interpreter(self.path, self.fast)
-        if self.graph.is_float:
-            x = np.asarray(batch, np.float32).transpose(0, 2, 3, 1)
-            return litert_outputs(self.path, x, it=self.interpreter)
         y = litert_outputs(self.path, self._int8_input(batch), it=self.interpreter)
         return self._float_output(y)
 
 
 @dataclass
 class TFLiteMicroBackend(_TFLiteBase):
-    """An int8 ``.tflite`` file in the TFLite Micro interpreter."""
+    """A ``.tflite`` file in the TFLite Micro interpreter (int8, or float I/O around int8)."""
 
     name: str = "tflite-micro"
 
@@ -219,15 +219,20 @@ def load_backend(
     spin: bool = True,
     fast: bool = False,
     batch_size: int = 64,
+    foreign: ForeignInput | None = None,
 ) -> Backend:
     """Load a checkpoint folder (``torch``), an ``.onnx`` file (``onnxruntime``) or a ``.tflite``
     file (``litert`` when installed, else ``reference`` for int8 files; or the ``runtime``
-    named). MobilenetsError naming the file when it cannot be run."""
+    named). ``foreign``: class names and normalization of a ``.tflite`` file without
+    mobilenets metadata (any converter's). MobilenetsError naming the file when it cannot be
+    run."""
     if runtime is not None and runtime not in BACKENDS:
         raise UsageError(f"runtime must be one of {', '.join(BACKENDS)}, got {runtime!r}")
     p = Path(path)
     if p.suffix == ".tflite":
-        return _load_tflite(p, runtime, fast)
+        return _load_tflite(p, runtime, fast, foreign)
+    if foreign is not None and foreign.given():
+        raise UsageError(f"{'/'.join(foreign.given())}: only for .tflite files without metadata")
     member = p.name in CHECKPOINT_FILES
     if p.suffix == ".onnx" or (p.is_file() and not member):
         _runtime_fits(p, runtime, ("onnxruntime",))
@@ -259,35 +264,158 @@ def _load_onnx(path: Path, threads: int | None, spin: bool, batch_size: int) -> 
     return OnnxRuntimeBackend(meta["artifact"], path, extra, session=session, batch_size=batch_size)
 
 
-def _load_tflite(path: Path, runtime: str | None, fast: bool) -> Backend:
+@dataclass(frozen=True)
+class ForeignInput:
+    """What ``predict``/``eval`` are told about a ``.tflite`` file without mobilenets metadata
+    (``--class-names``, ``--mean``, ``--std``, ``--resolution``); None: read it from LiteRT's
+    standard metadata when the file has it, else assume (and say so)."""
+
+    class_names: tuple[str, ...] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    resolution: int | None = None
+
+    def given(self) -> list[str]:
+        """The flags given (for the refusal on files that have our metadata)."""
+        return [f"--{k.replace('_', '-')}" for k, v in vars(self).items() if v is not None]
+
+
+def read_class_names(path: str | Path) -> tuple[str, ...]:
+    """One class name per non-empty line of ``path``; UsageError naming it when unreadable."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--class-names {path}: cannot read it ({type(e).__name__})") from None
+    names = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if not names:
+        raise UsageError(f"--class-names {path}: no class names in it (one per line)")
+    return names
+
+
+def _load_tflite(
+    path: Path, runtime: str | None, fast: bool, foreign: ForeignInput | None = None
+) -> Backend:
     from .micro.runtimes import have_litert, have_tflm
-    from .micro.tflite import read_tflite
 
     if not path.is_file():
         raise MobilenetsError(f"{path}: no such .tflite file")
-    graph, raw = read_tflite(path)
-    meta, extra = raw["artifact"], {"data": raw.get("data")}
-    chosen = runtime or ("litert" if have_litert() else "reference")
+    graph, meta, extra, io = _read_any_tflite(path, foreign or ForeignInput())
+    default = "reference" if graph is not None else "tflite-micro"
+    chosen = runtime or ("litert" if have_litert() else default)
     _runtime_fits(path, chosen, ("litert", "tflite-micro", "reference"))
-    if graph.is_float and chosen != "litert":
+    if chosen == "reference" and graph is None:
+        raise MobilenetsError(
+            f"{path}: the NumPy reference cannot read this file yet; run it with "
+            "--runtime litert or tflite-micro"
+        )
+    if graph is not None and graph.is_float and chosen != "litert":
         raise MobilenetsError(
             f"{path}: an fp32 .tflite needs LiteRT (pip install 'mobilenets[micro]'); "
             "the NumPy reference and TFLite Micro run only int8 files"
         )
+    kw = {"graph": graph, "io": io}
     if chosen == "litert":
         if not have_litert():
             raise MobilenetsError(
                 f"{path}: LiteRT is not installed (pip install 'mobilenets[micro]')"
             )
         note = "LiteRT optimized kernels: may differ from TFLite Micro by a few LSB" if fast else ""
-        return LiteRTBackend(meta, path, extra, note, graph=graph, fast=fast)
+        return LiteRTBackend(meta, path, extra, note, fast=fast, **kw)
     if chosen == "tflite-micro" and not have_tflm():
         raise MobilenetsError(
             f"{path}: tflite-micro is not installed (pip install 'mobilenets[micro]')"
         )
     cls = TFLiteMicroBackend if chosen == "tflite-micro" else ReferenceBackend
     note = f"--fast needs LiteRT; running the NumPy {chosen}" if fast and runtime is None else ""
-    return cls(meta, path, extra, note, graph=graph)
+    return cls(meta, path, extra, note, **kw)
+
+
+def _read_any_tflite(path: Path, foreign: ForeignInput) -> tuple[Any, ArtifactMeta, dict, Any]:
+    """(graph or None, metadata, extra entries, :class:`TFLiteIO`) of our file or another's.
+
+    Ours: read by :func:`read_tflite`. Another's: its I/O from the flatbuffer (one-line
+    refusals: several subgraphs, dynamic shapes, uint8), metadata from ``foreign`` or LiteRT's
+    standard metadata or assumed; its graph when :func:`read_tflite` accepts the file (then the
+    NumPy reference runs it), else None (LiteRT and TFLite Micro still do)."""
+    import dataclasses
+
+    from .micro.tflite import read_tflite
+    from .micro.tflite_model import has_mobilenets_metadata, inspect_tflite
+
+    raw = path.read_bytes()
+    if has_mobilenets_metadata(raw):
+        if foreign.given():
+            raise UsageError(
+                f"{path}: has mobilenets metadata (class names, preprocessing); "
+                f"{'/'.join(foreign.given())} are for .tflite files without it"
+            )
+        graph, fields = read_tflite(path)
+        io = dataclasses.replace(inspect_tflite(path, raw), layout="NHWC")
+        return graph, fields["artifact"], {"data": fields.get("data")}, io
+    io = inspect_tflite(path, raw)
+    try:
+        graph, fields = read_tflite(path)
+    except MobilenetsError:
+        graph, fields = None, {}
+    meta = fields.get("artifact") or foreign_meta(path, raw, io, foreign)
+    return graph, meta, {"data": None}, io
+
+
+def _normalization(io: Any, foreign: ForeignInput, standard: dict, notes: list[str]):
+    """(mean, std) per channel: given, else the file's standard metadata, else assumed (the
+    int8 input's range covering pixels / 255; float inputs: pixels / 255)."""
+    c = io.in_chans
+    mean, std = foreign.mean or standard.get("mean"), foreign.std or standard.get("std")
+    if mean is None or std is None:
+        lo_hi = io.input_range()
+        if lo_hi is None:
+            mean, std = mean or (0.0,), std or (1.0,)
+            notes.append(f"float input pixels/255 (mean {mean[0]:g}, std {std[0]:g})")
+        else:
+            lo, hi = lo_hi
+            s = 1.0 / (hi - lo)
+            mean, std = mean or (-lo * s,), std or (s,)
+            notes.append(
+                f"input int8 as stored: pixels/255 onto its range [{lo:.3g}, {hi:.3g}] "
+                f"(mean {mean[0]:.3g}, std {std[0]:.3g})"
+            )
+    out = []
+    for what, v in (("mean", mean), ("std", std)):
+        if len(v) not in (1, c):
+            raise UsageError(
+                f"--{what}: needs 1 or {c} values (the input's channels), got {len(v)}"
+            )
+        out.append(tuple(float(x) for x in v) * (c if len(v) == 1 else 1))
+    return out[0], out[1]
+
+
+def foreign_meta(path: Path, raw: bytes, io: Any, foreign: ForeignInput) -> ArtifactMeta:
+    """The :class:`ArtifactMeta` of a file without mobilenets metadata, with its one-line
+    ``assumed`` note ("no mobilenets metadata: ...") naming everything it did not get."""
+    from .micro.tflite_model import read_standard_metadata
+
+    h, w = io.hw
+    if h != w:
+        raise MobilenetsError(f"{path}: input is {h}x{w}: only square inputs are supported")
+    if foreign.resolution is not None and foreign.resolution != h:
+        raise UsageError(f"--resolution {foreign.resolution}: {path} takes {h} px (its graph)")
+    standard = read_standard_metadata(path, raw)
+    notes: list[str] = []
+    names = foreign.class_names or standard.get("labels")
+    n = io.num_classes
+    if names is not None and len(names) != n:
+        src = "--class-names" if foreign.class_names else "its labels file"
+        raise UsageError(f"{src}: {len(names)} names, {path} has {n} outputs")
+    if names is None:
+        notes.append(f"classes class_0..class_{n - 1}")
+    mean, std = _normalization(io, foreign, standard, notes)
+    if foreign.resolution is None:
+        notes.append(f"resolution {h} from the graph")
+    if io.layout == "NCHW":
+        notes.append("channels-first input (NCHW)")
+    prep = Preprocess(h, io.in_chans, mean, std)
+    assumed = "no mobilenets metadata: " + ", ".join(notes) if notes else ""
+    return ArtifactMeta.foreign(str(path), n, prep, names, assumed)
 
 
 # ---------------------------------------------------------------- the one accuracy loop

@@ -104,6 +104,7 @@ def evaluate(
     workers: int = 0,
     skip_bad_images: bool = False,
     fast: bool = False,
+    foreign: Any = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint folder (or ``last.ckpt``/``best.ckpt``), an ``.onnx`` or a ``.tflite``
     file (any :class:`mobilenets.backend.Backend`) on a dataset split.
@@ -114,6 +115,9 @@ def evaluate(
             training set, re-drawn from the seed stored in the checkpoint) or ``train``.
         out: if given, write ``confusion_matrix.png``, ``confusion_matrix.json`` and ``eval.json`` there.
         fast: ``.tflite`` only: LiteRT's optimized kernels instead of its reference kernels.
+        foreign: ``.tflite`` files without mobilenets metadata: a
+            :class:`mobilenets.backend.ForeignInput` (class names, mean/std, resolution);
+            ``assumed`` in the result says what was assumed instead.
 
     Returns:
         ``top1``, ``top5``, ``loss``, ``n``, ``per_class`` (class name -> accuracy, None when
@@ -124,7 +128,7 @@ def evaluate(
 
     if out is not None:
         check_writable_folder(out)
-    backend, dev = _load_backend(checkpoint, device, fast, batch_size)
+    backend, dev = _load_backend(checkpoint, device, fast, batch_size, foreign)
     spec = data or backend.extra.get("data")
     if not spec:
         what = "checkpoint" if backend.name == "torch" else "model file"
@@ -147,6 +151,8 @@ def evaluate(
         "checkpoint": str(backend.path),
         "skipped_images": len(bad),
     }
+    if backend.meta.assumed:
+        result["assumed"] = backend.meta.assumed
     if out is not None:
         result["files"] = _write_eval_files(Path(out), result)
     return result
@@ -172,7 +178,9 @@ def _tally_result(t: Tally, class_names: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def _load_backend(path: str | Path, device: str | None, fast: bool, batch_size: int):
+def _load_backend(
+    path: str | Path, device: str | None, fast: bool, batch_size: int, foreign: Any = None
+):
     """The backend of a checkpoint (on ``device``: default CUDA when there is one) or of an
     ``.onnx``/``.tflite`` file (always on the CPU), and the device its inputs go to."""
     from .backend import load_backend
@@ -181,7 +189,8 @@ def _load_backend(path: str | Path, device: str | None, fast: bool, batch_size: 
     dev = torch.device(
         "cpu" if exported else device or ("cuda" if torch.cuda.is_available() else "cpu")
     )
-    return load_backend(path, device=dev, fast=fast, batch_size=batch_size), dev
+    backend = load_backend(path, device=dev, fast=fast, batch_size=batch_size, foreign=foreign)
+    return backend, dev
 
 
 def _logits_fn(backend: Any, dev: torch.device):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ import torch
 from .errors import MobilenetsError, UsageError
 from .preprocess import Preprocess
 from .transforms import decode_image, preprocess_images
+
+if TYPE_CHECKING:
+    from .backend import ForeignInput
 
 ImageLike = str | Path | torch.Tensor | np.ndarray  # or a PIL image
 
@@ -31,6 +34,8 @@ class Predictor:
     ``.tflite`` file run in LiteRT with its reference kernels (``fast``: its optimized kernels,
     which may differ by a few LSB) or, for int8 files without LiteRT, in the NumPy reference
     ``run_int8``. Its ``preprocessing`` is the :class:`Preprocess` record stored with the model.
+    A ``.tflite`` file without our metadata (any converter's) takes ``foreign`` (class names,
+    mean/std, resolution); what it did not get is assumed and said in ``assumed``.
     """
 
     def __init__(
@@ -40,20 +45,24 @@ class Predictor:
         batch_size: int = 32,
         spin: bool = True,
         fast: bool = False,
+        runtime: str | None = None,
+        foreign: ForeignInput | None = None,
     ) -> None:
         from .backend import load_backend
 
         self.path = Path(path)
         self.batch_size = batch_size
         self.backend = load_backend(
-            self.path, threads=threads, spin=spin, fast=fast, batch_size=batch_size
-        )
+            self.path, runtime, threads=threads, spin=spin, fast=fast, batch_size=batch_size,
+            foreign=foreign,
+        )  # fmt: skip
         meta = self.backend.meta
         self.model = getattr(self.backend, "model", None)
         self.config = meta.config
         self.class_names: list[str] = list(meta.class_names)
         self.preprocessing: Preprocess = meta.preprocess
         self.in_chans = self.config.in_chans
+        self.assumed: str = meta.assumed
 
     def load(self, image: ImageLike) -> torch.Tensor:
         """An image file, a PIL image or a uint8 (C, H, W) / (H, W[, C]) array as uint8 (C, H, W)."""

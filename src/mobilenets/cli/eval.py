@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..evaluation import evaluate
@@ -12,6 +13,7 @@ from ..evaluation import evaluate
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``eval`` subcommand."""
     from .args import add_batch_size_arg, add_data_args, add_device_args
+    from .predict import add_foreign_args
 
     p = subparsers.add_parser(
         "eval", help="top-1/top-5/per-class accuracy and confusion matrix of a checkpoint"
@@ -34,11 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     add_batch_size_arg(p, 256)
     add_device_args(p)
+    add_foreign_args(p)
     p.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
     from ..checkpoint import resolve
+    from .predict import foreign_input
 
     if Path(args.checkpoint).suffix in (".onnx", ".tflite"):
         out = args.out or Path(args.checkpoint).with_name(
@@ -57,7 +61,10 @@ def _main(args: argparse.Namespace) -> int:
         args.workers,
         args.skip_bad_images,
         args.fast,
+        foreign_input(args),
     )
+    if r.get("assumed"):
+        print(f"mobilenets: note: {r['assumed']}", file=sys.stderr)
     if args.json:
         print(json.dumps({k: v for k, v in r.items() if k != "confusion"}))
         return 0

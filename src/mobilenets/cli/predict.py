@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ..backend import ForeignInput, read_class_names
 from ..errors import MobilenetsError
 from ..predict import Predictor
 
@@ -37,13 +38,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help=".tflite: LiteRT's optimized kernels (may differ from TFLite Micro by a few LSB)",
     )
+    add_foreign_args(p)
     p.set_defaults(func=run_predict)
 
 
+def add_foreign_args(p: argparse.ArgumentParser) -> None:
+    """``--class-names/--mean/--std/--resolution``: for a .tflite file without our metadata."""
+    from .args import _finite_float, int_at_least, positive_float
+
+    g = p.add_argument_group(
+        ".tflite files without mobilenets metadata (any converter's; default: LiteRT's "
+        "standard metadata when present, else assumed and said on stderr)"
+    )
+    g.add_argument("--class-names", metavar="FILE", help="class names, one per line")
+    g.add_argument("--mean", type=_finite_float, nargs="+", metavar="M", help="per channel, 0..1")
+    g.add_argument("--std", type=positive_float, nargs="+", metavar="S", help="per channel, 0..1")
+    g.add_argument("--resolution", type=int_at_least(1), metavar="PX", help="must be the graph's")
+
+
+def foreign_input(args: argparse.Namespace) -> ForeignInput:
+    """The :class:`ForeignInput` of the parsed ``--class-names/--mean/--std/--resolution``."""
+    names = read_class_names(args.class_names) if args.class_names else None
+    return ForeignInput(
+        names,
+        tuple(args.mean) if args.mean else None,
+        tuple(args.std) if args.std else None,
+        args.resolution,
+    )
+
+
 def run_predict(args: argparse.Namespace) -> int:
-    pred = Predictor(args.model, threads=args.threads, spin=args.spin, fast=args.fast)
-    if pred.backend.note:
-        print(f"mobilenets: note: {pred.backend.note}", file=sys.stderr)
+    pred = Predictor(
+        args.model, threads=args.threads, spin=args.spin, fast=args.fast,
+        foreign=foreign_input(args),
+    )  # fmt: skip
+    for note in (pred.assumed, pred.backend.note):
+        if note:
+            print(f"mobilenets: note: {note}", file=sys.stderr)
     results: list[dict[str, Any]] = [{"image": path} for path in args.images]
     batch: list[tuple[int, torch.Tensor]] = []
 

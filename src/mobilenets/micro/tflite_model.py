@@ -177,6 +177,17 @@ def _inspect(model, path: Path) -> TFLiteIO:
     )  # fmt: skip
 
 
+def has_mobilenets_metadata(raw: bytes) -> bool:
+    """Whether the file has our ``mobilenets`` metadata entry (True when it is unreadable:
+    :func:`mobilenets.micro.tflite.read_tflite` then says what is wrong)."""
+    try:
+        model = _model(raw, "")
+        names = [model.Metadata(i).Name() for i in range(model.MetadataLength())]
+    except Exception:
+        return True
+    return b"mobilenets" in names
+
+
 # ---------------------------------------------------------------- standard metadata: reading
 
 
@@ -358,7 +369,7 @@ def min_runtime_version(ops: Sequence[tuple[int, int]]) -> str:
 def standard_entries(graph: Any, opcodes: Sequence[tuple[int, int]]) -> dict[str, bytes]:
     """``TFLITE_METADATA`` and ``min_runtime_version`` (16 bytes, NUL-padded, as TensorFlow's
     converter writes it) for a graph with ``preprocess`` and the written (code, version)s."""
-    from .. import __version__
+    from .._version import __version__
 
     prep = graph.preprocess or {}
     in_chans = graph.input_tensor.shape[3]
