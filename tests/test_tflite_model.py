@@ -88,3 +88,47 @@ def test_metadata_flatbuffer_and_min_runtime_version(ours):
     assert version == b"1.14.0".ljust(16, b"\0")  # int8 CONV_2D v3 etc.: TFLite 1.14
     assert m.SignatureDefsLength() == 1
     assert m.SignatureDefs(0).SignatureKey() == b"serving_default"
+
+
+@needs_peers
+def test_float_io_wraps_the_same_int8_graph(tmp_path):
+    """``io="float"``: QUANTIZE in, DEQUANTIZE out, the int8 graph inside unchanged; TFLite
+    Micro, LiteRT BUILTIN_REF and our reference agree bit for bit (export's own check and
+    here, through every backend, against the int8 file)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from mobilenets.micro.export import export_tflite
+    from mobilenets.predict import Predictor
+
+    prep, calib = Preprocess(28, 1, (0.286,), (0.353,)), torch.randn(16, 1, 28, 28)
+    files = {}
+    for io in ("int8", "float"):
+        files[io] = tmp_path / f"{io}.tflite"
+        r = export_tflite(
+            small_model(), files[io], int8=True, calib_data=calib, preprocess=prep,
+            class_names=NAMES, arena=False, io=io,
+        )  # fmt: skip
+        assert (r["max_abs_diff_lsb"], r["litert_max_abs_diff_lsb"]) == (0, 0)
+    assert r["ops"]["QUANTIZE"] == 1 and r["ops"]["DEQUANTIZE"] == 1
+    inner, plain = read_tflite(files["float"])[0].int8_core(), read_tflite(files["int8"])[0]
+    assert [op.kind for op in inner.ops] == [op.kind for op in plain.ops]
+    for a, b in zip(inner.ops, plain.ops, strict=True):
+        assert a.weights is None or np.array_equal(a.weights, b.weights)
+    it = Interpreter(str(files["float"]), experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    x = torch.randn(6, 1, 28, 28)
+    y = it.get_signature_runner()(input=x[:1].numpy().transpose(0, 2, 3, 1))["logits"]
+    assert y.dtype == np.float32
+    want = Predictor(files["int8"]).logits(x)
+    for runtime in ("litert", "tflite-micro", "reference"):
+        assert np.array_equal(Predictor(files["float"], runtime=runtime).logits(x), want)
+    assert np.array_equal(y.reshape(-1), want[0])
+
+
+def test_io_flag_is_checked(tmp_path, capsys):
+    from mobilenets.cli import main
+
+    out = str(tmp_path / "m.tflite")
+    assert main(["export", "nowhere", "--format", "tflite", "--io", "float", "--out", out]) == 2
+    assert "--io float wraps an int8 graph: add --int8" in capsys.readouterr().err
+    assert main(["export", "nowhere", "--io", "float", "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "--io applies to --format tflite only" in capsys.readouterr().err

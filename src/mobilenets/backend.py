@@ -174,9 +174,12 @@ class ReferenceBackend(_TFLiteBase):
 
     def logits(self, batch: torch.Tensor | np.ndarray) -> np.ndarray:
         """Dequantized int8 logits of the NumPy reference."""
-        from .micro.reference import run_int8
+        from .micro.reference import run_graph, run_int8
 
-        return self._float_output(run_int8(self.graph, self._int8_input(batch)))
+        x = self._int8_input(batch)
+        if x.dtype != np.int8:  # float I/O: its boundary QUANTIZE/DEQUANTIZE run too
+            return self._float_output(run_graph(self.graph, x).reshape(len(x), -1))
+        return self._float_output(run_int8(self.graph, x))
 
 
 # ---------------------------------------------------------------- loading

@@ -17,6 +17,7 @@ from ..errors import UsageError
 from ..export import DEFAULT_OPSET, MIN_OPSET, _finite, export_onnx
 from ..fold import check_finite_weights
 from ..micro.export import _check_model, export_tflite
+from ..micro.tflite_model import IO_CHOICES
 from ..preprocess import Preprocess
 
 
@@ -110,6 +111,13 @@ def _add_calibration_args(p: argparse.ArgumentParser) -> None:
         help="int8 weight range: 7 bits (default) is exact in onnxruntime on every x86 CPU; "
         "8 bits saturates on x86 CPUs without VNNI (use it for ARM/VNNI targets)",
     )
+    p.add_argument(
+        "--io",
+        choices=IO_CHOICES,
+        default=None,  # None: not given; int8 for tflite --int8
+        help="tflite --int8: the file's input/output type: int8 (default; what TFLite Micro "
+        "takes) or float (float32 in and out around the same int8 graph: QUANTIZE/DEQUANTIZE)",
+    )
 
 
 def _int8_path(out: Path) -> Path:
@@ -167,6 +175,8 @@ def _check_onnx_args(args: argparse.Namespace, out: Path) -> None:
         raise UsageError(
             "--calib-method mse is for --format tflite; onnx takes minmax, percentile or entropy"
         )
+    if args.io is not None:
+        raise UsageError("--io applies to --format tflite only, not onnx")
     if args.int8 and not args.calib_data:
         raise UsageError(
             "--int8 needs --calib-data SPEC (fashion-mnist, cifar10:PATH, imagefolder:PATH or random)"
@@ -263,6 +273,7 @@ def run_export_tflite(args: Any) -> int:
             verify_inputs=verify,
             eval_data=eval_data,
             metadata={"data": ck.meta.get("data")},
+            io=args.io or "int8",
         )
         report = {"checkpoint": str(ck.path), "architecture": ck.config.name, **report}
         report["path"] = str(out)
@@ -317,6 +328,8 @@ def _check_tflite_args(args: Any, out: Path) -> None:
             "--calib-method entropy is for --format onnx; tflite takes minmax, percentile or mse"
         )
     given = [flag for flag, attr in ONNX_ONLY if getattr(args, attr) is not None]
+    if args.io not in (None, "int8") and not args.int8:
+        raise UsageError(f"--io {args.io} wraps an int8 graph: add --int8 (an fp32 file is float)")
     if given:
         raise UsageError(f"{', '.join(given)} apply to --format onnx only, not tflite")
     for flag, v, lo in (

@@ -23,6 +23,7 @@ from ..backend import dequantize, quantize_input
 from ..errors import MobilenetsError, UsageError
 from ..preprocess import Preprocess
 from .graph import QuantizedModel
+from .tflite_model import IO_CHOICES, dequantize_like_tflite, quantize_like_tflite, with_float_io
 
 __all__ = ["dequantize", "export_tflite", "quantize_input"]
 
@@ -109,6 +110,7 @@ def export_tflite(
     eval_data: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
     arena: bool = True,
     metadata: dict[str, Any] | None = None,
+    io: str = "int8",
 ) -> dict[str, Any]:
     """Fold BN and write ``model`` as ONE ``.tflite`` file (fp32, or full-integer int8).
 
@@ -123,6 +125,8 @@ def export_tflite(
         eval_data: (inputs, labels) batches for fp32/int8 top-1 and agreement.
         arena: measure TFLite Micro's arena (int8 only).
         metadata: extra JSON entries for the file's metadata (e.g. ``data``: the dataset spec).
+        io: int8 files only: ``int8`` (int8 input and logits) or ``float`` (float32 input and
+            logits: QUANTIZE/DEQUANTIZE at the boundary around the same int8 graph).
 
     Returns:
         The report: path, bytes, ops, padding, tflm_* figures, max_abs_diff_lsb, accuracies...
@@ -133,6 +137,7 @@ def export_tflite(
     from .tflite import write_tflite
 
     path = _check_path(path)
+    _check_io(io, int8)
     cfg = _check_model(model)
     art = ArtifactMeta.create(cfg, class_names, preprocess)
     method = calib_method or DEFAULT_METHOD
@@ -141,12 +146,16 @@ def export_tflite(
     quant = {"scheme": SCHEME, "calib_method": method} if int8 else None
     tmp = temp_sibling(path, "unverified")  # moved to ``path`` only once verified
     try:
-        write_tflite(graph, tmp, {**(metadata or {}), "quantization": quant})
-        report = _file_report(path, tmp, graph, cfg, method if int8 else None)
+        written = with_float_io(graph) if io == "float" else graph
+        write_tflite(written, tmp, {**(metadata or {}), "quantization": quant})
+        report = _file_report(path, tmp, written, cfg, method if int8 else None)
         x = verify_inputs if verify_inputs is not None else _seeded_inputs(cfg, 20)
         report["verify_samples"] = len(x)
-        report.update(_verify_int8(tmp, graph, x) if int8 else _verify_fp32(model, tmp, x))
-        if int8 and arena:
+        if io == "float":
+            report.update(io="float", **_verify_float_io(tmp, graph, x))
+        else:
+            report.update(_verify_int8(tmp, graph, x) if int8 else _verify_fp32(model, tmp, x))
+        if int8 and arena and io == "int8":
             report.update(_arena_report(tmp, graph))
         if eval_data is not None:
             report.update(_accuracy(model, graph if int8 else None, eval_data))
@@ -162,12 +171,53 @@ def _file_report(path: Path, tmp: Path, graph: QuantizedModel, cfg: Any, method:
         "path": str(path),
         "format": "tflite-fp32" if method is None else "tflite-int8",
         "bytes": tmp.stat().st_size,
-        "ops": {TFLITE_NAMES[k]: v for k, v in graph.op_counts().items()},
+        "ops": {_tflite_name(k): v for k, v in graph.op_counts().items()},
         "padding": cfg.padding,
     }
     if method is not None:
         report["calib_method"] = method
     return report
+
+
+def _tflite_name(kind: str) -> str:
+    from .ops import TFLITE_NAMES as ALL
+
+    return TFLITE_NAMES.get(kind) or ALL.get(kind, kind.upper())
+
+
+def _check_io(io: Any, int8: bool) -> None:
+    """UsageError unless ``io`` is one of :data:`IO_CHOICES` (and ``float`` only for int8)."""
+    if io not in IO_CHOICES:
+        raise UsageError(f"io must be one of {', '.join(IO_CHOICES)}, got {io!r}")
+    if io != "int8" and not int8:
+        raise UsageError(f"--io {io} wraps an int8 graph: add --int8 (an fp32 file is float)")
+
+
+def _verify_float_io(path: Path, graph: QuantizedModel, x: torch.Tensor) -> dict[str, Any]:
+    """A float-I/O file in TFLite Micro and LiteRT (reference kernels) against our reference
+    of the int8 graph inside, its input quantized and its output dequantized as TFLite does:
+    the difference in output LSB (0: bit-exact)."""
+    from .reference import run_int8
+    from .runtimes import have_litert, have_tflm, litert_outputs, tflm_outputs
+
+    t_in, t_out = graph.input_tensor, graph.output_tensor
+    xf = np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 2, 3, 1))
+    ours = run_int8(graph, quantize_like_tflite(xf, t_in.scale, t_in.zero_point))
+    want = dequantize_like_tflite(ours, t_out.scale, t_out.zero_point).reshape(len(xf), -1)
+
+    def lsb(got: np.ndarray) -> int:
+        return int(np.round(np.abs(got.reshape(len(xf), -1) - want).max() / t_out.scale))
+
+    out: dict[str, Any] = {"max_abs_diff_lsb": None, "litert_max_abs_diff_lsb": None}
+    if have_tflm():
+        out["max_abs_diff_lsb"] = lsb(tflm_outputs(path, xf))
+    else:
+        out["tflm_note"] = NO_TFLM
+    if have_litert():
+        out["litert_max_abs_diff_lsb"] = lsb(litert_outputs(path, xf))
+    else:
+        out["litert_note"] = NO_LITERT
+    return out
 
 
 def _check_path(path: Any) -> Path:

@@ -411,3 +411,42 @@ def append_labels(payload: bytes, class_names: Sequence[str]) -> bytes:
     with zipfile.ZipFile(buf, "a", zipfile.ZIP_STORED) as z:
         z.writestr(LABELS_FILE, "".join(f"{c}\n" for c in class_names))
     return buf.getvalue()
+
+
+# ---------------------------------------------------------------- I/O wrappers
+
+IO_CHOICES = ("int8", "float")
+
+
+def with_float_io(graph: Any) -> Any:
+    """``graph`` (int8) with a float32 input QUANTIZEd into it and its int8 output DEQUANTIZEd:
+    what phone apps feed (normalized floats) and read (float logits). The int8 graph inside is
+    unchanged (:meth:`QuantizedModel.int8_core` gives it back)."""
+    import dataclasses
+
+    from .graph import Op, Tensor
+
+    if graph.is_float or graph.input_tensor.scale == 0.0:
+        raise MobilenetsError("float I/O wraps an int8 graph (export with --int8)")
+    tensors = list(graph.tensors)
+    tensors.append(Tensor("input_float", graph.input_tensor.shape, 0.0, 0))
+    tensors.append(Tensor("logits_float", graph.output_tensor.shape, 0.0, 0))
+    i_in, i_out = len(tensors) - 2, len(tensors) - 1
+    ops = [
+        Op("quantize", (i_in,), graph.input, name="input_quantize"),
+        *graph.ops,
+        Op("dequantize", (graph.output,), i_out, name="logits_dequantize"),
+    ]
+    return dataclasses.replace(graph, tensors=tensors, ops=ops, input=i_in, output=i_out)
+
+
+def quantize_like_tflite(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """TFLite's QUANTIZE float32 -> int8 (float32 division, half away from zero, clamped)."""
+    v = np.asarray(x, np.float32) / np.float32(scale)
+    q = np.sign(v) * np.floor(np.abs(v) + np.float32(0.5))
+    return np.clip(q.astype(np.int64) + zero_point, -128, 127).astype(np.int8)
+
+
+def dequantize_like_tflite(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """TFLite's DEQUANTIZE int8 -> float32 (the scale in double)."""
+    return (float(np.float32(scale)) * (q.astype(np.int64) - zero_point)).astype(np.float32)
