@@ -220,6 +220,33 @@ def demo_arch_row(args: argparse.Namespace, env: dict) -> dict:
     return {**row, "note": f"{why}: random weights", **env}
 
 
+def peer_models(args: argparse.Namespace):
+    """(key, qm, x) of the models ``--peer`` compares (``--smoke``: the demo architecture)."""
+    if not args.smoke:
+        for key, arch, width, res, _ in MODELS[:3]:
+            if not args.only or args.only == key:
+                yield key, *random_model(arch, width, res)[1:]
+    if args.smoke or args.only in (None, "demo"):
+        if not args.smoke and args.demo and Path(args.demo).exists():
+            yield "demo_fmnist_v1_a0.25_28", *demo_model(args.demo)[1:]
+            return
+        kw = {"num_classes": 10, "in_chans": 1, "small_input": True, "padding": "symmetric"}
+        yield "demo_arch_v1_a0.25_28_random", *random_model("mobilenet_v1", 0.25, 28, **kw)[1:]
+
+
+def peer_main(args: argparse.Namespace) -> int:
+    """``--peer cmsis-nn``: one JSON line per model, core and compiler (benchmarks/cmsis_peer.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import cmsis_peer
+
+    cores = ("cortex-m7",) if args.smoke else tuple(cmsis_peer.CORES)
+    compilers = ("gcc",) if args.smoke else cmsis_peer.COMPILERS
+    for key, qm, x in peer_models(args):
+        for row in cmsis_peer.run_model(key, qm, x, cores, compilers):
+            print(json.dumps(row), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", help="one model key")
@@ -235,8 +262,15 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds: the demo architecture with random weights, --host-only unless "
         "arm-none-eabi-gcc and qemu-system-arm are installed",
     )
+    ap.add_argument(
+        "--peer",
+        choices=["cmsis-nn"],
+        help="ours against CMSIS-NN on M4/M7/M55, gcc and clang (--smoke: M7, gcc)",
+    )
     args = ap.parse_args(argv)
     env = tools()
+    if args.peer:
+        return peer_main(args)
     if args.smoke:
         args.only, args.demo = "demo", ""
         args.host_only = args.host_only or not (env["arm_gcc"] and env["qemu"])

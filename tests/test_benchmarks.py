@@ -87,6 +87,28 @@ def test_mcu_smoke_builds_the_generated_c_and_reports_its_memory():
         assert row["cortex_m7"] == "skipped (--host-only)"
 
 
+PEER_CMSIS_NN = ROOT.parent / "shared" / "peers" / "cmsis-nn"
+ARM_TOOLS = ("arm-none-eabi-gcc", "qemu-system-arm", "gcc")
+
+
+def test_mcu_peer_cmsis_nn_smoke_compares_instructions_and_outputs():
+    if not PEER_CMSIS_NN.is_dir():
+        pytest.skip(f"CMSIS-NN peer folder {PEER_CMSIS_NN} missing")
+    missing = [t for t in ARM_TOOLS if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"not installed: {', '.join(missing)}")
+    (row,) = run_bench("mcu.py", "--smoke", "--peer", "cmsis-nn", timeout=600)
+    assert (row["model"], row["core"], row["compiler"]) == (
+        "demo_arch_v1_a0.25_28_random",
+        "cortex-m7",
+        "gcc",
+    )
+    assert row["ours_instructions"] > 0 and row["peer_instructions"] > 0
+    assert row["ratio"] == round(row["ours_instructions"] / row["peer_instructions"], 4)
+    assert row["ours_ram_bytes"] > 0 and row["peer_ram_bytes"] > 0
+    assert row["bit_exact"] is True, row["difference"]
+
+
 def test_train_fashion_mnist_smoke_reports_accuracy_throughput_and_the_peer():
     needs_fashion_mnist()
     (row,) = run_bench("train_fashion_mnist.py", "--smoke", "--device", "cpu", "--peer")
