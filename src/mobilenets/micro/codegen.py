@@ -24,15 +24,17 @@ import numpy as np
 from ..atomic import replace_folder
 from ..errors import UsageError
 from .arith import (
+    ADD_LEFT_SHIFT,
     add_multipliers,
     conv_multipliers,
     hard_swish_params,
     logistic_params,
     mean_multiplier,
     mul_multiplier,
+    multiply_by_quantized_multiplier,
     softmax_params,
 )
-from .graph import QuantizedModel
+from .graph import Op, QuantizedModel
 from .ops import C_CONSTANTS, STAGE_KINDS, c_enum
 from .planner import (
     Plan,
@@ -149,6 +151,8 @@ def _stage_params(qm: QuantizedModel, plan: Plan, s: Stage) -> tuple[str, str]:
         vals = (-a.zero_point, -b.zero_point, m0, shift, t_out.zero_point, op.act_min, op.act_max)
         return _struct("mn_mul_params", tag, vals)
     t_in = qm.tensors[s.inputs[0]]
+    if s.kind == "const":
+        return _const_params(op, t_in, t_out, tag)
     if s.kind == "pool2d":
         vals = (int(op.kind == "max_pool2d"), t_out.shape[-1], op.act_min, op.act_max)
         return _struct("mn_pool2d_params", tag, vals)
@@ -184,6 +188,25 @@ def _stage_params(qm: QuantizedModel, plan: Plan, s: Stage) -> tuple[str, str]:
         acc.offset,
     )
     return f"static const mn_pool_params {tag} = {{{', '.join(map(str, vals))}}};\n", f"&{tag}"
+
+
+def _const_params(op: Op, t_in: Any, t_out: Any, tag: str) -> tuple[str, str]:
+    """ADD/MUL by a constant: the constant prepared once, as TFLite Micro's Prepare would see
+    it at every element: MUL's centred value; ADD's centred value shifted left by 20 and
+    rescaled by its own multiplier (``arith.add_multipliers``)."""
+    k = np.asarray(op.weights, np.int64).reshape(-1)
+    s_k = float(op.weight_scales[0])
+    if op.kind == "add":
+        m1, s1, mk, sk, mo, so = add_multipliers(t_in.scale, s_k, t_out.scale)
+        k = multiply_by_quantized_multiplier(k * (1 << ADD_LEFT_SHIFT), mk, sk)
+    else:
+        (mo, so), m1, s1 = mul_multiplier(t_in.scale, s_k, t_out.scale), 0, 0
+    values = ", ".join(str(int(v)) for v in k)
+    head = f"static const int32_t {tag}_k[{k.size}] = {{{values}}};\n"
+    vals = (int(op.kind == "add"), -t_in.zero_point, k.size, f"{tag}_k", m1, s1, mo, so,
+            t_out.zero_point, op.act_min, op.act_max)  # fmt: skip
+    code, ref = _struct("mn_const_params", tag, vals)
+    return head + code, ref
 
 
 def c_string(text: str) -> str:

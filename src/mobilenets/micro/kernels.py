@@ -13,6 +13,7 @@ graph class (the op registry :mod:`.ops` sits between it and :mod:`.graph`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -97,10 +98,26 @@ def fully_connected(xs, op, ts, t_out) -> np.ndarray:
     return out.reshape((x.shape[0], *t_out.shape[1:]))
 
 
+@dataclass(frozen=True)
+class _Constant:
+    """The quantization of an op's constant operand (its values are already centred)."""
+
+    scale: float
+    zero_point: int = 0
+
+
+def _operands(xs, op, ts) -> tuple[list[Any], list[Any]]:
+    """ADD/MUL's two operands; a constant one (``op.weights``: centred int16 values, one or one
+    per channel; ``op.weight_scales[0]`` its scale) broadcasts over the last axis."""
+    if len(xs) == 2:
+        return list(xs), list(ts)
+    return [xs[0], op.weights], [ts[0], _Constant(float(op.weight_scales[0]))]
+
+
 def add(xs, op, ts, t_out) -> np.ndarray:
     """ADD (int8): both inputs shifted left by 20 and rescaled to twice the larger input scale,
     summed, then rescaled to the output; broadcasting as NumPy (TFLite's rules)."""
-    (x, y), (t_x, t_y) = xs, ts
+    (x, y), (t_x, t_y) = _operands(xs, op, ts)
     mx, sx, my, sy, mo, so = add_multipliers(t_x.scale, t_y.scale, t_out.scale)
     xs_ = (x.astype(np.int64) - t_x.zero_point) * (1 << ADD_LEFT_SHIFT)
     ys_ = (y.astype(np.int64) - t_y.zero_point) * (1 << ADD_LEFT_SHIFT)
@@ -114,7 +131,7 @@ def add(xs, op, ts, t_out) -> np.ndarray:
 def mul(xs, op, ts, t_out) -> np.ndarray:
     """MUL (int8): ``(x - zx) * (y - zy)`` rescaled by ``sx * sy / s_out``; NumPy broadcasting
     ([1, H, W, C] x [1, 1, 1, C] for squeeze-excite)."""
-    (x, y), (t_x, t_y) = xs, ts
+    (x, y), (t_x, t_y) = _operands(xs, op, ts)
     m0, shift = mul_multiplier(t_x.scale, t_y.scale, t_out.scale)
     prod = (x.astype(np.int64) - t_x.zero_point) * (y.astype(np.int64) - t_y.zero_point)
     out = multiply_by_quantized_multiplier(prod, m0, shift) + t_out.zero_point

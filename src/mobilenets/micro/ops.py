@@ -21,6 +21,7 @@ from . import kernels, tflite_ops
 # planner stage kinds, in C kernel id order (the ``MN_*`` enum of the generated mn_engine.h)
 STAGE_KINDS = (
     *("conv", "dw", "add", "pool", "fc", "mul", "hswish", "logistic", "softmax", "pool2d", "pad"),
+    "const",  # ADD or MUL by a constant operand (the planner picks it: :func:`.planner._stage`)
 )
 MAX_KERNEL = 7  # the largest conv/pool window the C engine takes (its row-pointer array)
 PATCH_MAX = 64  # the longest im2col patch (kh * kw * cin) the C engine gathers
@@ -100,7 +101,7 @@ OPS: dict[str, OpSpec] = {
                stage="boundary"),
         OpSpec("dequantize", 6, (1, 2), _T.write_plain, _T.read_none, _K.dequantize,
                stage="boundary"),
-        OpSpec("reshape", 22, (1, 1), _T.write_reshape, _T.read_none, _K.reshape,
+        OpSpec("reshape", 22, (1, 1), _T.write_reshape, _T.read_reshape, _K.reshape,
                quant="input", stage="alias"),
     )
 }  # fmt: skip

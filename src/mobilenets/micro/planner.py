@@ -42,6 +42,7 @@ STREAM_KINDS = (
     "hswish",
     "logistic",
     "softmax",
+    "const",
 )  # read their inputs by rows
 ROW_PRODUCERS = (
     "conv",
@@ -51,6 +52,7 @@ ROW_PRODUCERS = (
     "hswish",
     "logistic",
     "softmax",
+    "const",
 )  # write their outputs row by row
 
 
@@ -292,6 +294,8 @@ def _stage(qm, index, op, name, pending_pad, resolve) -> Stage:
         kind = "pad"  # a PAD that cannot fold into a convolution runs on its own
     if kind == "pool2d" and _is_global_pool(qm, op):
         kind, rows = "pool", "same"  # accumulated row by row into one (virtual) row
+    if kind in ("add", "mul") and len(op.inputs) == 1:
+        kind = "const"  # the second operand is the op's constant (``op.weights``)
     if kind not in STAGE_KINDS:
         raise UnsupportedModelError(f"op {name}: {op.kind} is not supported by the C generator")
     inputs = list(op.inputs)

@@ -19,6 +19,7 @@ from ..artifact import ArtifactMeta
 from ..atomic import write_bytes
 from ..errors import MobilenetsError
 from . import tflite_model, tflite_ops
+from .fold_constants import FOLDED_NAMES, RawOp, check_integer_only, fold
 from .graph import Op, QuantizedModel, Tensor
 from .ops import BY_CODE, TFLITE_NAMES, spec, supported_tflite_ops
 from .validate import check_model
@@ -289,9 +290,37 @@ class _ReadCtx:
     def __init__(self, model, sub, path) -> None:
         self.model, self.sub, self.path, self.tfl = model, sub, path, _tfl()[1]
         self.op_t = None
+        self.folded = {}
+
+    folded: dict[int, np.ndarray]
 
     def const(self, i: int) -> np.ndarray:
+        """A constant tensor's values (or those :mod:`.fold_constants` computed at load)."""
+        if i in self.folded:
+            return self.folded[i]
+        if not 0 <= i < self.sub.TensorsLength() or self.sub.Tensors(i).Buffer() == 0:
+            raise MobilenetsError(f"{self.path}: tensor {i} is not a constant")
         return _const(self.model, self.sub, i)
+
+    def is_const(self, i: int) -> bool:
+        """Whether tensor ``i`` holds data in the file (or was folded at load)."""
+        if i in self.folded:
+            return True
+        if not 0 <= i < self.sub.TensorsLength():
+            return False  # the graph check names the bad index
+        buf = self.sub.Tensors(i).Buffer()
+        return buf > 0 and self.model.Buffers(buf).DataLength() > 0
+
+    def dtype(self, i: int) -> int:
+        """Tensor ``i``'s TFLite type (-1 for an index outside the table: checked later)."""
+        if not 0 <= i < self.sub.TensorsLength():
+            return -1
+        return int(self.sub.Tensors(i).Type())
+
+    def options_of(self, op_t, cls):
+        """The options table ``cls`` of operator ``op_t``."""
+        self.op_t = op_t
+        return self.options(cls)
 
     def shape(self, i: int) -> tuple[int, ...]:
         return tuple(int(v) for v in _np(self.sub.Tensors(i), "Shape", np.int64))
@@ -305,19 +334,22 @@ class _ReadCtx:
         return o
 
 
-def _read_op(ctx: _ReadCtx, op_t, code: int, index: int) -> Op:
+def _read_op(ctx: _ReadCtx, raw: RawOp) -> Op:
     """One operator: its registry entry reads the options and constants onto the op."""
-    if code not in BY_CODE:
-        name = TFLITE_NAMES.get(code) or _builtin_name(code)
+    if raw.code not in BY_CODE:
         raise MobilenetsError(
-            f"{ctx.path}: op {index} is {name}, not supported (supported: {supported_tflite_ops()})"
+            f"{ctx.path}: op {raw.index} is {_op_name(raw.code)}, not supported "
+            f"(supported: {supported_tflite_ops()})"
         )
-    entry = BY_CODE[code]
-    ins = [int(i) for i in _np(op_t, "Inputs", np.int64)]
-    op = Op(entry.kind, (ins[0],), int(_np(op_t, "Outputs", np.int64)[0]))
-    ctx.op_t = op_t
-    entry.read(ctx, ins, op)
+    entry = BY_CODE[raw.code]
+    op = Op(entry.kind, (raw.inputs[0],), raw.outputs[0])
+    ctx.op_t = raw.table
+    entry.read(ctx, raw.inputs, op)
     return op
+
+
+def _op_name(code: int) -> str:
+    return TFLITE_NAMES.get(code) or FOLDED_NAMES.get(code) or _builtin_name(code)
 
 
 def _builtin_name(code: int) -> str:
@@ -325,9 +357,14 @@ def _builtin_name(code: int) -> str:
     return names.get(code, f"builtin code {code}")
 
 
-def _parse(model, path) -> QuantizedModel:
-    """Subgraph 0 of a parsed flatbuffer as a graph (no metadata, not yet checked)."""
+def _parse(model, path, allow_float: bool = False) -> QuantizedModel:
+    """Subgraph 0 of a parsed flatbuffer as a graph (no metadata, not yet checked); a float
+    graph only with ``allow_float`` (the fp32 files we write), else integer-only ops."""
+    if model.SubgraphsLength() != 1:
+        n = model.SubgraphsLength()
+        raise MobilenetsError(f"{path}: {n} subgraphs: only files with one subgraph are supported")
     sub = model.Subgraphs(0)
+    tflite_model._check_tensors(sub, path)  # uint8 (legacy) quantization, dynamic shapes
     codes = [
         max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode())
         for i in range(model.OperatorCodesLength())
@@ -341,11 +378,18 @@ def _parse(model, path) -> QuantizedModel:
             scale, zp = float(_np(q, "Scale", np.float32)[0]), int(q.ZeroPoint(0))
         tensors.append(Tensor(t.Name().decode(), tuple(_np(t, "Shape", np.int64)), scale, zp))
     ctx = _ReadCtx(model, sub, path)
-    ops = [
-        _read_op(ctx, sub.Operators(i), codes[sub.Operators(i).OpcodeIndex()], i)
-        for i in range(sub.OperatorsLength())
-    ]
-    return QuantizedModel(tensors, ops, int(sub.Inputs(0)), int(sub.Outputs(0)))
+    raw_ops = [_raw_op(sub.Operators(i), codes, i) for i in range(sub.OperatorsLength())]
+    raw_ops, graph_input = fold(ctx, raw_ops, int(sub.Inputs(0)))
+    if not (allow_float and all(t.scale == 0.0 for t in tensors)):  # our fp32 files
+        check_integer_only(ctx, raw_ops, _op_name)
+    ops = [_read_op(ctx, raw) for raw in raw_ops]
+    return QuantizedModel(tensors, ops, graph_input, int(sub.Outputs(0)))
+
+
+def _raw_op(op_t, codes: list[int], index: int) -> RawOp:
+    ins = [int(i) for i in _np(op_t, "Inputs", np.int64)]
+    outs = [int(i) for i in _np(op_t, "Outputs", np.int64)]
+    return RawOp(index, codes[op_t.OpcodeIndex()], ins, outs, op_t)
 
 
 def _load(path: Path, with_meta: bool) -> tuple[QuantizedModel, dict[str, Any]]:
@@ -357,7 +401,7 @@ def _load(path: Path, with_meta: bool) -> tuple[QuantizedModel, dict[str, Any]]:
     try:
         model = _tfl()[1].Model.GetRootAsModel(raw, 0)
         meta = _metadata(model, path) if with_meta else {}
-        graph = _parse(model, path)
+        graph = _parse(model, path, allow_float=with_meta)
     except MobilenetsError:
         raise
     except Exception as e:  # a damaged flatbuffer

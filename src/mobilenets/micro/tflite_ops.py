@@ -219,7 +219,10 @@ def _conv_padding(ctx: Any, op: Any, kind: int, kernel) -> tuple[int, int, int, 
 def read_conv(ctx: Any, ins: list[int], op: Any) -> None:
     """CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED: weights, bias, scales and options."""
     tfl = ctx.tfl
-    op.weights, op.bias = ctx.const(ins[1]), ctx.const(ins[2])
+    op.weights = ctx.const(ins[1])
+    n = op.weights.shape[-1 if op.kind == "depthwise_conv2d" else 0]
+    has_bias = len(ins) > 2 and ins[2] >= 0  # Keras writes -1 for a layer without bias
+    op.bias = ctx.const(ins[2]) if has_bias else np.zeros(n, np.int32)
     q = ctx.sub.Tensors(ins[1]).Quantization()
     if q is not None and not q.ScaleIsNone():
         scales = np.asarray(q.ScaleAsNumpy(), np.float32)
@@ -241,10 +244,41 @@ def read_conv(ctx: Any, ins: list[int], op: Any) -> None:
 
 
 def read_binary(ctx: Any, ins: list[int], op: Any) -> None:
-    """ADD, MUL: two inputs and the fused activation."""
-    op.inputs = (ins[0], ins[1])
+    """ADD, MUL: two inputs and the fused activation. A constant operand (Keras's hard
+    sigmoid multiplies by 1/6) becomes the op's own: see :func:`_constant_operand`."""
     cls = ctx.tfl.AddOptions if op.kind == "add" else ctx.tfl.MulOptions
     op.activation = _activation(ctx, ctx.options(cls).FusedActivationFunction())
+    consts = [ctx.is_const(i) for i in ins[:2]]
+    if not any(consts):
+        op.inputs = (ins[0], ins[1])
+        return
+    if all(consts):
+        raise MobilenetsError(f"{ctx.path}: {op.kind.upper()} of two constants is not supported")
+    x, c = (ins[1], ins[0]) if consts[0] else (ins[0], ins[1])  # both ops commute exactly
+    op.inputs = (x,)
+    _constant_operand(ctx, op, x, c)
+
+
+def _constant_operand(ctx: Any, op: Any, x: int, c: int) -> None:
+    """The constant operand of ADD/MUL as ``op.weights``: int16 values minus their zero point
+    (one value, or one per channel of ``x``), its scale as ``op.weight_scales`` (one value)."""
+    values = np.asarray(ctx.const(c))
+    q = ctx.sub.Tensors(c).Quantization()
+    if ctx.dtype(c) != INT8 or q is None or q.ScaleLength() != 1:
+        raise MobilenetsError(
+            f"{ctx.path}: {op.kind.upper()} by a constant that is not per-tensor int8 is not "
+            "supported"
+        )
+    channels = ctx.shape(x)[-1]
+    last = values.shape[-1] if values.ndim else 1
+    if values.size not in (1, channels) or values.size != last:
+        raise MobilenetsError(
+            f"{ctx.path}: {op.kind.upper()} by a constant of shape {values.shape} is not "
+            "supported (one value, or one per channel)"
+        )
+    zero_point = int(q.ZeroPoint(0)) if q.ZeroPointLength() else 0
+    op.weights = values.reshape(-1).astype(np.int16) - np.int16(zero_point)
+    op.weight_scales = np.array([q.Scale(0)], np.float32)
 
 
 def read_pool(ctx: Any, ins: list[int], op: Any) -> None:
@@ -279,6 +313,23 @@ def read_padv2(ctx: Any, ins: list[int], op: Any) -> None:
     """PADV2: PAD's table and the constant value."""
     read_pad(ctx, ins, op)
     op.pad_value = int(np.asarray(ctx.const(ins[2])).reshape(-1)[0]) if len(ins) > 2 else None
+
+
+def read_reshape(ctx: Any, ins: list[int], op: Any) -> None:
+    """RESHAPE: the target shape (a constant, or folded at load from SHAPE/STRIDED_SLICE/PACK)
+    must be the output tensor's: shapes are static here."""
+    if len(ins) < 2 or ins[1] < 0:
+        return
+    want = [int(v) for v in np.asarray(ctx.const(ins[1])).reshape(-1)]
+    out = list(ctx.shape(op.output))
+    if -1 in want and want.count(-1) == 1:
+        known = int(np.prod([v for v in want if v != -1]))
+        want[want.index(-1)] = int(np.prod(out)) // max(known, 1)
+    if want != out:
+        raise MobilenetsError(
+            f"{ctx.path}: RESHAPE to {want} but its output has shape {out}: dynamic shapes are "
+            "not supported"
+        )
 
 
 def read_none(ctx: Any, ins: list[int], op: Any) -> None:

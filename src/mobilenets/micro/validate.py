@@ -42,8 +42,13 @@ def _tensor_label(qm: QuantizedModel, t: int) -> str:
 
 
 def check_shapes(qm: QuantizedModel, where: str) -> None:
-    """Every tensor has 1 to 4 dimensions, each 1..MAX_DIM, and at most MAX_TENSOR_BYTES."""
+    """Every tensor the graph computes has 1 to 4 dimensions, each 1..MAX_DIM, and at most
+    MAX_TENSOR_BYTES (a file's other tensors, e.g. scalar constants, are not activations)."""
+    used = {int(qm.input), int(qm.output)}
+    used.update(int(t) for op in qm.ops for t in (*op.inputs, op.output))
     for i, t in enumerate(qm.tensors):
+        if i not in used:
+            continue
         shape = tuple(t.shape)
         label = _tensor_label(qm, i)
         if not 1 <= len(shape) <= MAX_RANK:
@@ -67,12 +72,13 @@ def check_graph(qm: QuantizedModel, where: str) -> None:
     for role, t in (("input", qm.input), ("output", qm.output)):
         if not isinstance(t, int | np.integer) or not 0 <= int(t) < n:
             raise GraphError(f"{where}: the graph {role} is tensor {t}, outside 0..{n - 1}")
-    check_shapes(qm, where)
-    written = {int(qm.input)}
     for i, op in enumerate(qm.ops):
         for t in (*op.inputs, op.output):
             if not isinstance(t, int | np.integer) or not 0 <= int(t) < n:
                 raise GraphError(f"{where}: op {i} ({op.kind}) uses tensor {t}, outside 0..{n - 1}")
+    check_shapes(qm, where)
+    written = {int(qm.input)}
+    for i, op in enumerate(qm.ops):
         for t in op.inputs:
             if int(t) not in written:
                 raise GraphError(
@@ -124,7 +130,8 @@ def check_quantization(qm: QuantizedModel, where: str) -> None:
         if op.weights is None:
             continue
         label = f"op {i} ({op.kind}, output {_tensor_label(qm, op.output)})"
-        if np.asarray(op.weights).dtype != np.int8:
+        constant = op.kind in ("add", "mul")  # a constant operand: centred int16 values
+        if np.asarray(op.weights).dtype != (np.int16 if constant else np.int8):
             raise GraphError(
                 f"{where}: {label} has {np.asarray(op.weights).dtype} weights, not int8"
             )

@@ -613,6 +613,22 @@ void mn_mul_row(const mn_mul_params *p, const int8_t *a, const int8_t *b, int nb
     }
 }
 
+/* ADD or MUL by a constant: k[j] cycles over nk values (one, or one per channel). */
+void mn_const_row(const mn_const_params *p, const int8_t *a, int8_t *out, int n)
+{
+    const int32_t oa = p->in_offset, zp = p->out_zp, lo = p->act_min, hi = p->act_max;
+    int i, j = 0;
+    for (i = 0; i < n; ++i) {
+        const int32_t v = a[i] + oa;
+        const int32_t acc =
+            p->is_add ? mn_requantize(mn_requantize(v * (1 << 20), p->m1, p->s1) + p->k[j], p->mo,
+                                      p->so)
+                      : mn_requantize(v * p->k[j], p->mo, p->so);
+        out[i] = mn_sat(acc + zp, lo, hi);
+        j = j + 1 == p->nk ? 0 : j + 1;
+    }
+}
+
 /* gemmlowp's int16 SaturatingRoundingDoublingHighMul (rounds, then truncates toward zero). */
 static int16_t mn_srdhm16(int16_t a, int16_t b)
 {
@@ -916,6 +932,10 @@ static void mn_compute(const mn_net *net, uint8_t *arena, const mn_stage *s, int
                    mn_row(arena, ot, r), ot->w * ot->c);
         break;
     }
+    case MN_CONST:
+        mn_const_row((const mn_const_params *)s->params, mn_row(arena, in, r), mn_row(arena, ot, r),
+                     ot->w * ot->c);
+        break;
     case MN_HSWISH:
         mn_hswish_row((const mn_hswish_params *)s->params, mn_row(arena, in, r),
                       mn_row(arena, ot, r), ot->w * ot->c);

@@ -49,6 +49,15 @@ typedef struct {
     int32_t in1_offset, in2_offset, m0, shift, out_zp, act_min, act_max;
 } mn_mul_params;
 
+/* TFLite int8 ADD or MUL by a constant (Keras's hard sigmoid multiplies by 1/6): k holds one
+ * value or one per channel, prepared once: MUL's (c - zc); ADD's (c - zc) << 20 already rescaled
+ * by its own multiplier, so only the input's rescale (m1, s1) and the output's (mo, so) run. */
+typedef struct {
+    int32_t is_add, in_offset, nk;
+    const int32_t *k;
+    int32_t m1, s1, mo, so, out_zp, act_min, act_max;
+} mn_const_params;
+
 /* TFLite int8 HARD_SWISH: Q15 multipliers (int16) and their exponents, from Prepare. */
 typedef struct {
     int32_t in_zp, out_zp, out_m, out_e, relu_m, relu_e;
@@ -103,6 +112,7 @@ void mn_dw_row(const mn_conv_params *p, const int8_t *const *rows, int kh, int k
 void mn_add_row(const mn_add_params *p, const int8_t *a, const int8_t *b, int8_t *out, int n);
 void mn_mul_row(const mn_mul_params *p, const int8_t *a, const int8_t *b, int nb, int8_t *out,
                 int n);
+void mn_const_row(const mn_const_params *p, const int8_t *a, int8_t *out, int n);
 void mn_hswish_row(const mn_hswish_params *p, const int8_t *in, int8_t *out, int n);
 void mn_logistic_row(const mn_prob_params *p, const int8_t *in, int8_t *out, int n);
 void mn_softmax_row(const mn_prob_params *p, const int8_t *in, int8_t *out, int npix, int c);
