@@ -47,7 +47,12 @@ MODELS = [  # (key, architecture, width, resolution, arena goal in bytes or None
     ("v2_a0.3_64", "mobilenet_v2", 0.3, 64, 40_000),
     ("v1_a0.25_128", "mobilenet_v1", 0.25, 128, 72_000),
     ("v2_a1.0_224", "mobilenet_v2", 1.0, 224, None),
+    ("v3s_a1.0_224", "mobilenet_v3_small", 1.0, 224, None),
+    ("v3s_min_a1.0_128", "mobilenet_v3_small", 1.0, 128, 64_000),
+    ("v3l_a1.0_224", "mobilenet_v3_large", 1.0, 224, None),
 ]
+# ModelConfig options of a row beyond its architecture, width and resolution
+OPTIONS = {"v3s_min_a1.0_128": {"minimal": True}}
 STACK_GOAL = 4096
 IPM_GOAL = {"v2_a0.35_144": 3.0}
 
@@ -277,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, arch, width, res, goal in MODELS:
         if args.only and args.only != key:
             continue
-        model, qm, x = random_model(arch, width, res)
+        model, qm, x = random_model(arch, width, res, **OPTIONS.get(key, {}))
         row = measure(key, model, qm, x, goal, profile(model).macs, args.host_only)
         print(json.dumps({**row, **env}), flush=True)
     if (not args.only or args.only == "demo") and args.demo and Path(args.demo).exists():

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import MOBILENETS
 from ..errors import UsageError
 from ..micro.codegen import DEFAULT_PREFIX, TARGETS, _check_out_dir, check_prefix, generate_c
 from ..micro.graph import QuantizedModel
@@ -87,7 +88,7 @@ def _load_qmodel(args: Any) -> tuple[QuantizedModel, np.ndarray | None]:
     if args.calib_samples < 1:
         raise UsageError(f"--calib-samples must be >= 1, got {args.calib_samples}")
     name = read_info(path).get("model", {}).get("name")
-    if name not in ("mobilenet_v1", "mobilenet_v2"):
+    if name not in MOBILENETS:
         raise UsageError(f"MODEL {path}: {name} is not supported (MobileNets only)")
     ck = load_checkpoint(path)
     check_finite_weights(ck.model, str(ck.path))

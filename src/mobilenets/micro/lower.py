@@ -6,6 +6,11 @@ into nothing, a :func:`mobilenets.models.pad_same` call into the padding of the 
 PyTorch's symmetric padding that is not TensorFlow SAME (stride-2 convs on even sizes) becomes
 an explicit ``pad`` op, padding only the rows/columns the conv reads. The fp32 graph is what
 the fp32 ``.tflite`` holds and what :mod:`.quantizer` quantizes.
+
+MobileNetV3: hard-swish is TFLite's HARD_SWISH op; squeeze-excite is a global average pool,
+two 1x1 convs and a broadcast MUL; its hard-sigmoid ``relu6(y + 3) / 6`` is folded into the
+conv before it (weights / 6, bias (b + 3) / 6) whose int8 output holds exactly [0, 1], so the
+int8 saturation is the clamp (:attr:`Lowered.fixed_ranges`; such a graph is int8-only).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from .graph import Op, QuantizedModel, Tensor
 __all__ = ["Lowered", "lower", "padding_kind", "same_padding"]
 
 _ADD = {operator.add, operator.iadd, torch.add}
+_MUL = {operator.mul, operator.imul, torch.mul}
 _ACT_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
 _ACT_FUNCTIONS = {torch.relu: "relu", nn.functional.relu: "relu", nn.functional.relu6: "relu6"}
 
@@ -41,6 +47,8 @@ class Lowered:
 
     graph: QuantizedModel
     node_of_tensor: dict[int, str] = field(default_factory=dict)
+    # tensors whose int8 range is fixed by the lowering, not calibrated (hard-sigmoid: [0, 1])
+    fixed_ranges: dict[int, tuple[float, float]] = field(default_factory=dict)
 
 
 class _Builder:
@@ -54,6 +62,7 @@ class _Builder:
         self.producer: dict[int, Op] = {}
         self.flat: set[int] = set()  # 4D tensors that PyTorch sees flattened
         self.node_of_tensor: dict[int, str] = {}
+        self.fixed_ranges: dict[int, tuple[float, float]] = {}
 
     def tensor(self, node: fx.Node, shape: tuple[int, ...] | None = None) -> int:
         if shape is None:
@@ -166,6 +175,30 @@ def _fuse_activation(b: _Builder, node: fx.Node, act: str) -> None:
     b.node_of_tensor[t] = node.name
 
 
+def _hard_sigmoid(b: _Builder, node: fx.Node) -> None:
+    """``relu6(y + 3) / 6`` folded into the conv that computes y: weights / 6, bias (b + 3) / 6,
+    and an int8 output range of exactly [0, 1], whose saturation at -128..127 is the clamp."""
+    t = b.input_of(node)
+    op = b.producer.get(t)
+    if op is None or op.kind != "conv2d" or op.activation != "none":
+        raise UsageError(f"{node.name}: a hard-sigmoid must follow a convolution")
+    if len(node.args[0].users) != 1:
+        raise UsageError(f"{node.name}: the input of a hard-sigmoid is also used elsewhere")
+    op.weights = (op.weights.astype(np.float64) / 6.0).astype(np.float32)
+    op.bias = ((op.bias.astype(np.float64) + 3.0) / 6.0).astype(np.float32)
+    b.fixed_ranges[t] = (0.0, 1.0)
+    b.env[node] = t
+    b.node_of_tensor[t] = node.name
+
+
+def _hard_swish(b: _Builder, node: fx.Node) -> None:
+    """TFLite's HARD_SWISH op (its own tensor: no fused activation computes it)."""
+    t = b.input_of(node)
+    out = b.add_op(node, Op("hard_swish", (t,), -1), b.tensor(node, b.shape(t)))
+    if t in b.flat:
+        b.flat.add(out)
+
+
 def _flatten(b: _Builder, node: fx.Node) -> None:
     """PyTorch's flatten stays a 4D NHWC tensor until a linear layer or the output reads it."""
     t = b.input_of(node)
@@ -204,6 +237,10 @@ def _module(b: _Builder, node: fx.Node) -> None:
         _fuse_activation(b, node, _ACT_MODULES[type(m)])
     elif isinstance(m, nn.Hardtanh) and (m.min_val, m.max_val) == (0.0, 6.0):
         _fuse_activation(b, node, "relu6")
+    elif isinstance(m, nn.Hardswish):
+        _hard_swish(b, node)
+    elif isinstance(m, nn.Hardsigmoid):
+        _hard_sigmoid(b, node)
     elif isinstance(m, (nn.Identity, nn.Dropout)):
         b.env[node] = b.input_of(node)
     elif isinstance(m, nn.Flatten):
@@ -230,6 +267,11 @@ def _function(b: _Builder, node: fx.Node) -> None:
     elif target in _ADD or target in ("add", "add_"):
         x, y = (b.env[a] for a in node.args[:2])
         b.add_op(node, Op("add", (x, y), -1))
+    elif target in _MUL or target in ("mul", "mul_"):
+        x, y = (b.env[a] for a in node.args[:2])
+        if b.shape(x)[1:3] == (1, 1) and b.shape(y)[1:3] != (1, 1):
+            x, y = y, x  # the broadcast (1, 1, 1, C) operand second, as squeeze-excite's
+        b.add_op(node, Op("mul", (x, y), -1), b.tensor(node, b.shape(x)))
     elif target in _ACT_FUNCTIONS or target in ("relu", "relu_"):
         _fuse_activation(b, node, _ACT_FUNCTIONS.get(target, "relu"))
     elif target in (torch.flatten, "flatten", "view", "reshape"):
@@ -262,4 +304,4 @@ def lower(model: nn.Module) -> Lowered:
     if out not in b.flat or b.shape(out)[1:3] != (1, 1):
         raise UsageError("the model's output must be (batch, classes) logits")
     graph = QuantizedModel(b.tensors, b.ops, 0, out, config=cfg.to_dict())
-    return Lowered(graph, b.node_of_tensor)
+    return Lowered(graph, b.node_of_tensor, b.fixed_ranges)

@@ -239,6 +239,7 @@ def quantize_int8(
     nodes = set(lowered.node_of_tensor.values())
     by_node = calibrate(folded, nodes, batches, method)
     ranges = {t: by_node[n] for t, n in lowered.node_of_tensor.items()}
+    ranges.update(lowered.fixed_ranges)  # e.g. a folded hard-sigmoid's exact [0, 1]
     qmodel = quantize_graph(lowered.graph, ranges)
     qmodel.config = cfg.to_dict()
     return qmodel
