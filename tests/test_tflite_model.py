@@ -131,4 +131,38 @@ def test_io_flag_is_checked(tmp_path, capsys):
     assert main(["export", "nowhere", "--format", "tflite", "--io", "float", "--out", out]) == 2
     assert "--io float wraps an int8 graph: add --int8" in capsys.readouterr().err
     assert main(["export", "nowhere", "--io", "float", "--out", str(tmp_path / "m.onnx")]) == 2
-    assert "--io applies to --format tflite only" in capsys.readouterr().err
+    assert "--io and --fp16 apply to --format tflite only" in capsys.readouterr().err
+    argv = ["export", "nowhere", "--format", "tflite", "--fp16", "--int8", "--calib-data"]
+    assert main([*argv, "random", "--out", out]) == 2
+    assert "--fp16 stores float weights: it is for fp32 files" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not runtimes.have_litert(), reason="ai-edge-litert is missing")
+def test_fp16_weights_run_in_litert(tmp_path):
+    """``fp16=True``: FLOAT16 weights DEQUANTIZEd at load (Keras's fp16 layout), about half
+    the bytes, checked in LiteRT against PyTorch by the export and here; ``predict`` runs it."""
+    import tflite
+
+    from mobilenets.micro.export import export_tflite
+    from mobilenets.predict import Predictor
+
+    sizes = {}
+    for fp16 in (False, True):
+        path = tmp_path / f"{fp16}.tflite"
+        r = export_tflite(small_model(), path, fp16=fp16, class_names=NAMES)
+        sizes[fp16] = r["bytes"]
+    assert r["format"] == "tflite-fp16" and 0 < r["max_abs_diff"] <= 2e-2
+    assert 0.45 < sizes[True] / sizes[False] < 0.6
+    m = tflite.Model.GetRootAsModel(path.read_bytes(), 0)
+    sub = m.Subgraphs(0)
+    types = [sub.Tensors(i).Type() for i in range(sub.TensorsLength())]
+    codes = [
+        m.OperatorCodes(sub.Operators(i).OpcodeIndex()).BuiltinCode()
+        for i in range(sub.OperatorsLength())
+    ]  # noqa: E501
+    assert types.count(1) == codes.count(6) > 50  # one FLOAT16 weight per DEQUANTIZE (code 6)
+    x = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        want = small_model()(x).numpy()
+    got = Predictor(path).logits(x)
+    assert np.abs(got - want).max() <= 2e-2 and np.array_equal(got.argmax(1), want.argmax(1))

@@ -308,8 +308,7 @@ def _load_tflite(
     _runtime_fits(path, chosen, ("litert", "tflite-micro", "reference"))
     if chosen == "reference" and graph is None:
         raise MobilenetsError(
-            f"{path}: the NumPy reference cannot read this file yet; run it with "
-            "--runtime litert or tflite-micro"
+            f"{path}: the NumPy reference cannot read this file yet; LiteRT or TFLite Micro run it"
         )
     if graph is not None and graph.is_float and chosen != "litert":
         raise MobilenetsError(
@@ -352,8 +351,8 @@ def _read_any_tflite(path: Path, foreign: ForeignInput) -> tuple[Any, ArtifactMe
                 f"{path}: has mobilenets metadata (class names, preprocessing); "
                 f"{'/'.join(foreign.given())} are for .tflite files without it"
             )
-        graph, fields = read_tflite(path)
         io = dataclasses.replace(inspect_tflite(path, raw), layout="NHWC")
+        graph, fields = _read_ours(path, raw)
         return graph, fields["artifact"], {"data": fields.get("data")}, io
     io = inspect_tflite(path, raw)
     try:
@@ -362,6 +361,22 @@ def _read_any_tflite(path: Path, foreign: ForeignInput) -> tuple[Any, ArtifactMe
         graph, fields = None, {}
     meta = fields.get("artifact") or foreign_meta(path, raw, io, foreign)
     return graph, meta, {"data": None}, io
+
+
+def _read_ours(path: Path, raw: bytes) -> tuple[Any, dict[str, Any]]:
+    """(graph, metadata fields) of our file; graph None for one our reader does not rebuild
+    (fp16 weights: LiteRT runs it), whose metadata is still checked and read."""
+    import tflite
+
+    from .micro.tflite import _metadata, read_tflite
+
+    try:
+        return read_tflite(path)
+    except MobilenetsError:
+        fields = _metadata(tflite.Model.GetRootAsModel(raw, 0), path)
+        if fields.get("weights") != "fp16":
+            raise
+        return None, fields
 
 
 def _normalization(io: Any, foreign: ForeignInput, standard: dict, notes: list[str]):

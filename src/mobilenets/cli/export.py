@@ -118,6 +118,12 @@ def _add_calibration_args(p: argparse.ArgumentParser) -> None:
         help="tflite --int8: the file's input/output type: int8 (default; what TFLite Micro "
         "takes) or float (float32 in and out around the same int8 graph: QUANTIZE/DEQUANTIZE)",
     )
+    p.add_argument(
+        "--fp16",
+        action="store_true",
+        help="tflite without --int8: weights stored as float16 (half the bytes; DEQUANTIZE "
+        "ops to float32), checked in LiteRT against PyTorch",
+    )
 
 
 def _int8_path(out: Path) -> Path:
@@ -175,8 +181,8 @@ def _check_onnx_args(args: argparse.Namespace, out: Path) -> None:
         raise UsageError(
             "--calib-method mse is for --format tflite; onnx takes minmax, percentile or entropy"
         )
-    if args.io is not None:
-        raise UsageError("--io applies to --format tflite only, not onnx")
+    if args.io is not None or args.fp16:
+        raise UsageError("--io and --fp16 apply to --format tflite only, not onnx")
     if args.int8 and not args.calib_data:
         raise UsageError(
             "--int8 needs --calib-data SPEC (fashion-mnist, cifar10:PATH, imagefolder:PATH or random)"
@@ -274,6 +280,7 @@ def run_export_tflite(args: Any) -> int:
             eval_data=eval_data,
             metadata={"data": ck.meta.get("data")},
             io=args.io or "int8",
+            fp16=args.fp16,
         )
         report = {"checkpoint": str(ck.path), "architecture": ck.config.name, **report}
         report["path"] = str(out)
@@ -328,6 +335,8 @@ def _check_tflite_args(args: Any, out: Path) -> None:
             "--calib-method entropy is for --format onnx; tflite takes minmax, percentile or mse"
         )
     given = [flag for flag, attr in ONNX_ONLY if getattr(args, attr) is not None]
+    if args.fp16 and args.int8:
+        raise UsageError("--fp16 stores float weights: it is for fp32 files, not --int8")
     if args.io not in (None, "int8") and not args.int8:
         raise UsageError(f"--io {args.io} wraps an int8 graph: add --int8 (an fp32 file is float)")
     if given:

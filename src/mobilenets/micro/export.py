@@ -28,6 +28,7 @@ from .tflite_model import IO_CHOICES, dequantize_like_tflite, quantize_like_tfli
 __all__ = ["dequantize", "export_tflite", "quantize_input"]
 
 FP32_ATOL = 1e-4
+FP16_ATOL = 2e-2  # fp16 weights: 11-bit mantissas, relative error up to 2^-11 per weight
 SCHEME = (
     "LiteRT int8: symmetric per-channel int8 weights, asymmetric per-tensor int8 activations, "
     "int32 bias, int8 input and logits"
@@ -111,6 +112,7 @@ def export_tflite(
     arena: bool = True,
     metadata: dict[str, Any] | None = None,
     io: str = "int8",
+    fp16: bool = False,
 ) -> dict[str, Any]:
     """Fold BN and write ``model`` as ONE ``.tflite`` file (fp32, or full-integer int8).
 
@@ -127,6 +129,9 @@ def export_tflite(
         metadata: extra JSON entries for the file's metadata (e.g. ``data``: the dataset spec).
         io: int8 files only: ``int8`` (int8 input and logits) or ``float`` (float32 input and
             logits: QUANTIZE/DEQUANTIZE at the boundary around the same int8 graph).
+        fp16: fp32 files only: weights stored as float16 (half the bytes), DEQUANTIZEd to
+            float32 at load, as TensorFlow's converter writes them for phone GPUs; verified in
+            LiteRT against PyTorch within ``FP16_ATOL``.
 
     Returns:
         The report: path, bytes, ops, padding, tflm_* figures, max_abs_diff_lsb, accuracies...
@@ -138,6 +143,8 @@ def export_tflite(
 
     path = _check_path(path)
     _check_io(io, int8)
+    if fp16 and int8:
+        raise UsageError("--fp16 stores float weights: it is for fp32 files, not --int8")
     cfg = _check_model(model)
     art = ArtifactMeta.create(cfg, class_names, preprocess)
     method = calib_method or DEFAULT_METHOD
@@ -147,14 +154,20 @@ def export_tflite(
     tmp = temp_sibling(path, "unverified")  # moved to ``path`` only once verified
     try:
         written = with_float_io(graph) if io == "float" else graph
-        write_tflite(written, tmp, {**(metadata or {}), "quantization": quant})
+        half = {"weights": "fp16"} if fp16 else {}
+        write_tflite(written, tmp, {**(metadata or {}), "quantization": quant, **half})
         report = _file_report(path, tmp, written, cfg, method if int8 else None)
+        if fp16:
+            report["format"] = "tflite-fp16"
         x = verify_inputs if verify_inputs is not None else _seeded_inputs(cfg, 20)
         report["verify_samples"] = len(x)
         if io == "float":
             report.update(io="float", **_verify_float_io(tmp, graph, x))
         else:
-            report.update(_verify_int8(tmp, graph, x) if int8 else _verify_fp32(model, tmp, x))
+            tol = {"atol": FP16_ATOL} if fp16 else {}
+            report.update(
+                _verify_int8(tmp, graph, x) if int8 else _verify_fp32(model, tmp, x, **tol)
+            )
         if int8 and arena and io == "int8":
             report.update(_arena_report(tmp, graph))
         if eval_data is not None:
@@ -278,7 +291,13 @@ def _graph(
     from .quantizer import quantize_int8
 
     if method is None:
-        return lower(fold_bn(model)).graph
+        lowered = lower(fold_bn(model))
+        if lowered.fixed_ranges:  # MobileNetV3's squeeze-excite gate
+            raise UsageError(
+                "this model's hard-sigmoid is folded for int8 only: export it with --int8 "
+                "(or as ONNX for float32)"
+            )
+        return lowered.graph
     if calib_data is None:
         raise UsageError("an int8 export needs calibration data (calib_data / --calib-data)")
     return quantize_int8(model, calib_data, method=method)
@@ -304,7 +323,9 @@ def _verify_int8(path: Path, graph: QuantizedModel, x: torch.Tensor) -> dict[str
 
 
 @torch.inference_mode()
-def _verify_fp32(model: nn.Module, path: Path, x: torch.Tensor) -> dict[str, Any]:
+def _verify_fp32(
+    model: nn.Module, path: Path, x: torch.Tensor, atol: float = FP32_ATOL
+) -> dict[str, Any]:
     """LiteRT (reference kernels) against PyTorch on float inputs."""
     from .runtimes import have_litert, litert_outputs
 
@@ -313,10 +334,10 @@ def _verify_fp32(model: nn.Module, path: Path, x: torch.Tensor) -> dict[str, Any
     ref = torch.cat([model.eval()(c) for c in x.float().split(64)]).numpy().astype(np.float64)
     got = litert_outputs(path, x.float().numpy().transpose(0, 2, 3, 1))
     diff, scale = float(np.abs(ref - got).max()), float(np.abs(ref).max())
-    if not diff <= FP32_ATOL * max(1.0, scale):
+    if not diff <= atol * max(1.0, scale):
         raise MobilenetsError(
             f"{path}: LiteRT and PyTorch logits differ by {diff:.3g} "
-            f"(> {FP32_ATOL:g} x max(1, largest |logit| {scale:.3g}))"
+            f"(> {atol:g} x max(1, largest |logit| {scale:.3g}))"
         )
     return {"max_abs_diff": diff, "max_abs_logit": scale}
 

@@ -51,6 +51,7 @@ class _Writer:
         self.tensors: list[int] = []  # offsets
         self.opcodes: list[str] = []
         self.ops: list[int] = []
+        self.fp16 = False  # fp32 weights stored as FLOAT16 + DEQUANTIZE (tflite_model.fp16_weight)
 
     # -- vectors
     def ints(self, start, values) -> int:
@@ -83,6 +84,8 @@ class _Writer:
 
     def tensor(self, name, shape, dtype, data: np.ndarray | None = None, q=None) -> int:
         """Add a tensor (with constant ``data``, and quantization (scales, zero_points, dim))."""
+        if self.fp16 and tflite_model.is_fp16_weight(dtype, data):
+            return tflite_model.fp16_weight(self, name, shape, data)
         t = self.tfl
         buf = 0
         if data is not None:
@@ -202,6 +205,7 @@ def tflite_bytes(graph: QuantizedModel, metadata: dict[str, Any] | None = None) 
     ``preprocess`` default to the graph's own fields.
     """
     w = _Writer(graph)
+    w.fp16 = (metadata or {}).get("weights") == "fp16"
     for t in graph.tensors:  # activation tensors keep their graph indices
         w.tensor(t.name, t.shape, FLOAT32 if t.scale == 0.0 else INT8, None, _act_q(t))
     for op in graph.ops:

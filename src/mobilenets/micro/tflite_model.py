@@ -450,3 +450,22 @@ def quantize_like_tflite(x: np.ndarray, scale: float, zero_point: int) -> np.nda
 def dequantize_like_tflite(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     """TFLite's DEQUANTIZE int8 -> float32 (the scale in double)."""
     return (float(np.float32(scale)) * (q.astype(np.int64) - zero_point)).astype(np.float32)
+
+
+# ---------------------------------------------------------------- fp16 weights
+
+FLOAT16, FLOAT32_TYPE = 1, 0
+
+
+def is_fp16_weight(dtype: int, data: np.ndarray | None) -> bool:
+    """A float32 constant of 2 or more dimensions (a conv/FC weight; biases stay float32)."""
+    return dtype == FLOAT32_TYPE and data is not None and np.ndim(data) >= 2
+
+
+def fp16_weight(w: Any, name: str, shape: Sequence[int], data: np.ndarray) -> int:
+    """A weight stored as FLOAT16 and DEQUANTIZEd to float32 before the op that reads it (how
+    TensorFlow's converter writes fp16 files): the float32 tensor's index."""
+    half = w.tensor(f"{name}.fp16", shape, FLOAT16, np.asarray(data, "<f2"))
+    full = w.tensor(name, shape, FLOAT32_TYPE)
+    w.operator("dequantize", [half], [full], 0, None)
+    return full
