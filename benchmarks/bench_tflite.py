@@ -109,6 +109,36 @@ def section_random(tmp: Path, cases: list[tuple[str, float, int]] = RANDOM_CASES
             )
 
 
+# MobileNetV3 (issue 17): (name, width, resolution, minimal), 1000 classes, SAME padding
+V3_CASES = [
+    ("mobilenet_v3_large", 1.0, 224, False),
+    ("mobilenet_v3_small", 1.0, 224, False),
+    ("mobilenet_v3_small", 0.75, 96, True),
+    ("mobilenet_v3_small", 1.0, 128, True),
+]
+
+
+def section_v3(tmp: Path) -> None:
+    """MobileNetV3 int8 (HARD_SWISH, squeeze-excite's MUL): reference vs TFLite Micro and LiteRT
+    on 20 random inputs, with TFLite Micro's arena for the same file."""
+    from mobilenets.micro.runtimes import tflm_arena
+
+    for name, width, res, minimal in V3_CASES:
+        t0 = time.time()
+        torch.manual_seed(0)
+        model = create_model(name, width, res, minimal=minimal, padding="same")
+        model = randomize_bn(model, linear_std=0.05)
+        g = torch.Generator().manual_seed(0)
+        qmodel = quantize_int8(model, torch.randn(32, 3, res, res, generator=g))
+        path = write_tflite(qmodel, tmp / f"{name}-{width}-{res}-{minimal}.tflite")
+        xq = np.random.default_rng(0).integers(-128, 128, (20, res, res, 3)).astype(np.int8)
+        ours = run_int8(qmodel, xq).reshape(20, -1)
+        row = {"section": "v3", "model": name, "width": width, "resolution": res}
+        row.update(minimal=minimal, classes=1000, inputs=20, ops=qmodel.op_counts())
+        row.update(diffs(path, ours, xq), **tflm_arena(path, (1, res, res, 3)))
+        emit({**row, "bytes": path.stat().st_size, "seconds": round(time.time() - t0, 1)})
+
+
 def section_arena(tmp: Path) -> None:
     for padding in ("same", "symmetric"):
         model = random_model("mobilenet_v2", 0.35, 144, padding)
@@ -259,7 +289,7 @@ def section_calib(path: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", action="append", default=[], metavar="CKPT")
-    p.add_argument("--sections", default="random,arena,fc_rounding,checkpoints")
+    p.add_argument("--sections", default="random,v3,arena,fc_rounding,checkpoints")
     p.add_argument("--calib-compare", action="store_true")
     p.add_argument("--test-images", type=int, default=None, help="default: all 10,000")
     p.add_argument(
@@ -277,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         if "random" in sections:
             section_random(tmp, SMOKE_CASES if args.smoke else RANDOM_CASES)
+        if "v3" in sections:
+            section_v3(tmp)
         if "arena" in sections:
             section_arena(tmp)
         if "fc_rounding" in sections:
