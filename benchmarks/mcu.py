@@ -17,6 +17,7 @@ and ``padding="same"``, the deployment form with no PAD op), it reports:
   ``tflm_host_us``, the ``tflite-micro`` interpreter on the same model, when available.
 
     python benchmarks/mcu.py [--only NAME] [--demo runs/demo/last.ckpt] [--host-only] [--smoke]
+    python benchmarks/mcu.py --foreign [DIR]   # converter-made files (default runs/foreign)
 
 ``--smoke`` measures only the demo architecture with random weights (seconds), with the
 Cortex-M7 figures when arm-none-eabi-gcc and qemu-system-arm are installed.
@@ -252,6 +253,168 @@ def peer_main(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- --foreign: converters' files
+
+FOREIGN_DIR = "runs/foreign"
+FOREIGN_GOAL = 0.40  # our arena (input included) over TFLite Micro's, on every file
+FOREIGN_INPUTS = 20
+
+
+def graph_macs(qm) -> int:
+    """Multiply-accumulates of an int8 graph's convolutions and fully connected layers."""
+    macs = 0
+    for op in qm.ops:
+        out = int(np.prod(qm.tensors[op.output].shape))
+        if op.kind == "conv2d":
+            macs += out * int(np.prod(op.weights.shape[1:]))
+        elif op.kind == "depthwise_conv2d":
+            macs += out * int(np.prod(op.weights.shape[1:3]))
+        elif op.kind == "fully_connected":
+            macs += int(op.weights.size)
+    return macs
+
+
+def _child(path: Path, fn, args) -> None:
+    import pickle
+
+    path.write_bytes(pickle.dumps(fn(*args)))
+
+
+def in_child(fn, *args):
+    """(``fn(*args)``, 0) run in a forked child, or (None, its exit code) when it died:
+    TFLite Micro aborts the process (SIGABRT) on some files."""
+    import multiprocessing
+    import pickle
+
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "result.pkl"
+        proc = multiprocessing.get_context("fork").Process(target=_child, args=(out, fn, args))
+        proc.start()
+        proc.join()
+        if proc.exitcode != 0 or not out.exists():
+            return None, proc.exitcode
+        return pickle.loads(out.read_bytes()), 0
+
+
+def tflm_facts(path: Path, x: np.ndarray) -> dict:
+    """TFLite Micro's outputs on ``x`` and its smallest arena (bisection)."""
+    from mobilenets.micro.runtimes import tflm_arena, tflm_outputs
+
+    return {"outputs": tflm_outputs(path, x), **tflm_arena(path, (1, *x.shape[1:]))}
+
+
+def foreign_inputs(qm, n: int) -> np.ndarray:
+    """int8 inputs of the graph's core: Fashion-MNIST test images (resized, [-1, 1]) for one
+    channel, random int8 otherwise."""
+    _, h, w, c = qm.int8_core().input_tensor.shape
+    if c != 1:
+        return np.random.default_rng(0).integers(-128, 128, (n, h, w, c)).astype(np.int8)
+    from PIL import Image
+
+    from mobilenets.data import load_dataset
+
+    ims = load_dataset("fashion-mnist").split("test").images[:n].numpy()[:, 0]
+    x = np.stack([np.asarray(Image.fromarray(i).resize((w, h), Image.BILINEAR)) for i in ims])
+    t = qm.int8_core().input_tensor
+    q = np.round((x[..., None] / 127.5 - 1.0) / np.float32(t.scale)) + t.zero_point
+    return np.clip(q, -128, 127).astype(np.int8)
+
+
+def _compact(qm):
+    """``qm`` with only the tensors its ops use (a file's weight tensors dropped), renumbered."""
+    import dataclasses
+
+    from mobilenets.micro.graph import QuantizedModel
+
+    used = sorted({qm.input, qm.output, *(t for op in qm.ops for t in (*op.inputs, op.output))})
+    new = {t: i for i, t in enumerate(used)}
+    ops = [
+        dataclasses.replace(op, inputs=tuple(new[t] for t in op.inputs), output=new[op.output])
+        for op in qm.ops
+    ]
+    return QuantizedModel([qm.tensors[t] for t in used], ops, new[qm.input], new[qm.output])
+
+
+def foreign_tflm(qm, path: Path, work: Path, x: np.ndarray, outs: dict) -> dict:
+    """TFLite Micro's arena and bit-exactness; where it aborts on the file, both measured on
+    the file's graph without its final SOFTMAX (written by our writer), and said so."""
+    from mobilenets.micro.graph import QuantizedModel
+    from mobilenets.micro.reference import run_int8
+    from mobilenets.micro.tflite import write_tflite
+
+    facts, code = in_child(tflm_facts, path, x)
+    row: dict = {}
+    if facts is None:
+        core = qm.int8_core()
+        if core.ops[-1].kind != "softmax":
+            return {"tflm": f"TFLite Micro died (exit {code})"}
+        logits = QuantizedModel(core.tensors, core.ops[:-1], core.input, core.ops[-1].inputs[0])
+        logits = _compact(logits)
+        scale = qm.tensors[core.ops[-1].inputs[0]].scale
+        row["tflm"] = (
+            f"TFLite Micro aborts on the file (exit {code}; SOFTMAX input scale {scale:.3g}): "
+            "arena and bit-exactness on the file without its final SOFTMAX"
+        )
+        facts, code = in_child(tflm_facts, write_tflite(logits, work / "logits.tflite"), x)
+        outs = {"reference": run_int8(logits, x).reshape(len(x), -1)}
+        if facts is None:
+            return {**row, "tflm": f"TFLite Micro died (exit {code}) on the logits too"}
+    theirs = facts.pop("outputs").reshape(len(x), -1)
+    for k, v in outs.items():
+        row[f"bit_exact_{k}"] = bool(np.array_equal(v, theirs))
+    return {**row, **facts}
+
+
+def foreign_row(path: Path, host_only: bool) -> dict:
+    """One converter-made file: ops, sizes, arenas (ours vs TFLite Micro's), flash, M7
+    instructions per MAC, bit-exactness (reference, host C, M7) against TFLite Micro."""
+    from mobilenets.errors import MobilenetsError
+    from mobilenets.micro.reference import run_int8
+    from mobilenets.micro.tflite import read_graph
+
+    row: dict = {"file": path.name, "tflite_bytes": path.stat().st_size}
+    try:
+        qm = read_graph(path)
+    except MobilenetsError as e:
+        return {**row, "refused": str(e)}
+    x = foreign_inputs(qm, FOREIGN_INPUTS)
+    ref = run_int8(qm, x).reshape(len(x), -1)
+    row["ops"], row["macs"] = qm.op_counts(), graph_macs(qm.int8_core())
+    work = Path(tempfile.mkdtemp(prefix="mcu-foreign-"))
+    try:
+        rep = generate_c(qm, work / "lib", target="cortex-m7", test_inputs=x[:1])
+        for k in ("arena_bytes", "arena_without_input_bytes", "input_bytes", "peak_op"):
+            row[k] = rep[k]
+        make(work / "lib", "host")
+        exe = str(work / "lib" / "mn_host")
+        res = subprocess.run([exe], input=x.tobytes(), capture_output=True)
+        host = np.frombuffer(res.stdout, np.int8).reshape(len(x), -1)
+        row["host_c_equals_reference"] = bool(np.array_equal(host, ref))
+        if not host_only:
+            m7 = cortex_m7_figures(work / "lib", host[0].tobytes(), row["macs"], path.stem)
+            keep = ("flash_bytes", "sram_bytes", "instructions", "instructions_per_mac")
+            row.update({k: m7[k] for k in (*keep, "m7_equals_host")})
+        row.update(foreign_tflm(qm, path, work, x, {"reference": ref, "host_c": host}))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if row.get("tflm_arena_bytes"):
+        row["arena_over_tflm"] = round(row["arena_bytes"] / row["tflm_arena_bytes"], 3)
+        row["arena_goal_met"] = row["arena_over_tflm"] <= FOREIGN_GOAL
+    return row
+
+
+def foreign_main(args: argparse.Namespace, env: dict) -> int:
+    """``--foreign [DIR]``: one JSON line per ``.tflite`` in DIR (scripts/make_tflite_fixtures.py
+    --full writes them)."""
+    files = sorted(Path(args.foreign).glob("*.tflite"))
+    if not files:
+        print(f"--foreign {args.foreign}: no .tflite files", file=sys.stderr)
+        return 1
+    for path in files:
+        print(json.dumps({**foreign_row(path, args.host_only), **env}), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", help="one model key")
@@ -272,8 +435,17 @@ def main(argv: list[str] | None = None) -> int:
         choices=["cmsis-nn"],
         help="ours against CMSIS-NN on M4/M7/M55, gcc and clang (--smoke: M7, gcc)",
     )
+    ap.add_argument(
+        "--foreign",
+        nargs="?",
+        const=FOREIGN_DIR,
+        metavar="DIR",
+        help=f"converter-made .tflite files in DIR (default {FOREIGN_DIR}): arenas vs TFLite Micro",
+    )
     args = ap.parse_args(argv)
     env = tools()
+    if args.foreign:
+        return foreign_main(args, env)
     if args.peer:
         return peer_main(args)
     if args.smoke:

@@ -343,7 +343,7 @@ def model_source(qm: QuantizedModel, plan: Plan, prefix: str = DEFAULT_PREFIX) -
     same = " && ".join(f"MN_{k} == {P}ENGINE_{k}" for k in C_CONSTANTS)
     parts.append(f"typedef char {p}engine_matches[({same}) ? 1 : -1];\n\n")
     parts += _tables(qm, plan)
-    names = qm.class_names or [str(i) for i in range(qm.output_tensor.nbytes)]
+    names = qm.class_names or [f"class_{i}" for i in range(qm.output_tensor.nbytes)]
     parts.append(
         f"const char *const {p}class_names[] = {{" + ", ".join(c_string(n) for n in names) + "};\n"
     )

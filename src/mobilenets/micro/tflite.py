@@ -52,6 +52,7 @@ class _Writer:
         self.opcodes: list[str] = []
         self.ops: list[int] = []
         self.fp16 = False  # fp32 weights stored as FLOAT16 + DEQUANTIZE (tflite_model.fp16_weight)
+        self.uint8_io = False  # tflite_model.UINT8_NAMES tensors are written as UINT8
 
     # -- vectors
     def ints(self, start, values) -> int:
@@ -86,6 +87,8 @@ class _Writer:
         """Add a tensor (with constant ``data``, and quantization (scales, zero_points, dim))."""
         if self.fp16 and tflite_model.is_fp16_weight(dtype, data):
             return tflite_model.fp16_weight(self, name, shape, data)
+        if self.uint8_io and name in tflite_model.UINT8_NAMES:
+            dtype = tflite_model.UINT8
         t = self.tfl
         buf = 0
         if data is not None:
@@ -206,6 +209,7 @@ def tflite_bytes(graph: QuantizedModel, metadata: dict[str, Any] | None = None) 
     """
     w = _Writer(graph)
     w.fp16 = (metadata or {}).get("weights") == "fp16"
+    w.uint8_io = (metadata or {}).get("io") == "uint8"
     for t in graph.tensors:  # activation tensors keep their graph indices
         w.tensor(t.name, t.shape, FLOAT32 if t.scale == 0.0 else INT8, None, _act_q(t))
     for op in graph.ops:
@@ -404,8 +408,9 @@ def _load(path: Path, with_meta: bool) -> tuple[QuantizedModel, dict[str, Any]]:
         raise MobilenetsError(f"{path}: not a .tflite file (no TFL3 identifier)")
     try:
         model = _tfl()[1].Model.GetRootAsModel(raw, 0)
-        meta = _metadata(model, path) if with_meta else {}
-        graph = _parse(model, path, allow_float=with_meta)
+        ours = with_meta and tflite_model.has_mobilenets_metadata(raw)
+        meta = _metadata(model, path) if ours else {}
+        graph = _parse(model, path, allow_float=ours)
     except MobilenetsError:
         raise
     except Exception as e:  # a damaged flatbuffer
@@ -429,6 +434,7 @@ def read_graph(path: str | Path) -> QuantizedModel:
 def read_tflite(path: str | Path) -> tuple[QuantizedModel, dict[str, Any]]:
     """Rebuild the graph and the metadata of a ``.tflite`` written by :func:`write_tflite`.
 
-    Raises MobilenetsError naming the file when it is not ours or has an unsupported op.
+    Another converter's file (no mobilenets metadata) gives its graph (:func:`read_graph`) and
+    empty metadata. Raises MobilenetsError naming the file for an unsupported op or file.
     """
     return _load(Path(path), with_meta=True)
