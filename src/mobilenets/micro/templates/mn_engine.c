@@ -10,6 +10,13 @@
 #define MN_SIMD32 0
 #endif
 
+#if defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)
+#include <arm_mve.h>
+#define MN_MVE 1
+#else
+#define MN_MVE 0
+#endif
+
 /* TFLite MultiplyByQuantizedMultiplier: saturating rounding doubling high multiply, then a
  * rounding divide by a power of two (both round half away from zero). */
 int32_t mn_requantize(int32_t acc, int32_t m0, int32_t shift)
@@ -122,10 +129,22 @@ static inline int8_t mn_out(const mn_conv_params *p, int32_t acc, int c)
 }
 
 #if MN_SIMD32
+/* Four bytes at p, any alignment (ARMv7E-M's LDR allows it). Compilers that assume strict
+ * alignment (Debian's clang for arm-none-eabi leaves __ARM_FEATURE_UNALIGNED undefined, and then
+ * builds memcpy from four LDRB) get one LDR written out; the "m" operand tells them what it
+ * reads. */
+typedef struct {
+    int8_t b[4];
+} mn_bytes4;
+
 static inline int32_t mn_rd32(const int8_t *p)
 {
     int32_t v;
+#if defined(__ARM_FEATURE_UNALIGNED) || !defined(__clang__)
     memcpy(&v, p, 4);
+#else
+    __asm__("ldr %0, %1" : "=r"(v) : "m"(*(const mn_bytes4 *)(const void *)p));
+#endif
     return v;
 }
 /* bytes 1 and 3 sign-extended to two halfwords: SXTB16 with its ROR #8 operand */
@@ -295,6 +314,141 @@ static void mn_pw_pairs(const mn_conv_params *p, int k, const int8_t *in, int pa
     }
 }
 
+#if MN_MVE
+/* ---- Helium (MVE) kernels, bit-identical to the plain C paths above ---- */
+
+/* The fast requantization of four accumulators: VQRDMULH is SMMULR(2 * acc, m0) (no
+ * saturation: |acc| < 2^30), then a rounding right shift by -shift that rounds half away from
+ * zero: a negative x is lowered by one first when the shift is not zero (the sign bit of
+ * x & shift), and VRSHL adds 2^(e-1) before shifting. */
+static inline int32x4_t mn_rq_mve(int32x4_t acc, int32x4_t m0, int32x4_t shift)
+{
+    const int32x4_t x = vqrdmulhq_s32(acc, m0);
+    const int32x4_t fix = vshrq_n_s32(vandq_s32(x, shift), 31);
+    return vrshlq_s32(vaddq_s32(x, fix), shift);
+}
+
+/* + zero point, clamp, and the four low bytes stored at y */
+static inline void mn_st4_mve(int8_t *y, int32x4_t v, int32_t zp, int32_t lo, int32_t hi)
+{
+    v = vaddq_n_s32(v, zp);
+    v = vmaxq_s32(v, vdupq_n_s32(lo));
+    v = vminq_s32(v, vdupq_n_s32(hi));
+    vstrbq_s32(y, v);
+}
+
+/* Four dot products of length k: x by the weight rows w, w + k, w + 2k, w + 3k, sixteen
+ * lanes per VMLADAVA; the last k % 16 under a tail predicate. */
+static inline int32x4_t mn_dot4_mve(const int8_t *x, const int8_t *w, int k)
+{
+    const int kf = k & ~15;
+    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    int32x4_t r = vdupq_n_s32(0);
+    int i;
+    for (i = 0; i < kf; i += 16) {
+        const int8x16_t xv = vld1q_s8(x + i);
+        a0 = vmladavaq_s8(a0, xv, vld1q_s8(w + i));
+        a1 = vmladavaq_s8(a1, xv, vld1q_s8(w + k + i));
+        a2 = vmladavaq_s8(a2, xv, vld1q_s8(w + 2 * k + i));
+        a3 = vmladavaq_s8(a3, xv, vld1q_s8(w + 3 * k + i));
+    }
+    if (kf < k) {
+        const mve_pred16_t t = vctp8q((uint32_t)(k - kf));
+        const int8x16_t xv = vldrbq_z_s8(x + kf, t);
+        a0 = vmladavaq_s8(a0, xv, vldrbq_z_s8(w + kf, t));
+        a1 = vmladavaq_s8(a1, xv, vldrbq_z_s8(w + k + kf, t));
+        a2 = vmladavaq_s8(a2, xv, vldrbq_z_s8(w + 2 * k + kf, t));
+        a3 = vmladavaq_s8(a3, xv, vldrbq_z_s8(w + 3 * k + kf, t));
+    }
+    r = vsetq_lane_s32(a0, r, 0);
+    r = vsetq_lane_s32(a1, r, 1);
+    r = vsetq_lane_s32(a2, r, 2);
+    return vsetq_lane_s32(a3, r, 3);
+}
+
+/* Pointwise (and im2col, FC) convolution, four output channels of one pixel per step.
+ * Requires p->fast. */
+static void mn_pw_mve(const mn_conv_params *p, int k, const int8_t *in, int npix, int8_t *out)
+{
+    const int cout = p->cout, c4 = cout & ~3;
+    const int8_t *const wt = p->w;
+    const int32_t *const be = p->bias_eff;
+    MN_PARAMS(p);
+    int px, o;
+    (void)fast;
+    for (px = 0; px < npix; ++px) {
+        const int8_t *const x = in + (size_t)px * (size_t)k;
+        int8_t *const y = out + (size_t)px * (size_t)cout;
+        for (o = 0; o < c4; o += 4) {
+            const int32x4_t acc = vaddq_s32(vld1q_s32(be + o),
+                                            mn_dot4_mve(x, wt + (size_t)o * (size_t)k, k));
+            mn_st4_mve(y + o, mn_rq_mve(acc, vld1q_s32(m0 + o), vld1q_s32(sh + o)), zp, lo, hi);
+        }
+        for (; o < cout; ++o) {
+            const int8_t *const w = wt + (size_t)o * (size_t)k;
+            int32_t a = be[o];
+            int i;
+            for (i = 0; i < k; ++i) a += x[i] * w[i];
+            y[o] = MN_OUT(a, o);
+        }
+    }
+}
+
+/* s + x * w, lane by lane (MVE multiplies vector by vector, accumulates by scalar only) */
+static inline int32x4_t mn_mla_mve(int32x4_t s, int32x4_t x, int32x4_t w)
+{
+    return vaddq_s32(s, vmulq_s32(x, w));
+}
+
+/* Depthwise 3x3 interior pixel, four channels per step (weights: groups of 4 channels by 9
+ * taps, see mn_dw_widx). Requires p->fast; returns the channels done (cout & ~3). */
+static int mn_dw3x3_mve(const mn_conv_params *p, const int8_t *a, const int8_t *b,
+                        const int8_t *c, int8_t *y)
+{
+    const int cin = p->cin, c4 = p->cout & ~3;
+    const int8_t *w = p->w;
+    const int32_t *const be = p->bias_eff;
+    MN_PARAMS(p);
+    int o;
+    (void)fast;
+    for (o = 0; o < c4; o += 4) {
+        int32x4_t s = vld1q_s32(be + o);
+        s = mn_mla_mve(s, vldrbq_s32(a), vldrbq_s32(w));
+        s = mn_mla_mve(s, vldrbq_s32(a + cin), vldrbq_s32(w + 4));
+        s = mn_mla_mve(s, vldrbq_s32(a + 2 * cin), vldrbq_s32(w + 8));
+        s = mn_mla_mve(s, vldrbq_s32(b), vldrbq_s32(w + 12));
+        s = mn_mla_mve(s, vldrbq_s32(b + cin), vldrbq_s32(w + 16));
+        s = mn_mla_mve(s, vldrbq_s32(b + 2 * cin), vldrbq_s32(w + 20));
+        s = mn_mla_mve(s, vldrbq_s32(c), vldrbq_s32(w + 24));
+        s = mn_mla_mve(s, vldrbq_s32(c + cin), vldrbq_s32(w + 28));
+        s = mn_mla_mve(s, vldrbq_s32(c + 2 * cin), vldrbq_s32(w + 32));
+        mn_st4_mve(y + o, mn_rq_mve(s, vld1q_s32(m0 + o), vld1q_s32(sh + o)), zp, lo, hi);
+        w += 36;
+        a += 4;
+        b += 4;
+        c += 4;
+    }
+    return c4;
+}
+
+/* ADD's short exact path, four values per step; returns the values done (n & ~3). */
+static int mn_add_mve(const mn_add_params *p, const int8_t *a, const int8_t *b, int8_t *out,
+                      int n)
+{
+    const int32x4_t m1 = vdupq_n_s32(p->m1), s1 = vdupq_n_s32(p->s1);
+    const int32x4_t m2 = vdupq_n_s32(p->m2), s2 = vdupq_n_s32(p->s2);
+    const int32x4_t mo = vdupq_n_s32(p->mo), so = vdupq_n_s32(p->so);
+    int i;
+    for (i = 0; i + 4 <= n; i += 4) {
+        const int32x4_t xa = vshlq_n_s32(vaddq_n_s32(vldrbq_s32(a + i), p->in1_offset), 20);
+        const int32x4_t xb = vshlq_n_s32(vaddq_n_s32(vldrbq_s32(b + i), p->in2_offset), 20);
+        const int32x4_t sum = vaddq_s32(mn_rq_mve(xa, m1, s1), mn_rq_mve(xb, m2, s2));
+        mn_st4_mve(out + i, mn_rq_mve(sum, mo, so), p->out_zp, p->act_min, p->act_max);
+    }
+    return n & ~3;
+}
+#endif
+
 static void mn_pointwise_k(const mn_conv_params *p, int k, const int8_t *in, int npix,
                            int8_t *out);
 
@@ -352,6 +506,12 @@ static void mn_pointwise_k(const mn_conv_params *p, int k, const int8_t *in, int
                            int8_t *out)
 {
     const int cout = p->cout, fast = p->fast;
+#if MN_MVE
+    if (fast) {
+        mn_pw_mve(p, k, in, npix, out);
+        return;
+    }
+#endif
     if (npix == 1) {
         mn_dot_one(p, k, in, out);
         return;
@@ -454,6 +614,15 @@ static void mn_dw3x3_pixel(const mn_conv_params *p, const int8_t *a, const int8_
     const int32_t *const be = p->bias_eff;
     MN_PARAMS(p);
     int o = 0, t;
+#if MN_MVE
+    if (fast) {
+        o = mn_dw3x3_mve(p, a, b, c, y);
+        a += o;
+        b += o;
+        c += o;
+        w += 9 * o;
+    }
+#endif
 #if MN_SIMD32
     const int cin2 = 2 * cin;
 #define MN_TAP(x)                                                                                 \
@@ -586,7 +755,11 @@ void mn_add_row(const mn_add_params *p, const int8_t *a, const int8_t *b, int8_t
         const int32_t m1 = p->m1, e1 = -p->s1, r1 = (1 << e1) >> 1;
         const int32_t m2 = p->m2, e2 = -p->s2, r2 = (1 << e2) >> 1;
         const int32_t mo = p->mo, eo = -p->so, ro = (1 << eo) >> 1;
-        for (i = 0; i < n; ++i) {
+        i = 0;
+#if MN_MVE
+        i = mn_add_mve(p, a, b, out, n);
+#endif
+        for (; i < n; ++i) {
             const int32_t sa = mn_rq_e0((a[i] + oa) * (1 << 20), m1, e1, r1);
             const int32_t sb = mn_rq_e0((b[i] + ob) * (1 << 20), m2, e2, r2);
             out[i] = mn_sat(mn_rq_e0(sa + sb, mo, eo, ro) + zp, lo, hi);
