@@ -133,9 +133,10 @@ def _edit(src: str, tmp_path: Path, fn) -> Path:
     return out
 
 
-def uint8_input(raw, m):
-    t = m.Subgraphs(0).Tensors(m.Subgraphs(0).Inputs(0))
-    raw[t._tab.Pos + t._tab.Offset(6)] = 3  # Tensor.type: UINT8
+def uint8_inside(raw, m):
+    sub = m.Subgraphs(0)
+    t = sub.Tensors(sub.Operators(0).Outputs(0))  # the first op's output: inside the graph
+    raw[t._tab.Pos + t._tab.Offset(6)] = 3  # Tensor.type: UINT8 (legacy quantization)
 
 
 def dynamic_width(raw, m):
@@ -152,7 +153,7 @@ def two_subgraphs(raw, m):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (uint8_input, "uint8 (legacy) quantization is not supported"),
+        (uint8_inside, "uint8 (legacy) quantization is not supported"),
         (dynamic_width, "dynamic shapes are not supported"),
         (two_subgraphs, "2 subgraphs: only files with one subgraph are supported"),
     ],

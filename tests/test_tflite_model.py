@@ -166,3 +166,29 @@ def test_fp16_weights_run_in_litert(tmp_path):
         want = small_model()(x).numpy()
     got = Predictor(path).logits(x)
     assert np.abs(got - want).max() <= 2e-2 and np.array_equal(got.argmax(1), want.argmax(1))
+
+
+@needs_peers
+def test_uint8_io_wraps_the_same_int8_graph(tmp_path):
+    """``io="uint8"``: uint8 input and logits (zero points + 128, a QUANTIZE at each end), 0 LSB
+    in TFLite Micro and LiteRT BUILTIN_REF (export's check), and through both backends the
+    same logits as the int8 file."""
+    from mobilenets.micro.export import export_tflite
+    from mobilenets.micro.tflite_model import inspect_tflite
+    from mobilenets.predict import Predictor
+
+    calib = torch.randn(16, 1, 28, 28)
+    files = {io: tmp_path / f"{io}.tflite" for io in ("int8", "uint8")}
+    for io, path in files.items():
+        r = export_tflite(small_model(), path, int8=True, calib_data=calib, arena=False, io=io)
+        assert (r["max_abs_diff_lsb"], r["litert_max_abs_diff_lsb"]) == (0, 0)
+    assert r["ops"]["QUANTIZE"] == 2
+    a, b = inspect_tflite(files["int8"]), inspect_tflite(files["uint8"])
+    assert (b.in_dtype, b.out_dtype) == ("uint8", "uint8")
+    assert (b.in_zero_point, b.out_zero_point) == (a.in_zero_point + 128, a.out_zero_point + 128)
+    x = torch.randn(6, 1, 28, 28)
+    want = Predictor(files["int8"]).logits(x)
+    for runtime in ("litert", "tflite-micro"):
+        assert np.array_equal(Predictor(files["uint8"], runtime=runtime).logits(x), want)
+    with pytest.raises(Exception, match="the NumPy reference cannot read this file yet"):
+        Predictor(files["uint8"], runtime="reference")

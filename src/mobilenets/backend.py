@@ -364,19 +364,22 @@ def _read_any_tflite(path: Path, foreign: ForeignInput) -> tuple[Any, ArtifactMe
 
 
 def _read_ours(path: Path, raw: bytes) -> tuple[Any, dict[str, Any]]:
-    """(graph, metadata fields) of our file; graph None for one our reader does not rebuild
-    (fp16 weights: LiteRT runs it), whose metadata is still checked and read."""
+    """(graph, metadata fields) of our file; graph None for one the NumPy reference does not
+    run (fp16 weights, uint8 I/O: LiteRT and TFLite Micro do), whose metadata is still
+    checked and read."""
     import tflite
 
     from .micro.tflite import _metadata, read_tflite
 
     try:
-        return read_tflite(path)
-    except MobilenetsError:
         fields = _metadata(tflite.Model.GetRootAsModel(raw, 0), path)
-        if fields.get("weights") != "fp16":
-            raise
+    except MobilenetsError:
+        fields = {}
+    except Exception:  # a damaged flatbuffer: read_tflite names what is wrong
+        fields = {}
+    if fields.get("weights") == "fp16" or fields.get("io") == "uint8":
         return None, fields
+    return read_tflite(path)
 
 
 def _normalization(io: Any, foreign: ForeignInput, standard: dict, notes: list[str]):

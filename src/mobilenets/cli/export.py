@@ -116,7 +116,8 @@ def _add_calibration_args(p: argparse.ArgumentParser) -> None:
         choices=IO_CHOICES,
         default=None,  # None: not given; int8 for tflite --int8
         help="tflite --int8: the file's input/output type: int8 (default; what TFLite Micro "
-        "takes) or float (float32 in and out around the same int8 graph: QUANTIZE/DEQUANTIZE)",
+        "takes), uint8 (zero points + 128, a QUANTIZE at each end) or float (float32 in and "
+        "out: QUANTIZE/DEQUANTIZE), around the same int8 graph",
     )
     p.add_argument(
         "--fp16",

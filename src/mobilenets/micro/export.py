@@ -23,7 +23,13 @@ from ..backend import dequantize, quantize_input
 from ..errors import MobilenetsError, UsageError
 from ..preprocess import Preprocess
 from .graph import QuantizedModel
-from .tflite_model import IO_CHOICES, dequantize_like_tflite, quantize_like_tflite, with_float_io
+from .tflite_model import (
+    IO_CHOICES,
+    dequantize_like_tflite,
+    quantize_like_tflite,
+    with_float_io,
+    with_uint8_io,
+)
 
 __all__ = ["dequantize", "export_tflite", "quantize_input"]
 
@@ -127,8 +133,9 @@ def export_tflite(
         eval_data: (inputs, labels) batches for fp32/int8 top-1 and agreement.
         arena: measure TFLite Micro's arena (int8 only).
         metadata: extra JSON entries for the file's metadata (e.g. ``data``: the dataset spec).
-        io: int8 files only: ``int8`` (int8 input and logits) or ``float`` (float32 input and
-            logits: QUANTIZE/DEQUANTIZE at the boundary around the same int8 graph).
+        io: int8 files only: ``int8`` (int8 input and logits), ``uint8`` (uint8 input and
+            logits, zero points + 128: a QUANTIZE at each end) or ``float`` (float32 input and
+            logits: QUANTIZE/DEQUANTIZE at the boundary); the int8 graph inside is the same.
         fp16: fp32 files only: weights stored as float16 (half the bytes), DEQUANTIZEd to
             float32 at load, as TensorFlow's converter writes them for phone GPUs; verified in
             LiteRT against PyTorch within ``FP16_ATOL``.
@@ -153,16 +160,17 @@ def export_tflite(
     quant = {"scheme": SCHEME, "calib_method": method} if int8 else None
     tmp = temp_sibling(path, "unverified")  # moved to ``path`` only once verified
     try:
-        written = with_float_io(graph) if io == "float" else graph
+        written = {"float": with_float_io, "uint8": with_uint8_io}.get(io, lambda g: g)(graph)
         half = {"weights": "fp16"} if fp16 else {}
+        half.update({"io": "uint8"} if io == "uint8" else {})
         write_tflite(written, tmp, {**(metadata or {}), "quantization": quant, **half})
         report = _file_report(path, tmp, written, cfg, method if int8 else None)
         if fp16:
             report["format"] = "tflite-fp16"
         x = verify_inputs if verify_inputs is not None else _seeded_inputs(cfg, 20)
         report["verify_samples"] = len(x)
-        if io == "float":
-            report.update(io="float", **_verify_float_io(tmp, graph, x))
+        if io != "int8":
+            report.update(io=io, **_verify_wrapped_io(tmp, graph, x, io))
         else:
             tol = {"atol": FP16_ATOL} if fp16 else {}
             report.update(
@@ -206,28 +214,39 @@ def _check_io(io: Any, int8: bool) -> None:
         raise UsageError(f"--io {io} wraps an int8 graph: add --int8 (an fp32 file is float)")
 
 
-def _verify_float_io(path: Path, graph: QuantizedModel, x: torch.Tensor) -> dict[str, Any]:
-    """A float-I/O file in TFLite Micro and LiteRT (reference kernels) against our reference
-    of the int8 graph inside, its input quantized and its output dequantized as TFLite does:
-    the difference in output LSB (0: bit-exact)."""
+def _verify_wrapped_io(
+    path: Path, graph: QuantizedModel, x: torch.Tensor, io: str
+) -> dict[str, Any]:
+    """A float- or uint8-I/O file in TFLite Micro and LiteRT (reference kernels) against our
+    reference of the int8 graph inside, its input and output converted as TFLite does: the
+    difference in output LSB (0: bit-exact)."""
     from .reference import run_int8
     from .runtimes import have_litert, have_tflm, litert_outputs, tflm_outputs
 
     t_in, t_out = graph.input_tensor, graph.output_tensor
     xf = np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 2, 3, 1))
-    ours = run_int8(graph, quantize_like_tflite(xf, t_in.scale, t_in.zero_point))
-    want = dequantize_like_tflite(ours, t_out.scale, t_out.zero_point).reshape(len(xf), -1)
+    if io == "uint8":
+        xq = quantize_input(x, graph)
+        feed = (xq.astype(np.int16) + 128).astype(np.uint8)
+        want = run_int8(graph, xq).astype(np.float64) + 128
+    else:
+        feed = xf
+        ours = run_int8(graph, quantize_like_tflite(xf, t_in.scale, t_in.zero_point))
+        want = dequantize_like_tflite(ours, t_out.scale, t_out.zero_point)
+    want = want.reshape(len(xf), -1)
+    unit = 1.0 if io == "uint8" else t_out.scale
 
     def lsb(got: np.ndarray) -> int:
-        return int(np.round(np.abs(got.reshape(len(xf), -1) - want).max() / t_out.scale))
+        diff = np.abs(got.reshape(len(xf), -1).astype(np.float64) - want).max()
+        return int(np.round(diff / unit))
 
     out: dict[str, Any] = {"max_abs_diff_lsb": None, "litert_max_abs_diff_lsb": None}
     if have_tflm():
-        out["max_abs_diff_lsb"] = lsb(tflm_outputs(path, xf))
+        out["max_abs_diff_lsb"] = lsb(tflm_outputs(path, feed))
     else:
         out["tflm_note"] = NO_TFLM
     if have_litert():
-        out["litert_max_abs_diff_lsb"] = lsb(litert_outputs(path, xf))
+        out["litert_max_abs_diff_lsb"] = lsb(litert_outputs(path, feed))
     else:
         out["litert_note"] = NO_LITERT
     return out

@@ -81,20 +81,22 @@ class TFLiteIO:
         if self.in_dtype == "float32":
             return np.ascontiguousarray(x)
         q = np.round(x.astype(np.float64) / np.float32(self.in_scale)) + self.in_zero_point
-        return np.clip(q, -128, 127).astype(np.int8)
+        lo, hi = (0, 255) if self.in_dtype == "uint8" else (-128, 127)
+        return np.clip(q, lo, hi).astype(self.in_dtype)
 
     def from_output(self, y: np.ndarray) -> np.ndarray:
-        """The file's outputs (N, K) -> float values (dequantized when int8)."""
+        """The file's outputs (N, K) -> float values (dequantized when int8 or uint8)."""
         if self.out_dtype == "float32":
             return np.asarray(y, np.float32)
         return (y.astype(np.float32) - self.out_zero_point) * np.float32(self.out_scale)
 
     def input_range(self) -> tuple[float, float] | None:
-        """The real values an int8 input can hold (None for float inputs)."""
-        if self.in_dtype != "int8":
+        """The real values an int8/uint8 input can hold (None for float inputs)."""
+        if self.in_dtype == "float32":
             return None
         s, z = self.in_scale, self.in_zero_point
-        return s * (-128 - z), s * (127 - z)
+        lo, hi = (0, 255) if self.in_dtype == "uint8" else (-128, 127)
+        return s * (lo - z), s * (hi - z)
 
 
 def _model(raw: bytes, path: Any):
@@ -113,11 +115,13 @@ def _quant(t) -> tuple[float, int]:
 
 
 def _check_tensors(sub, path: Any) -> None:
-    """One-line refusals: uint8 (legacy) quantization, dynamic shapes beyond the batch."""
+    """One-line refusals: uint8 (legacy) quantization inside the graph (uint8 input/output
+    around QUANTIZE ops is fine), dynamic shapes beyond the batch."""
+    io = {int(sub.Inputs(0)), int(sub.Outputs(0))}
     for i in range(sub.TensorsLength()):
         t = sub.Tensors(i)
         name = t.Name().decode(errors="replace")
-        if t.Type() == 3:
+        if t.Type() == 3 and i not in io:
             raise MobilenetsError(
                 f"{path}: tensor {name!r} is uint8: uint8 (legacy) quantization is not "
                 "supported (convert with int8 quantization)"
@@ -158,9 +162,11 @@ def _inspect(model, path: Path) -> TFLiteIO:
     ti, to = sub.Tensors(sub.Inputs(0)), sub.Tensors(sub.Outputs(0))
     shape = tuple(int(d) for d in ti.ShapeAsNumpy())
     for t, what in ((ti, "input"), (to, "output")):
-        if t.Type() not in (0, 9):
+        if t.Type() not in (0, 3, 9):
             got = TYPE_NAMES.get(t.Type(), str(t.Type()))
-            raise MobilenetsError(f"{path}: the {what} is {got}: int8 or float32 is supported")
+            raise MobilenetsError(
+                f"{path}: the {what} is {got}: int8, uint8 or float32 is supported"
+            )
     if len(shape) != 4 or shape[0] != 1:
         raise MobilenetsError(
             f"{path}: input shape {list(shape)}: a (1, H, W, C) image is expected"
@@ -415,7 +421,30 @@ def append_labels(payload: bytes, class_names: Sequence[str]) -> bytes:
 
 # ---------------------------------------------------------------- I/O wrappers
 
-IO_CHOICES = ("int8", "float")
+IO_CHOICES = ("int8", "uint8", "float")
+UINT8_NAMES = ("input_uint8", "logits_uint8")  # the writer gives these tensors type UINT8
+
+
+def with_uint8_io(graph: Any) -> Any:
+    """``graph`` (int8) with a uint8 input and output, each QUANTIZE (a requantization: the
+    same scale, zero point + 128) at the boundary: what camera pipelines hand over."""
+    import dataclasses
+
+    from .graph import Op, Tensor
+
+    if graph.is_float:
+        raise MobilenetsError("uint8 I/O wraps an int8 graph (export with --int8)")
+    t_in, t_out = graph.input_tensor, graph.output_tensor
+    tensors = list(graph.tensors)
+    tensors.append(Tensor(UINT8_NAMES[0], t_in.shape, t_in.scale, t_in.zero_point + 128))
+    tensors.append(Tensor(UINT8_NAMES[1], t_out.shape, t_out.scale, t_out.zero_point + 128))
+    i_in, i_out = len(tensors) - 2, len(tensors) - 1
+    ops = [
+        Op("quantize", (i_in,), graph.input, name="input_requantize"),
+        *graph.ops,
+        Op("quantize", (graph.output,), i_out, name="logits_requantize"),
+    ]
+    return dataclasses.replace(graph, tensors=tensors, ops=ops, input=i_in, output=i_out)
 
 
 def with_float_io(graph: Any) -> Any:
@@ -454,7 +483,7 @@ def dequantize_like_tflite(q: np.ndarray, scale: float, zero_point: int) -> np.n
 
 # ---------------------------------------------------------------- fp16 weights
 
-FLOAT16, FLOAT32_TYPE = 1, 0
+FLOAT16, FLOAT32_TYPE, UINT8 = 1, 0, 3
 
 
 def is_fp16_weight(dtype: int, data: np.ndarray | None) -> bool:
