@@ -53,7 +53,6 @@ class _Writer:
         self.ops: list[int] = []
         self.fp16 = False  # fp32 weights stored as FLOAT16 + DEQUANTIZE (tflite_model.fp16_weight)
         self.uint8_io = False  # tflite_model.UINT8_NAMES tensors are written as UINT8
-        self.uint8_io = False  # tflite_model.UINT8_NAMES tensors are written as UINT8
 
     # -- vectors
     def ints(self, start, values) -> int:
@@ -88,8 +87,6 @@ class _Writer:
         """Add a tensor (with constant ``data``, and quantization (scales, zero_points, dim))."""
         if self.fp16 and tflite_model.is_fp16_weight(dtype, data):
             return tflite_model.fp16_weight(self, name, shape, data)
-        if self.uint8_io and name in tflite_model.UINT8_NAMES:
-            dtype = tflite_model.UINT8
         if self.uint8_io and name in tflite_model.UINT8_NAMES:
             dtype = tflite_model.UINT8
         t = self.tfl
@@ -212,7 +209,6 @@ def tflite_bytes(graph: QuantizedModel, metadata: dict[str, Any] | None = None) 
     """
     w = _Writer(graph)
     w.fp16 = (metadata or {}).get("weights") == "fp16"
-    w.uint8_io = (metadata or {}).get("io") == "uint8"
     w.uint8_io = (metadata or {}).get("io") == "uint8"
     for t in graph.tensors:  # activation tensors keep their graph indices
         w.tensor(t.name, t.shape, FLOAT32 if t.scale == 0.0 else INT8, None, _act_q(t))
