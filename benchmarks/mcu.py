@@ -257,7 +257,16 @@ def peer_main(args: argparse.Namespace) -> int:
 
 FOREIGN_DIR = "runs/foreign"
 FOREIGN_GOAL = 0.40  # our arena (input included) over TFLite Micro's, on every file
-FOREIGN_INPUTS = 20
+FOREIGN_INPUTS = 20  # compared with TFLite Micro (reference and host C)
+M7_INPUTS = 3  # run on the Cortex-M7 under QEMU, compared with the host
+
+
+def m7_rows(out: Path) -> list[list[int]]:
+    """The outputs the Cortex-M7 build prints under QEMU (``out N: ...`` lines)."""
+    text = make(out, "run-cortex-m7")
+    return [
+        [int(v) for v in ln.split(":")[1].split()] for ln in text.splitlines() if ln[:4] == "out "
+    ]
 
 
 def graph_macs(qm) -> int:
@@ -373,6 +382,7 @@ def foreign_row(path: Path, host_only: bool) -> dict:
     from mobilenets.micro.tflite import read_graph
 
     row: dict = {"file": path.name, "tflite_bytes": path.stat().st_size}
+    row.update(inputs=FOREIGN_INPUTS, m7_inputs=M7_INPUTS)
     try:
         qm = read_graph(path)
     except MobilenetsError as e:
@@ -382,7 +392,7 @@ def foreign_row(path: Path, host_only: bool) -> dict:
     row["ops"], row["macs"] = qm.op_counts(), graph_macs(qm.int8_core())
     work = Path(tempfile.mkdtemp(prefix="mcu-foreign-"))
     try:
-        rep = generate_c(qm, work / "lib", target="cortex-m7", test_inputs=x[:1])
+        rep = generate_c(qm, work / "lib", target="cortex-m7", test_inputs=x[:M7_INPUTS])
         for k in ("arena_bytes", "arena_without_input_bytes", "input_bytes", "peak_op"):
             row[k] = rep[k]
         make(work / "lib", "host")
@@ -393,7 +403,8 @@ def foreign_row(path: Path, host_only: bool) -> dict:
         if not host_only:
             m7 = cortex_m7_figures(work / "lib", host[0].tobytes(), row["macs"], path.stem)
             keep = ("flash_bytes", "sram_bytes", "instructions", "instructions_per_mac")
-            row.update({k: m7[k] for k in (*keep, "m7_equals_host")})
+            row.update({k: m7[k] for k in keep})
+            row["m7_equals_host"] = m7_rows(work / "lib") == host[:M7_INPUTS].tolist()
         row.update(foreign_tflm(qm, path, work, x, {"reference": ref, "host_c": host}))
     finally:
         shutil.rmtree(work, ignore_errors=True)

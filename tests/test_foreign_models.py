@@ -184,7 +184,13 @@ def _edit(tmp_path: Path, fn) -> Path:
 
 def uint8_input(raw, m):
     t = m.Subgraphs(0).Tensors(m.Subgraphs(0).Inputs(0))
-    raw[t._tab.Pos + t._tab.Offset(6)] = 3  # Tensor.type: UINT8
+    raw[t._tab.Pos + t._tab.Offset(6)] = 3  # Tensor.type: UINT8 (read by CONV_2D, no QUANTIZE)
+
+
+def uint8_inside(raw, m):
+    sub = m.Subgraphs(0)
+    t = sub.Tensors(sub.Operators(0).Outputs(0))
+    raw[t._tab.Pos + t._tab.Offset(6)] = 3
 
 
 def dynamic_width(raw, m):
@@ -202,7 +208,8 @@ def two_subgraphs(raw, m):
     "edit, message",
     [
         (None, "op 1 (PAD) computes in float32: the file is not integer-only"),
-        (uint8_input, "uint8 (legacy) quantization is not supported"),
+        (uint8_input, "op 0 (CONV_2D) computes in uint8: uint8 (legacy) quantization is not"),
+        (uint8_inside, "uint8 (legacy) quantization is not supported"),
         (dynamic_width, "dynamic shapes are not supported"),
         (two_subgraphs, "2 subgraphs: only files with one subgraph are supported"),
     ],
@@ -213,3 +220,40 @@ def test_codegen_refuses_in_one_line(edit, message, tmp_path, capsys):
     assert main(["codegen", str(path), "--out", str(tmp_path / "c")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err and str(path) in err, err
+
+
+def constant_operands() -> QuantizedModel:
+    """conv -> ADD of one constant per channel (relu6) -> MUL by a scalar (Keras's 1/6) ->
+    ADD of a scalar -> MUL by one value per channel."""
+    from test_ops import _G
+
+    g = _G(21, (1, 6, 6, 3))
+    y = g.weighted("conv2d", g.x, (1, 6, 6, 8), (8, 3, 3, 3), padding=(1, 1, 1, 1))
+    rng = np.random.default_rng(3)
+    for kind, n, act in (("add", 8, "relu6"), ("mul", 1, "none"), ("add", 1, "none"),
+                         ("mul", 8, "relu")):  # fmt: skip
+        y = g.op(kind, [y], (1, 6, 6, 8), act)
+        g.ops[-1].weights = rng.integers(-128, 128, n).astype(np.int16) - np.int16(-100)
+        g.ops[-1].weight_scales = np.array([rng.uniform(0.001, 0.05)], np.float32)
+    return g.model(y)
+
+
+@needs_tflm
+@needs_cc
+def test_constant_operands_equal_tflite_micro(tmp_path):
+    """ADD/MUL by a scalar or per-channel constant: written, read back, reference and host C
+    equal TFLite Micro on 20 inputs."""
+    qm = constant_operands()
+    path = write_tflite(qm, tmp_path / "k.tflite")
+    back = read_graph(path)
+    assert [len(op.inputs) for op in back.ops] == [1, 1, 1, 1, 1]
+    x = np.random.default_rng(4).integers(-128, 128, (N_INPUTS, 6, 6, 3)).astype(np.int8)
+    theirs = tflm_outputs(path, x).reshape(len(x), -1)
+    assert np.array_equal(run_int8(qm, x).reshape(len(x), -1), theirs)
+    assert np.array_equal(run_int8(back, x).reshape(len(x), -1), theirs)
+    generate_c(back, tmp_path / "c")
+    srcs = [str(tmp_path / "c" / f) for f in ("model.c", "main_host.c", "mn_inputs.c")]
+    exe = tmp_path / "mn_host"
+    subprocess.run(["cc", "-O1", *WARN, *srcs, str(tmp_path / "c" / "mn_engine.c"), "-o", str(exe)],
+                   check=True)  # fmt: skip
+    assert np.array_equal(_host(exe, x), theirs)

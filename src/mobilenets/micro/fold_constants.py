@@ -26,7 +26,7 @@ from ..errors import MobilenetsError
 SHAPE, STRIDED_SLICE, PACK, TRANSPOSE = 77, 45, 83, 39
 QUANTIZE, DEQUANTIZE = 114, 6
 FOLDED_NAMES = {SHAPE: "SHAPE", STRIDED_SLICE: "STRIDED_SLICE", PACK: "PACK"}
-FLOAT32 = 0
+FLOAT32, UINT8 = 0, 3
 NHWC_FROM_NCHW = (0, 2, 3, 1)
 
 
@@ -97,14 +97,19 @@ def fold(ctx: Any, ops: list[RawOp], graph_input: int) -> tuple[list[RawOp], int
 
 
 def check_integer_only(ctx: Any, ops: list[RawOp], name: Callable[[int], str]) -> None:
-    """Refuse, in one line naming the first one, ops that compute in float32 (QUANTIZE's input
-    and DEQUANTIZE's output at the boundary are float by nature)."""
+    """Refuse, in one line naming the first one, ops that compute in float32 or uint8
+    (QUANTIZE's input and DEQUANTIZE's output at the boundary may be either)."""
     for op in ops:
         if op.code in (QUANTIZE, DEQUANTIZE):
             continue
-        acts = [i for i in op.inputs[:1] + op.outputs if i >= 0]
-        if any(ctx.dtype(i) == FLOAT32 for i in acts):
+        types = {ctx.dtype(i) for i in op.inputs[:1] + op.outputs if i >= 0}
+        if FLOAT32 in types:
             raise MobilenetsError(
                 f"{ctx.path}: op {op.index} ({name(op.code)}) computes in float32: the file is "
                 "not integer-only (convert it with full int8 quantization)"
+            )
+        if UINT8 in types:
+            raise MobilenetsError(
+                f"{ctx.path}: op {op.index} ({name(op.code)}) computes in uint8: uint8 (legacy) "
+                "quantization is not supported (convert with int8 quantization)"
             )

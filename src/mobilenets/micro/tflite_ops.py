@@ -90,22 +90,37 @@ def write_fully_connected(w: Any, op: Any) -> None:
     w.operator(op.kind, inputs, [op.output], t.BuiltinOptions.FullyConnectedOptions, opts)
 
 
+def _binary_inputs(w: Any, op: Any) -> list[int]:
+    """ADD/MUL's input tensors; a constant operand (``op.weights``, centred) written as an int8
+    tensor whose zero point keeps its values in range (0 when it can)."""
+    if len(op.inputs) == 2:
+        return list(op.inputs)
+    k = np.asarray(op.weights, np.int64).reshape(-1)
+    lo, hi = -128 - int(k.min()), 127 - int(k.max())
+    zp = min(max(0, lo), hi)
+    q = ([float(op.weight_scales[0])], [zp], 0)
+    ct = w.tensor(f"{op.name}.constant", (k.size,), INT8, (k + zp).astype(np.int8), q)
+    return [op.inputs[0], ct]
+
+
 def write_add(w: Any, op: Any) -> None:
-    """ADD: two inputs, the fused activation."""
+    """ADD: two inputs (or one and a constant), the fused activation."""
     t, b = w.tfl, w.b
+    inputs = _binary_inputs(w, op)
     t.AddOptionsStart(b)
     t.AddOptionsAddFusedActivationFunction(b, ACTIVATIONS[op.activation])
     opts = t.AddOptionsEnd(b)
-    w.operator(op.kind, list(op.inputs), [op.output], t.BuiltinOptions.AddOptions, opts)
+    w.operator(op.kind, inputs, [op.output], t.BuiltinOptions.AddOptions, opts)
 
 
 def write_mul(w: Any, op: Any) -> None:
-    """MUL: two inputs (the second may broadcast), the fused activation."""
+    """MUL: two inputs (the second may broadcast, or be a constant), the fused activation."""
     t, b = w.tfl, w.b
+    inputs = _binary_inputs(w, op)
     t.MulOptionsStart(b)
     t.MulOptionsAddFusedActivationFunction(b, ACTIVATIONS[op.activation])
     opts = t.MulOptionsEnd(b)
-    w.operator(op.kind, list(op.inputs), [op.output], t.BuiltinOptions.MulOptions, opts)
+    w.operator(op.kind, inputs, [op.output], t.BuiltinOptions.MulOptions, opts)
 
 
 def write_pool(w: Any, op: Any) -> None:
