@@ -352,7 +352,7 @@ def peer_source(
     src = ['#include <string.h>\n#include "arm_nnfunctions.h"\n#include "model.h"\n']
     src.append(f"static int8_t arena[{max(total, 16)}] __attribute__((aligned(16)));\n")
     if profile:
-        src.append(PROFILE_C.replace("@N@", str(len(lays))))
+        src.append(PROF_C)
     src += [lay.decl + lay.params for lay in lays]
     src.append("int mn_infer(const int8_t *input, int8_t *output)\n{\n")
     src.append(f"    memcpy(arena + {t_off[qm.input]}, input, {n_in});\n")
@@ -363,10 +363,11 @@ def peer_source(
             call = call.replace(f"@IN{k}@", f"arena + {t_off[t]}")
         call = call.replace("@CTX@", f"&ctx{n}")
         src.append(f"    {{ /* {lay.name} */\n        const cmsis_nn_context ctx{n} = {ctx};\n")
+        src.append(f"        (void)ctx{n};\n" + ("        MN_PROF_START();\n" if profile else ""))
+        src.append(f"        if ({call} != ARM_CMSIS_NN_SUCCESS) return 1;\n")
         src.append(
-            f"        (void)ctx{n};\n        if ({call} != ARM_CMSIS_NN_SUCCESS) return 1;\n"
+            f"        MN_PROF_STOP({_peer_key(qm, lay)});\n    }}\n" if profile else "    }\n"
         )
-        src.append(f"        PEER_MARK({n});\n    }}\n" if profile else "    }\n")
     src.append(f"    memcpy(output, arena + {t_off[out_t]}, {n_out});\n    return 0;\n}}\n")
     header = (
         "#include <stdint.h>\n"
@@ -375,20 +376,6 @@ def peer_source(
     )
     return "".join(src), header, total  # type: ignore[return-value]
 
-
-# per-layer SysTick marks (``--per-op``): the instructions between consecutive marks
-PROFILE_C = """#include <stdio.h>
-#define PEER_SYST_CVR (*(volatile uint32_t *)0xE000E018u)
-extern volatile uint32_t mn_systick_wraps;
-static uint32_t peer_w[@N@], peer_c[@N@];
-#define PEER_MARK(n) (peer_w[n] = mn_systick_wraps, peer_c[n] = PEER_SYST_CVR)
-void peer_dump(void);
-void peer_dump(void)
-{
-    int n;
-    for (n = 0; n < @N@; ++n) printf("mark %d %lu %lu\\n", n, (unsigned long)peer_w[n], (unsigned long)peer_c[n]);
-}
-"""
 
 DRIVER = ("main_mcu.c", "mn_inputs.c", "startup.c")
 
@@ -495,6 +482,7 @@ def compare(key: str, qm, ours: Path, arena: int, cores, compilers):
                 "peer_ram_bytes": peer.arena[core],
                 "bit_exact": ours_out == peer_out,
                 "difference": first_difference(ours_out, peer_out),
+                "distinct_outputs": len(set(ours_out)),  # 1: the comparison shows little
                 "note": "instructions (QEMU -icount shift=0, SysTick), not cycles",
             }
 
@@ -514,3 +502,96 @@ def run_model(key: str, qm, x: np.ndarray, cores, compilers):
         yield from compare(key, qm, work / "lib", rep["arena_bytes"], cores, compilers)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+# ---- per-op tables (``python benchmarks/cmsis_peer.py MODEL CORE COMPILER``): instructions
+# inside each kernel call, summed by kind; SysTick read around each call on both sides, in
+# instrumented copies of the sources (the measured builds above carry no instrumentation).
+PROF_C = """#include <stdint.h>
+extern volatile uint32_t mn_systick_wraps;
+uint64_t mn_prof_ticks[32];
+static uint32_t mn_prof_w, mn_prof_c;
+#define MN_PROF_CVR (*(volatile uint32_t *)0xE000E018u)
+#define MN_PROF_START() (mn_prof_w = mn_systick_wraps, mn_prof_c = MN_PROF_CVR)
+#define MN_PROF_STOP(k) (mn_prof_ticks[k] += (uint64_t)(mn_systick_wraps - mn_prof_w) * 0x1000000u \\
+                         + mn_prof_c - MN_PROF_CVR)
+"""
+PROF_MAIN = """    {
+        extern uint64_t mn_prof_ticks[32];
+        int k;
+        for (k = 0; k < 32; ++k)
+            if (mn_prof_ticks[k]) printf("prof %d %llu\\n", k, (unsigned long long)mn_prof_ticks[k]);
+    }
+"""
+PEER_KINDS = {"conv2d": 0, "depthwise_conv2d": 2, "add": 4, "avg_pool2d": 6, "pad": 20}
+KIND_NAMES = {0: "conv 1x1", 1: "conv kxk (stem)", 2: "depthwise", 4: "add", 6: "avg pool"}
+KIND_NAMES.update({8: "fc", 18: "pool2d", 20: "pad"})
+
+
+def _instrument_ours(folder: Path) -> None:
+    eng = (folder / "mn_engine.c").read_text()
+    head = "static void mn_compute(const mn_net *net, uint8_t *arena, const mn_stage *s, int r)\n"
+    eng = eng.replace(head, head.replace("mn_compute", "mn_compute_inner"), 1)
+    wrap = head + "{\n    MN_PROF_START();\n    mn_compute_inner(net, arena, s, r);\n"
+    wrap += "    MN_PROF_STOP(s->kind * 2 + (s->kind == MN_CONV && s->kh != 1));\n}\n"
+    at = eng.index("int mn_run(")
+    eng = eng[:at] + wrap + eng[at:]
+    (folder / "mn_engine.c").write_text(PROF_C + eng)
+    _patch_main(folder)
+
+
+def _patch_main(folder: Path) -> None:
+    main = (folder / "main_mcu.c").read_text()
+    anchor = '    printf("ticks %llu\\n"'
+    (folder / "main_mcu.c").write_text(main.replace(anchor, PROF_MAIN + anchor, 1))
+
+
+def _by_kind(text: str) -> dict[str, int]:
+    rows = re.findall(r"^prof (\d+) (\d+)$", text, re.M)
+    return {KIND_NAMES.get(int(k), k): 40 * int(t) for k, t in rows}
+
+
+def _peer_key(qm, lay: Layer) -> int:
+    op = qm.ops[int(lay.name.split(":")[0])]
+    key = PEER_KINDS.get(op.kind, 30)
+    return key + (op.kind == "conv2d" and np.asarray(op.weights).shape[1] != 1)
+
+
+def per_op(key: str, qm, x: np.ndarray, core: str, compiler: str) -> dict:
+    """Instructions by op kind, ours and the peer's (instrumented builds)."""
+    from mobilenets import generate_c
+
+    work = Path(tempfile.mkdtemp(prefix=f"perop-{key}-"))
+    try:
+        generate_c(qm, work / "lib", target=core, test_inputs=x[:1])
+        peer = Peer.write(qm, work / "lib", work)
+        _instrument_ours(work / "lib")
+        ours = _by_kind(qemu(ours_elf(work / "lib", core, compiler), core)[2])
+        _patch_main(peer.folder)
+        theirs = _by_kind(qemu(peer.elf(qm, core, compiler, profile=True), core)[2])
+        kinds = sorted(set(ours) | set(theirs), key=lambda k: -theirs.get(k, 0))
+        return {k: {"ours": ours.get(k, 0), "peer": theirs.get(k, 0)} for k in kinds}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from mcu import MODELS, random_model
+
+    name, core_, compiler_ = sys.argv[1:4]
+    spec = next(m for m in MODELS if m[0] == name)
+    _, qm_, x_ = random_model(*spec[1:4])
+    print(
+        json.dumps(
+            {
+                "model": name,
+                "core": core_,
+                "compiler": compiler_,
+                "per_op": per_op(name, qm_, x_, core_, compiler_),
+            }
+        )
+    )
