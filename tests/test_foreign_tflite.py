@@ -2,8 +2,8 @@
 committed converter fixtures in ``tests/data/foreign`` give LiteRT's reference kernels' top-1
 (the peer is run here, on inputs quantized here), and unsupported files are refused in one line.
 
-Not run here: ``keras_mobilenet_a025_32_gray_softmax`` and ``..._float_io`` (both end in int8
-SOFTMAX): LiteRT BUILTIN_REF and TFLite Micro abort the process (SIGABRT) on them.
+Refused in one line: ``keras_mobilenet_a025_32_gray_softmax`` and ``..._float_io`` (both end in int8
+SOFTMAX with a degenerate input scale, on which LiteRT BUILTIN_REF and TFLite Micro abort).
 """
 
 from __future__ import annotations
@@ -214,3 +214,16 @@ def test_standard_metadata_is_read_when_ours_is_absent(tmp_path):
     with pytest.raises(Exception, match="are for .tflite files without it"):
         Predictor(path, foreign=ForeignInput(class_names=tuple(OURS)))
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    "name", ["keras_mobilenet_a025_32_gray_softmax", "keras_mobilenet_a025_32_gray_float_io"]
+)
+def test_degenerate_softmax_scale_is_refused_in_one_line_not_a_crash(name, tmp_path, capsys):
+    """Untrained Keras files whose SOFTMAX input scale (7.8e-9) is at or below 2**-26 abort
+    TFLite Micro and LiteRT in SOFTMAX's Prepare: refused in one line, exit 1."""
+    img = tmp_path / "x.png"
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(img)
+    assert main(["predict", str(FOREIGN / f"{name}.tflite"), str(img)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "SOFTMAX input scale 7.84e-09 is degenerate" in err and len(err.splitlines()) == 1
