@@ -188,9 +188,14 @@ def measure(
 
 
 def random_model(arch: str, width: float, res: int, **kw):
+    """A seeded random 1000-class model whose BN statistics and classifier are randomized, so
+    that its int8 logits differ between classes (a freshly initialised network's collapse to
+    one value, which would make every bit-exactness check empty)."""
+    from mobilenets.testing import randomize_bn
+
     torch.manual_seed(0)
     kw = {"num_classes": 1000, "padding": "same", **kw}
-    model = create_model(arch, width, res, **kw).eval()
+    model = randomize_bn(create_model(arch, width, res, **kw), linear_std=0.05).eval()
     c = model.config.in_chans
     qm = quantize_int8(model, torch.randn(8, c, res, res))
     x = np.random.default_rng(0).integers(-128, 128, (1, res, res, c)).astype(np.int8)
