@@ -342,7 +342,7 @@ def _read_any_tflite(path: Path, foreign: ForeignInput) -> tuple[Any, ArtifactMe
     import dataclasses
 
     from .micro.tflite import read_tflite
-    from .micro.tflite_model import has_mobilenets_metadata, inspect_tflite
+    from .micro.tflite_model import check_softmax_scale, has_mobilenets_metadata, inspect_tflite
 
     raw = path.read_bytes()
     if has_mobilenets_metadata(raw):
@@ -355,6 +355,7 @@ def _read_any_tflite(path: Path, foreign: ForeignInput) -> tuple[Any, ArtifactMe
         graph, fields = _read_ours(path, raw)
         return graph, fields["artifact"], {"data": fields.get("data")}, io
     io = inspect_tflite(path, raw)
+    check_softmax_scale(path, raw)  # LiteRT and TFLite Micro would abort the process
     try:
         graph, fields = read_tflite(path)
     except MobilenetsError:

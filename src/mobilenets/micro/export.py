@@ -146,7 +146,6 @@ def export_tflite(
     from ..artifact import ArtifactMeta
     from ..atomic import replace, temp_sibling
     from .quantizer import DEFAULT_METHOD
-    from .tflite import write_tflite
 
     path = _check_path(path)
     _check_io(io, int8)
@@ -160,22 +159,8 @@ def export_tflite(
     quant = {"scheme": SCHEME, "calib_method": method} if int8 else None
     tmp = temp_sibling(path, "unverified")  # moved to ``path`` only once verified
     try:
-        written = {"float": with_float_io, "uint8": with_uint8_io}.get(io, lambda g: g)(graph)
-        half = {"weights": "fp16"} if fp16 else {}
-        half.update({"io": "uint8"} if io == "uint8" else {})
-        write_tflite(written, tmp, {**(metadata or {}), "quantization": quant, **half})
-        report = _file_report(path, tmp, written, cfg, method if int8 else None)
-        if fp16:
-            report["format"] = "tflite-fp16"
-        x = verify_inputs if verify_inputs is not None else _seeded_inputs(cfg, 20)
-        report["verify_samples"] = len(x)
-        if io != "int8":
-            report.update(io=io, **_verify_wrapped_io(tmp, graph, x, io))
-        else:
-            tol = {"atol": FP16_ATOL} if fp16 else {}
-            report.update(
-                _verify_int8(tmp, graph, x) if int8 else _verify_fp32(model, tmp, x, **tol)
-            )
+        meta = {**(metadata or {}), "quantization": quant}
+        report = _write_and_verify(model, graph, path, tmp, meta, int8, io, fp16, verify_inputs)
         if int8 and arena and io == "int8":
             report.update(_arena_report(tmp, graph))
         if eval_data is not None:
@@ -183,6 +168,41 @@ def export_tflite(
         replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return report
+
+
+def _write_and_verify(
+    model: nn.Module,
+    graph: QuantizedModel,
+    path: Path,
+    tmp: Path,
+    metadata: dict[str, Any],
+    int8: bool,
+    io: str,
+    fp16: bool,
+    verify_inputs: torch.Tensor | None,
+) -> dict[str, Any]:
+    """Write ``graph`` (wrapped for ``io``, fp16 weights if asked) to ``tmp`` and verify it:
+    fp32 against PyTorch in LiteRT, int8 against TFLite Micro and LiteRT; the report."""
+    from .tflite import write_tflite
+
+    cfg = model.config
+    written = {"float": with_float_io, "uint8": with_uint8_io}.get(io, lambda g: g)(graph)
+    extra = {"weights": "fp16"} if fp16 else {}
+    extra.update({"io": "uint8"} if io == "uint8" else {})
+    write_tflite(written, tmp, {**metadata, **extra})
+    method = (metadata.get("quantization") or {}).get("calib_method")
+    report = _file_report(path, tmp, written, cfg, method if int8 else None)
+    if fp16:
+        report["format"] = "tflite-fp16"
+    x = verify_inputs if verify_inputs is not None else _seeded_inputs(cfg, 20)
+    report["verify_samples"] = len(x)
+    if io != "int8":
+        report.update(io=io, **_verify_wrapped_io(tmp, graph, x, io))
+    elif int8:
+        report.update(_verify_int8(tmp, graph, x))
+    else:
+        report.update(_verify_fp32(model, tmp, x, **({"atol": FP16_ATOL} if fp16 else {})))
     return report
 
 

@@ -140,10 +140,12 @@ def _check_tensors(sub, path: Any) -> None:
 SOFTMAX_MIN_SCALE = 2.0**-26
 
 
-def _check_softmax(model, sub, path: Any) -> None:
-    """One line instead of a crash: an int8 SOFTMAX whose input scale is degenerate (collapsed
+def check_softmax_scale(path: str | Path, raw: bytes) -> None:
+    """One line instead of a crash (called before LiteRT or TFLite Micro load a file): an int8 SOFTMAX whose input scale is degenerate (collapsed
     logits of an untrained model: 7.8e-9 in Keras's converter output) aborts the process in
     both TFLite Micro and LiteRT (measured; 1.2e-7 and realistic scales such as 0.0056 run)."""
+    model = _model(raw, path)
+    sub = model.Subgraphs(0)
     for i in range(sub.OperatorsLength()):
         op = sub.Operators(i)
         code = model.OperatorCodes(op.OpcodeIndex())
@@ -182,7 +184,6 @@ def _inspect(model, path: Path) -> TFLiteIO:
             "a classifier with one image input and one output is expected"
         )
     _check_tensors(sub, path)
-    _check_softmax(model, sub, path)
     ti, to = sub.Tensors(sub.Inputs(0)), sub.Tensors(sub.Outputs(0))
     shape = tuple(int(d) for d in ti.ShapeAsNumpy())
     for t, what in ((ti, "input"), (to, "output")):
