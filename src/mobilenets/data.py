@@ -292,6 +292,37 @@ def load_cifar(kind: str, path: Path) -> Dataset:
 # ---------------------------------------------------------------- ImageFolder
 
 
+def _imagefolder_split(root: Path, classes: list[str], train: bool) -> Split:
+    """The files of ``root/<class>/*`` for the train/ ``classes``, labelled by class index;
+    one-line errors for classes train/ lacks, an empty class folder in train/, no images."""
+    extra = sorted(
+        d.name
+        for d in root.iterdir()
+        if d.is_dir() and not d.name.startswith(".") and d.name not in classes
+    )
+    if extra:
+        raise MobilenetsError(
+            f"imagefolder: {root} has classes not in train/: {', '.join(extra[:5])}"
+        )
+    files, labels = [], []
+    for i, c in enumerate(classes):
+        found = [
+            f
+            for f in (sorted((root / c).rglob("*")) if (root / c).is_dir() else [])
+            if f.is_file() and not f.name.startswith(".")
+        ]
+        if train and not found:
+            raise MobilenetsError(
+                f"imagefolder: class folder {root / c} has no images (a class with no "
+                f"training images cannot be learned; add images or remove the folder)"
+            )
+        files += found
+        labels += [i] * len(found)
+    if not files:
+        raise MobilenetsError(f"imagefolder: no images in {root}")
+    return Split(torch.tensor(labels, dtype=torch.int64), files=files)
+
+
 def load_imagefolder(path: Path) -> Dataset:
     """An ImageNet-layout tree: ``path/train/<class>/*`` and ``path/val/<class>/*``.
 
@@ -317,35 +348,8 @@ def load_imagefolder(path: Path) -> Dataset:
         )
     splits = {}
     for split, folder in (("train", "train"), ("test", "val")):
-        root = path / folder
-        if not root.is_dir():
-            continue
-        extra = sorted(
-            d.name
-            for d in root.iterdir()
-            if d.is_dir() and not d.name.startswith(".") and d.name not in classes
-        )
-        if extra:
-            raise MobilenetsError(
-                f"imagefolder: {root} has classes not in train/: {', '.join(extra[:5])}"
-            )
-        files, labels = [], []
-        for i, c in enumerate(classes):
-            found = [
-                f
-                for f in (sorted((root / c).rglob("*")) if (root / c).is_dir() else [])
-                if f.is_file() and not f.name.startswith(".")
-            ]
-            if split == "train" and not found:
-                raise MobilenetsError(
-                    f"imagefolder: class folder {root / c} has no images (a class with no "
-                    f"training images cannot be learned; add images or remove the folder)"
-                )
-            files += found
-            labels += [i] * len(found)
-        if not files:
-            raise MobilenetsError(f"imagefolder: no images in {root}")
-        splits[split] = Split(torch.tensor(labels, dtype=torch.int64), files=files)
+        if (path / folder).is_dir():
+            splits[split] = _imagefolder_split(path / folder, classes, split == "train")
     if "test" not in splits:
         raise MobilenetsError(
             f"imagefolder: {path / 'val'} is not a folder (expected {path}/val/<class>/*)"
