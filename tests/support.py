@@ -132,3 +132,47 @@ TINY = [
 
 def one_line(err: str) -> bool:
     return err.count("\n") == 1 and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- .tflite files and generated C
+# Byte edits of a .tflite flatbuffer (``raw`` a bytearray, ``m`` its tflite.Model) that make a
+# file the runtimes here must refuse, and one host build of a generated C library.
+
+STRICT_C = "-std=c99 -Wall -Wextra -Werror -Wpedantic -Wconversion -Wshadow -Wcast-align".split()
+
+
+def uint8_inside(raw, m) -> None:
+    """The first op's output becomes UINT8 (legacy quantization inside the graph)."""
+    sub = m.Subgraphs(0)
+    t = sub.Tensors(sub.Operators(0).Outputs(0))
+    raw[t._tab.Pos + t._tab.Offset(6)] = 3  # Tensor.type: UINT8
+
+
+def dynamic_width(raw, m) -> None:
+    """The input's shape signature gets a -1 width (a dynamic shape)."""
+    t = m.Subgraphs(0).Tensors(m.Subgraphs(0).Inputs(0))
+    start = t._tab.Vector(t._tab.Offset(18))  # Tensor.shape_signature
+    raw[start + 8 : start + 12] = np.int32(-1).tobytes()
+
+
+def two_subgraphs(raw, m) -> None:
+    """The model claims two subgraphs."""
+    start = m._tab.Vector(m._tab.Offset(8))  # Model.subgraphs: its length field
+    raw[start - 4 : start] = np.uint32(2).tobytes()
+
+
+def build_host_program(qm, folder: Path, engine: Path | None) -> tuple[Path, Path]:
+    """Generate ``qm``'s C into ``folder`` and link its ``mn_host`` with strict warnings; the
+    kernels are compiled once, into ``engine`` (``folder/../mn_engine.o`` when None).
+    Returns (the executable, the engine object)."""
+    from mobilenets import generate_c
+
+    generate_c(qm, folder)
+    if engine is None:
+        engine = folder.parent / "mn_engine.o"
+        cmd = ["cc", "-O2", *STRICT_C, "-c", str(folder / "mn_engine.c"), "-o", str(engine)]
+        subprocess.run(cmd, check=True)
+    exe = folder / "mn_host"
+    srcs = [str(folder / f) for f in ("model.c", "main_host.c", "mn_inputs.c")]
+    subprocess.run(["cc", "-O1", *STRICT_C, *srcs, str(engine), "-o", str(exe)], check=True)
+    return exe, engine

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from support import build_host_program, dynamic_width, two_subgraphs, uint8_inside
 
 from mobilenets.cli import main
 from mobilenets.micro.codegen import generate_c
@@ -73,15 +74,7 @@ def built(tmp_path_factory):
         x = _quantized(qm, _images(qm.int8_core().input_tensor.shape, N_INPUTS))
         exe = None
         if HAVE_CC:
-            folder = root / name
-            generate_c(qm, folder)
-            if engine is None:
-                engine = root / "mn_engine.o"
-                cmd = ["cc", "-O2", *WARN, "-c", str(folder / "mn_engine.c"), "-o", str(engine)]
-                subprocess.run(cmd, check=True)
-            exe = folder / "mn_host"
-            srcs = [str(folder / f) for f in ("model.c", "main_host.c", "mn_inputs.c")]
-            subprocess.run(["cc", "-O1", *WARN, *srcs, str(engine), "-o", str(exe)], check=True)
+            exe, engine = build_host_program(qm, root / name, engine)
         out[name] = (qm, x, exe)
     return out
 
@@ -185,23 +178,6 @@ def _edit(tmp_path: Path, fn) -> Path:
 def uint8_input(raw, m):
     t = m.Subgraphs(0).Tensors(m.Subgraphs(0).Inputs(0))
     raw[t._tab.Pos + t._tab.Offset(6)] = 3  # Tensor.type: UINT8 (read by CONV_2D, no QUANTIZE)
-
-
-def uint8_inside(raw, m):
-    sub = m.Subgraphs(0)
-    t = sub.Tensors(sub.Operators(0).Outputs(0))
-    raw[t._tab.Pos + t._tab.Offset(6)] = 3
-
-
-def dynamic_width(raw, m):
-    t = m.Subgraphs(0).Tensors(m.Subgraphs(0).Inputs(0))
-    start = t._tab.Vector(t._tab.Offset(18))  # Tensor.shape_signature
-    raw[start + 8 : start + 12] = np.int32(-1).tobytes()
-
-
-def two_subgraphs(raw, m):
-    start = m._tab.Vector(m._tab.Offset(8))  # Model.subgraphs: its length field
-    raw[start - 4 : start] = np.uint32(2).tobytes()
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from support import dynamic_width, two_subgraphs, uint8_inside
 
 from mobilenets.backend import ForeignInput
 from mobilenets.cli import main
@@ -131,23 +132,6 @@ def _edit(src: str, tmp_path: Path, fn) -> Path:
     out = tmp_path / f"{fn.__name__}.tflite"
     out.write_bytes(bytes(raw))
     return out
-
-
-def uint8_inside(raw, m):
-    sub = m.Subgraphs(0)
-    t = sub.Tensors(sub.Operators(0).Outputs(0))  # the first op's output: inside the graph
-    raw[t._tab.Pos + t._tab.Offset(6)] = 3  # Tensor.type: UINT8 (legacy quantization)
-
-
-def dynamic_width(raw, m):
-    t = m.Subgraphs(0).Tensors(m.Subgraphs(0).Inputs(0))
-    start = t._tab.Vector(t._tab.Offset(18))  # Tensor.shape_signature
-    raw[start + 8 : start + 12] = np.int32(-1).tobytes()
-
-
-def two_subgraphs(raw, m):
-    start = m._tab.Vector(m._tab.Offset(8))  # Model.subgraphs: its length field
-    raw[start - 4 : start] = np.uint32(2).tobytes()
 
 
 @pytest.mark.parametrize(

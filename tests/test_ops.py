@@ -9,6 +9,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from support import build_host_program
 
 from mobilenets import generate_c
 from mobilenets.micro import ops
@@ -219,15 +220,7 @@ def built(tmp_path_factory):
         x = np.random.default_rng(len(name)).integers(-128, 128, shape).astype(np.int8)
         exe = None
         if HAVE_CC:
-            folder = root / name
-            generate_c(qm, folder)
-            if engine is None:
-                engine = root / "mn_engine.o"
-                cmd = ["cc", "-O2", *WARN, "-c", str(folder / "mn_engine.c"), "-o", str(engine)]
-                subprocess.run(cmd, check=True)
-            exe = folder / "mn_host"
-            srcs = [str(folder / f) for f in ("model.c", "main_host.c", "mn_inputs.c")]
-            subprocess.run(["cc", "-O1", *WARN, *srcs, str(engine), "-o", str(exe)], check=True)
+            exe, engine = build_host_program(qm, root / name, engine)
         out[name] = (qm, path, x, exe)
     return out
 
