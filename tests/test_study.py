@@ -55,14 +55,62 @@ def test_ordering_rule():
     assert claims.ordering_verdict([("a", a), ("b", b), ("c", [0.4, 0.41, 0.42])])[0] == S
 
 
-def test_shortcut_degradation_verdict_reads_more_dead_channels_as_supported():
-    # no shortcut: more dead channels (the V2 paper's claim) -> supported; fewer -> contradicted
-    more, fewer = [0.0008, 0.0008, 0.0006], [0.0002, 0.0, 0.0]
+def test_shortcut_degradation_verdict_needs_counts_and_an_effect_size():
+    # counts in the compared layers; no shortcut: more dead (the V2 paper's claim) -> supported
+    more, fewer = [30, 32, 28], [2, 0, 1]
     verdict = claims.shortcut_degradation_verdict
-    assert verdict({"V2": fewer, "V2, no shortcut": more})[0] == S
-    assert verdict({"V2": more, "V2, no shortcut": fewer})[0] == C
-    assert verdict({"V2": fewer, "V2, no shortcut": more[:2]})[0] == UNDECIDED
-    assert verdict({"V2": fewer}) == (UNDECIDED, "no data")
+    assert verdict({"V2": fewer, "V2, no shortcut": more}, 1000)[0] == S
+    assert verdict({"V2": more, "V2, no shortcut": fewer}, 1000)[0] == C
+    assert verdict({"V2": fewer, "V2, no shortcut": more[:2]}, 1000)[0] == UNDECIDED
+    assert verdict({"V2": fewer}, 1000) == (UNDECIDED, "no data")
+    # 1 vs 14 dead channels of 19,488 (the old quick study): consistent, but below 1% -> undecided
+    v, why = verdict({"V2": [0, 1, 0], "V2, no shortcut": [14, 15, 13]}, 19488)
+    assert v == UNDECIDED and "below the threshold" in why and "194.9" in why
+    assert verdict({"V2": [0, 1, 0], "V2, no shortcut": [14, 15, 13]}, 1000)[0] == S
+
+
+def _dead_file(layers):
+    """A degradation record from (layer, channels, dead, identity_block) rows."""
+    rows = [
+        {"layer": n, "channels": c, "dead": d, "dead_fraction": d / c, "identity_block": i}
+        for n, c, d, i in layers
+    ]
+    ident = [r for r in rows if r["identity_block"]]
+    return {
+        "version": 2,
+        "layers": rows,
+        "dead": sum(r["dead"] for r in rows),
+        "channels": sum(r["channels"] for r in rows),
+        "dead_fraction": 0.0,
+        "identity_dead": sum(r["dead"] for r in ident),
+        "identity_channels": sum(r["channels"] for r in ident),
+    }
+
+
+def test_degradation_compares_only_the_layers_where_the_variants_differ():
+    ev = _crafted()
+    first_block = [("blocks.0.dw.act", 100, 0, False), ("blocks.4.dw.act", 200, 0, True)]
+    dead_first = [("blocks.0.dw.act", 100, 40, False), ("blocks.4.dw.act", 200, 0, True)]
+    for name, v in ev.grid.degradation.items():
+        for s in range(3):
+            layers = dead_first if name == "V2, no shortcut" else first_block
+            ev.degradation[Cell(v, s).id] = _dead_file(layers)
+    s = claims.claim_degradation(ev)
+    # 40 dead channels in the first block (no shortcut in either variant) decide nothing
+    assert s.verdict == UNDECIDED and "without shortcuts" in s.aspects[0][0]
+    assert s.side[0][1] == S  # over all layers it would pass: a side aspect, never the headline
+    assert "none in any compared layer" in s.notes[1]
+    row = next(r for r in s.rows if r[0] == "V2, no shortcut")
+    assert row[2].values == [40, 40, 40] and row[4].values == [0, 0, 0] and row[5] == 200
+    shortcut_block = [("blocks.0.dw.act", 100, 0, False), ("blocks.4.dw.act", 200, 20, True)]
+    for s_ in range(3):
+        v = ev.grid.degradation["V2, no shortcut"]
+        ev.degradation[Cell(v, s_).id] = _dead_file(
+            shortcut_block[:1] + [(*shortcut_block[1][:2], 20 + s_, True)]
+        )
+    s = claims.claim_degradation(ev)
+    assert s.verdict == S, s.aspects
+    assert "blocks.4.dw.act 21.0/200" in s.notes[1]
 
 
 def test_small_drop_rule():
@@ -70,6 +118,55 @@ def test_small_drop_rule():
     assert claims.small_drop_verdict([0.89, 0.90, 0.91], ref, 0.02)[0] == S
     assert claims.small_drop_verdict([0.80, 0.81, 0.82], ref, 0.02)[0] == C
     assert claims.small_drop_verdict([0.89], ref, 0.02)[0] == UNDECIDED
+
+
+def test_choose_lr_treats_every_variant_alike_and_uses_validation_only():
+    from mobilenets.study.cells import QUICK_LR, QUICK_LR_SWEEP, choose_lr
+
+    sweep = {
+        0.1: {"a": [0.9, 0.9], "b": [0.5, 0.5]},  # best for a alone: mean 0.70
+        0.05: {"a": [0.8, 0.8], "b": [0.7, 0.7]},  # best on average: 0.75
+        0.025: {"a": [0.74, 0.74], "b": [0.74, 0.74]},
+    }
+    assert choose_lr(sweep) == 0.05
+    assert choose_lr({0.1: {"a": [0.75]}, 0.05: {"a": [0.75]}}) == 0.05  # a tie: the smaller
+    with pytest.raises(ValueError, match="same variants"):
+        choose_lr({0.1: {"a": [0.9]}, 0.05: {"b": [0.8]}})
+    # the quick preset's lr is the rule applied to its recorded validation sweep
+    assert QUICK_LR_SWEEP and choose_lr(QUICK_LR_SWEEP) == QUICK_LR
+    assert len({frozenset(v) for v in QUICK_LR_SWEEP.values()}) == 1
+
+
+def test_quick_preset_full_test_set_validation_split_and_five_seeds():
+    g = build_grid("quick", "fashion-mnist")
+    assert g.training.max_eval_samples is None and g.training.val_split == 2000
+    assert g.seeds >= 5 and set(g.sections["ablation"]) <= g.seeded
+    assert g.latency == [*g.sections["baselines"], g.sections["imagenet"][3]]  # verdicts' only
+    cell = Cell(g.sections["ablation"][0], 0)
+    assert "--val-split 2000" in " ".join(cell.command(g.training, "o"))
+    assert build_grid("quick", "fashion-mnist", val_split=0).training.val_split is None
+
+
+def test_alpha_and_rho_side_aspects_measure_v2s_body_and_the_papers_shape():
+    def macs(v):
+        return (v.width**2 if v.model == "mobilenet_v1" else v.width**1.2) * v.resolution**2
+
+    ev = _crafted(macs=macs)
+    from mobilenets.study.cells import rho_224
+
+    for v in rho_224(ev.grid):
+        ev.costs[v.key] = {"macs": v.resolution**2, "params": 1.0, "body_macs": v.resolution**2}
+    s = claims.claim_alpha(ev)
+    names = {a for a, _, _ in s.side}
+    assert {
+        "MobileNetV2 body macs ∝ α²",
+        "MobileNetV2 body params ∝ α² at 224 px, 1000 classes",
+    } <= names
+    assert "MobileNetV1 macs ∝ α² at 224 px, 1000 classes" in names and s.verdict == S
+    r = claims.claim_rho(ev)
+    got = {a: v for a, v, _ in r.side}
+    assert got["V1 α=1 MACs ∝ ρ² at 224-128 px, 1000 classes"] == S
+    assert r.verdict == S  # side aspects never flip the headline
 
 
 def test_ordering_compares_every_pair_with_a_confidence_interval():
@@ -107,6 +204,8 @@ def _crafted(
     costs = {
         v.key: {"macs": macs(v) * full[v.key], "params": params(v) * full[v.key]} for v in every
     }
+    for c in costs.values():  # the body: the whole network here (no head to leave out)
+        c["body_macs"], c["body_params"] = c["macs"], c["params"]
     sums = {Cell(v, s).id: {"final_test_top1": acc(v, s)} for v in every for s in range(3)}
     ir = {"block": "ir", "params": 1, "macs": 1}
     blocks = {
@@ -308,7 +407,11 @@ def _source_value(out: Path, study: dict, source: str):
     where, key = source.rsplit(":", 1)
     if where.startswith("profile("):
         config = study["variants"][where[8:-1]]["config"]
-        return getattr(_profile(json.dumps(config, sort_keys=True)), key)
+        report = _profile(json.dumps(config, sort_keys=True))
+        if key.startswith("body_"):  # the stem and the blocks: no head conv, no classifier
+            body = [op for op in report.ops if op.name.startswith(("stem.", "blocks."))]
+            return sum(getattr(op, key[5:]) for op in body)
+        return getattr(report, key)
     if where == "collapse":
         n, field = key.split(".")
         return next(r for r in relu_collapse()["rows"] if r["n"] == int(n))[field]
@@ -331,7 +434,11 @@ def test_every_report_number_equals_its_source(tiny_study):
         assert flat == values, sources
     # the displayed text is those values, formatted (mean ± std for several seeds)
     acc = next(c for c in sourced if c[1][0].endswith("final_test_top1"))
-    assert acc[2] == f"{100 * acc[0][0]:.1f}%"
+    assert acc[2] == f"{100 * acc[0][0]:.1f}% (one seed)"  # never a bare single number
+    body = next(c for c in sourced if c[1][0].endswith(":body_macs"))
+    assert 0 < body[0][0] and body[2] == f"{body[0][0] / 1e6:.3f}"
+    rho224 = [c for c in sourced if c[1][0].startswith("profile(v1-a1-r") and "imagenet" in c[1][0]]
+    assert {re.search(r"-r(\d+)-", c[1][0]).group(1) for c in rho224} >= {"224", "128"}
     mac = next(c for c in sourced if c[1][0].endswith(":macs"))
     assert mac[2] == f"{mac[0][0] / 1e6:.3f}"
     # cell folders in study.json are relative to the study folder (it can be moved)
@@ -350,6 +457,7 @@ def test_every_report_number_equals_its_source(tiny_study):
     assert (b["train_images"], b["test_images"], b["steps"]) == (128, 100, 4)
     assert b["noise_floor_pp"] == pytest.approx(5.0)
     assert "early training (4 steps)" in page_text and "noise floor ±5.0 pp" in page_text
+    assert "Selection: no validation split" in page_text and b["val_images"] == 0
     # every claim of the source document is in the summary, measured or "not measurable here"
     assert sum(r["verdict"] == "not measurable here" for r in study["summary"]) == 3
     structure = sec["structure"]

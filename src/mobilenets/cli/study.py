@@ -29,6 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int_at_least(1), help="seeds of the cells a verdict orders")
     p.add_argument("--jobs", type=int_at_least(1), default=1, help="cells trained in parallel")
     p.add_argument("--device", choices=("cpu", "cuda"))
+    p.add_argument(
+        "--val-split",
+        type=int_at_least(0),
+        metavar="N",
+        help="training images held out for selection (default: quick 2000, paper 5000; 0: none)",
+    )
     p.add_argument("--plan", action="store_true", help="print the cells as train commands")
     p.add_argument("--estimate", action="store_true", help="with --plan: time per cell")
     p.add_argument("--report", action="store_true", help="train nothing; build the report")
@@ -42,7 +48,7 @@ def _main(args: argparse.Namespace) -> int:
         raise UsageError("--plan and --report exclude each other")
     result = run_study(
         args.data, args.out, args.preset, args.epochs, args.seeds, args.jobs, args.device,
-        args.plan, args.estimate, args.report,
+        args.plan, args.estimate, args.report, val_split=args.val_split,
     )  # fmt: skip
     if not args.plan:
         print(json.dumps(result["summary"], indent=1))

@@ -9,6 +9,9 @@ Verdict rules (issue 11):
   the expected order (not only neighbours); otherwise it is *inconclusive*. Each pair's
   difference is printed with its 95% confidence interval (paired t over seeds when both groups
   have the same seeds, Welch otherwise).
+- dead channels are counted per ReLU layer; the shortcut comparison counts only the layers of
+  the identity-shaped blocks (where the variants differ) and needs, besides the ordering rule,
+  a gap of at least ``EFFECT_FRACTION`` of the channels compared (the effect-size threshold).
 
 Each claim has ONE headline statement, the source's, judged on the aspects that state it
 (``Section.aspects``); other aspects (``Section.side``) are listed with their own verdicts and
@@ -26,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .. import published
-from .cells import Cell, Grid, Variant
+from .cells import Cell, Grid, Variant, rho_224
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
 EXPONENT_TOLERANCE = 0.25
@@ -220,7 +223,7 @@ class Evidence:
             [self.summaries[c.id]["final_test_top1"] for c in done],
             [f"cells/{c.id}/summary.json:final_test_top1" for c in done],
             100.0,
-            "%",
+            "%" if len(done) > 1 else "% (one seed)",  # several seeds print "± std (n=N)"
             1,
         )
 
@@ -229,7 +232,7 @@ class Evidence:
         return a.values if isinstance(a, Num) else []
 
     def cost(self, v: Variant, what: str) -> Num:
-        scale = 1e-6 if what in ("macs", "params") else 1 / 1024  # columns say M or KiB
+        scale = 1e-6 if what.endswith(("macs", "params")) else 1 / 1024  # columns: M or KiB
         return Num([self.costs[v.key][what]], [f"profile({v.key}):{what}"], scale, "", 3)
 
     def latency(self, v: Variant, runtime: str, what: str = "median_ms") -> Num | str:
@@ -262,6 +265,7 @@ def _label(v: Variant) -> str:
     return " ".join([base, f"{v.resolution}px", *extra])
 
 
+NAMES = {"mobilenet_v1": "MobileNetV1", "mobilenet_v2": "MobileNetV2", "resnet50": "ResNet-50"}
 COST_COLUMNS = ["model", "M MACs", "M params", "test top-1", "fp32 ms", "int8 ms"]
 
 
@@ -310,25 +314,33 @@ def _published_exponents(name: str, table: dict[float, tuple[float, float]]) -> 
     ]
 
 
-def alpha_side(ev: Evidence, fams: dict[str, list[Variant]]) -> list[tuple[str, str, str]]:
-    """The α claim's side aspects: V2 (which keeps its 1280-channel head), V1 at the papers'
-    ImageNet shape, the papers' own numbers, and accuracy orderings."""
+def _alpha_cost_side(ev: Evidence, fams: dict[str, list[Variant]]) -> list[tuple[str, str, str]]:
+    """Exponents of V1 at the papers' ImageNet shape, and of V2 whole and body (stem and
+    blocks: no 1280-channel head, no classifier) at the data's shape and the ImageNet shape."""
     from .cells import imagenet_shape
 
     side = []
-    v2 = fams["mobilenet_v2"]
-    for what in ("macs", "params"):
-        ys = [ev.costs[v.key][what] for v in v2]
-        side.append(_exponent_aspect(f"MobileNetV2 {what} ∝ α²", [v.width for v in v2], ys))
-    big = [imagenet_shape(v) for v in fams["mobilenet_v1"]]
-    if all(v.key in ev.costs for v in big):
-        for what in ("macs", "params"):
-            ys = [ev.costs[v.key][what] for v in big]
-            side.append(
-                _exponent_aspect(
-                    f"MobileNetV1 {what} ∝ α² at 224 px, 1000 classes", [v.width for v in big], ys
-                )
-            )
+    for m, fam in fams.items():
+        v2 = m == "mobilenet_v2"
+        shapes = [("", fam)] if v2 else []
+        shapes.append((" at 224 px, 1000 classes", [imagenet_shape(v) for v in fam]))
+        keys = [("", "macs"), ("", "params")]
+        keys += [(" body", "body_macs"), (" body", "body_params")] if v2 else []
+        for where, vs in shapes:
+            if not all(v.key in ev.costs for v in vs):
+                continue
+            for part, key in keys:
+                ys = [ev.costs[v.key][key] for v in vs]
+                name = f"{NAMES[m]}{part} {key.removeprefix('body_')} ∝ α²{where}"
+                side.append(_exponent_aspect(name, [v.width for v in vs], ys))
+    return side
+
+
+def alpha_side(ev: Evidence, fams: dict[str, list[Variant]]) -> list[tuple[str, str, str]]:
+    """The α claim's side aspects: V2 (which keeps its 1280-channel head), V1 at the papers'
+    ImageNet shape, the papers' own numbers, and accuracy orderings."""
+
+    side = _alpha_cost_side(ev, fams)
     v1_paper = {a: (m, p) for (a, r), (m, p, _t) in published.V1_PAPER.items() if r == 224}
     v2_slim = {
         a: (published.V2_SLIM[(a, 224)][0], p)
@@ -373,8 +385,8 @@ def claim_alpha(ev: Evidence) -> Section:
         "alpha",
         "1. Width multiplier α",
         "α scales the computation and the parameters of MobileNetV1 by about α² (V1 paper §3.3).",
-        COST_COLUMNS,
-        [_cost_row(ev, v) for v in vs],
+        [*COST_COLUMNS, "M MACs, body", "M params, body"],
+        [[*_cost_row(ev, v), ev.cost(v, "body_macs"), ev.cost(v, "body_params")] for v in vs],
         [
             (
                 f"V1 α={a:g} (224 px, ImageNet)",
@@ -410,15 +422,22 @@ def claim_alpha(ev: Evidence) -> Section:
     )
 
 
-def claim_rho(ev: Evidence) -> Section:
-    vs = ev.grid.sections["rho"]
-    xs = [v.resolution for v in vs]
-    macs = [ev.costs[v.key]["macs"] for v in vs]
+def _rho_side(ev: Evidence, vs: list[Variant], big: list[Variant]) -> list[tuple[str, str, str]]:
+    """The ρ claim's side aspects: V1 α=1 in the papers' shape (``big``: whole and body MACs),
+    the V1 paper's Table 7, parameters against ρ, and the accuracy ordering of ``vs``."""
+    paper = {r: m for (a, r), (m, _p, _t) in published.V1_PAPER.items() if a == 1.0}
     params = [ev.costs[v.key]["params"] for v in vs]
     acc_v, acc_why = ordering_verdict([(_label(v), ev.accuracies(v)) for v in vs], **ACC)
-    paper = {r: m for (a, r), (m, _p, _t) in published.V1_PAPER.items() if a == 1.0}
-    aspects = [_exponent_aspect("MACs ∝ ρ²", xs, macs)]
     side = [
+        _exponent_aspect(
+            f"V1 α=1 {what} ∝ ρ² at 224-128 px, 1000 classes",
+            [v.resolution for v in big],
+            [ev.costs[v.key][key] for v in big],
+        )
+        for what, key in (("MACs", "macs"), ("body MACs", "body_macs"))
+        if len(big) > 1
+    ]
+    return side + [
         _exponent_aspect(
             "V1 paper Table 7: MACs ∝ ρ² (published)",
             sorted(paper),
@@ -433,12 +452,23 @@ def claim_rho(ev: Evidence) -> Section:
         ),
         ("higher resolution is more accurate", acc_v, acc_why),
     ]
+
+
+def claim_rho(ev: Evidence) -> Section:
+    vs = ev.grid.sections["rho"]
+    xs = [v.resolution for v in vs]
+    macs = [ev.costs[v.key]["macs"] for v in vs]
+    params = [ev.costs[v.key]["params"] for v in vs]
+    aspects = [_exponent_aspect("MACs ∝ ρ²", xs, macs)]
+    big = [v for v in rho_224(ev.grid) if v.key in ev.costs]
+    side = _rho_side(ev, vs, big)
     return Section(
         "rho",
         "2. Resolution multiplier ρ",
         "ρ scales the computation by about ρ² (V1 paper §3.4); parameters are a side aspect.",
         [*COST_COLUMNS, "small_input"],
-        [[*_cost_row(ev, v), v.small_input] for v in vs],
+        [[*_cost_row(ev, v), v.small_input] for v in vs]
+        + [[*_cost_row(ev, v)[:3], "not trained (cost only)", "-", "-", False] for v in big],
         [
             (
                 f"V1 α=1, {r} px",
@@ -703,65 +733,142 @@ def claim_ablation(ev: Evidence) -> Section:
     )
 
 
-def shortcut_degradation_verdict(dead: dict[str, list[float]]) -> tuple[str, str]:
-    """Does "V2, no shortcut" have more dead channels than "V2" (``dead``: fractions per seed)?
-    The expected order is most dead first: the variant without shortcuts, then V2."""
-    if "V2" not in dead or "V2, no shortcut" not in dead:
+EFFECT_FRACTION = 0.01  # a dead-channel gap decides only if >= 1% of the channels compared
+COMPARED = ("V2, no shortcut", "V2")  # expected most dead first
+
+
+def shortcut_degradation_verdict(dead: dict[str, list[float]], channels: int) -> tuple[str, str]:
+    """Does "V2, no shortcut" have more dead channels than "V2" in the layers where the two
+    differ? ``dead``: per seed, the dead-channel COUNT over those layers; ``channels``: how
+    many channels they hold. Decided by :func:`ordering_verdict` AND an effect size: the gap
+    must reach ``EFFECT_FRACTION`` of ``channels`` (at least one channel), else inconclusive."""
+    if any(k not in dead for k in COMPARED) or channels <= 0:
         return INCONCLUSIVE, "no data"
-    return ordering_verdict([(k, dead[k]) for k in ("V2, no shortcut", "V2")], **ACC)
+    verdict, why = ordering_verdict([(k, dead[k]) for k in COMPARED], 1.0, " channels")
+    gap = float(np.mean(dead[COMPARED[0]]) - np.mean(dead[COMPARED[1]]))
+    threshold = max(1.0, EFFECT_FRACTION * channels)
+    size = (
+        f"gap {gap:+.1f} of {channels:,} channels compared (effect-size threshold "
+        f"{threshold:.1f} = {100 * EFFECT_FRACTION:g}%)"
+    )
+    if verdict != INCONCLUSIVE and abs(gap) < threshold:
+        return INCONCLUSIVE, f"{size}: below the threshold; {why}"
+    return verdict, f"{size}; {why}"
 
 
-def claim_degradation(ev: Evidence) -> Section:
-    rows, series, per_seed = [], [], {}
+def _dead_num(ev: Evidence, cells: list[Cell], key: str) -> Num:
+    """Dead-channel counts per seed from ``degradation/CELL.json:key``."""
+    return Num(
+        [ev.degradation[c.id][key] for c in cells],
+        [f"degradation/{c.id}.json:{key}" for c in cells],
+        1,
+        "",
+        1,
+    )
+
+
+def _degradation_rows(ev: Evidence) -> tuple[list, list, dict, dict]:
+    """(table rows, plot series, identity-block dead counts per seed, all-layer ones)."""
+    rows, series, ident, every = [], [], {}, {}
     for name, v in ev.grid.degradation.items():
-        done = [c for c in ev.cells_of(v) if c.id in ev.degradation]
-        per_seed[name] = [ev.degradation[c.id]["dead_fraction"] for c in done]
+        done = _done_dead(ev, name)
         if not done:
-            rows.append([name, _label(v), "not finished", "-"])
+            rows.append([name, _label(v), "not finished", "-", "-", "-"])
             continue
         d = ev.degradation[done[0].id]
+        ident[name] = [ev.degradation[c.id]["identity_dead"] for c in done]
+        every[name] = [ev.degradation[c.id]["dead"] for c in done]
+        has_ident = d["identity_channels"] > 0
         rows.append(
             [
                 name,
                 _label(v),
-                Num(
-                    per_seed[name],
-                    [f"degradation/{c.id}.json:dead_fraction" for c in done],
-                    100,
-                    "%",
-                    2,
-                ),
-                len(d["layers"]),
+                _dead_num(ev, done, "dead"),
+                d["channels"],
+                _dead_num(ev, done, "identity_dead") if has_ident else "- (no such block)",
+                d["identity_channels"] if has_ident else "-",
             ]
         )
-        seeds = [[100 * r["dead_fraction"] for r in ev.degradation[c.id]["layers"]] for c in done]
+        seeds = [[r["dead"] for r in ev.degradation[c.id]["layers"]] for c in done]
         series.append({"label": _label(v), "name": name, "seeds": seeds})
-    verdict, why = shortcut_degradation_verdict(per_seed)
+    return rows, series, ident, every
+
+
+def _done_dead(ev: Evidence, name: str) -> list[Cell]:
+    """The cells of degradation model ``name`` with a (current) dead-channel count."""
+    v = ev.grid.degradation.get(name)
+    return [c for c in ev.cells_of(v) if "dead" in ev.degradation.get(c.id, {})] if v else []
+
+
+def _dead_layer_note(ev: Evidence) -> str:
+    """The per-layer counts (mean over seeds) of the compared layers with any dead channel."""
+    parts = []
+    for name in COMPARED:
+        done = _done_dead(ev, name)
+        if not done:
+            continue
+        hit = []
+        for i, r in enumerate(ev.degradation[done[0].id]["layers"]):
+            m = np.mean([ev.degradation[c.id]["layers"][i]["dead"] for c in done])
+            if r.get("identity_block") and m:
+                hit.append(f"{r['layer']} {m:.1f}/{r['channels']}")
+        parts.append(f"{name}: " + (", ".join(hit) if hit else "none in any compared layer"))
+    return "Compared layers with dead channels (mean count over seeds / channels): " + "; ".join(
+        parts
+    )
+
+
+def claim_degradation(ev: Evidence) -> Section:
+    rows, series, ident, every = _degradation_rows(ev)
+    done = _done_dead(ev, "V2")
+    first = ev.degradation[done[0].id] if done else {}
+    verdict, why = shortcut_degradation_verdict(ident, int(first.get("identity_channels", 0)))
+    side_v, side_why = shortcut_degradation_verdict(every, int(first.get("channels", 0)))
     return Section(
         "degradation",
         "7. Feature degradation: dead ReLU channels",
         "ReLU units that die stop learning (feature degradation); shortcuts between the thin bottlenecks help (Fig. 6b).",
-        ["model", "variant", "channels never positive on the test images", "ReLU layers"],
+        [
+            "model",
+            "variant",
+            "dead channels, all ReLU layers (count)",
+            "channels",
+            "dead channels, identity-shaped blocks (count)",
+            "channels there",
+        ],
         rows,
         [("V2 §6.1 and Fig. 6b", "qualitative: no figure of dead units is given")],
-        [("V2 without shortcuts has more dead channels than V2 with them", verdict, why)],
         [
-            "A channel is dead when its ReLU/ReLU6 output is never > 0 over all test images and positions (the plot: one panel per model, each on its own layer axis, one line per seed)."
+            (
+                "V2 without shortcuts has more dead channels than V2, where the two differ",
+                verdict,
+                why,
+            )
+        ],
+        [
+            "A channel is dead when its ReLU/ReLU6 output is never > 0 over all test images and "
+            "positions. The comparison counts only the ReLUs inside the identity-shaped blocks "
+            "(stride 1, channels in = out): there V2 adds its shortcut and the variant without "
+            "shortcuts does not; the stem, the first block, the stride-2 blocks and the head are "
+            "built alike in both and are left out. A gap decides only with >= 3 seeds, more than "
+            f"twice the larger std, and at least {100 * EFFECT_FRACTION:g}% of the channels "
+            "compared (the effect-size threshold).",
+            _dead_layer_note(ev),
         ],
         [
             {
                 "name": "degradation",
                 "kind": "layers",
                 "title": "Dead ReLU channels per layer",
-                "ylabel": "channels never positive (%)",
+                "ylabel": "channels never positive (count)",
                 "series": series,
             }
         ],
+        side=[("the same over all ReLU layers (including those built alike)", side_v, side_why)],
     )
 
 
 TABLE3_KB = {"mobilenet_v1": 1600, "mobilenet_v2": 400}  # V2 paper Table 3, max (16-bit)
-NAMES = {"mobilenet_v1": "MobileNetV1", "mobilenet_v2": "MobileNetV2", "resnet50": "ResNet-50"}
 
 
 def memory_aspects(memory: dict[str, Any]) -> tuple[list, list]:
@@ -916,17 +1023,19 @@ def claim_structure(ev: Evidence) -> Section:
 NOT_MEASURED = (
     (
         "ResNet has ~70% redundancy (magnitude pruning)",
-        "no pruning experiment is implemented (ResNet-50 and V2 pruned at "
-        "matched accuracy loss needs trained full-size models)",
+        "no pruning experiment is implemented: ResNet-50 and MobileNetV2 pruned at matched "
+        "accuracy loss need both trained to convergence and fine-tuned at each sparsity, far "
+        "beyond the 15-minute quick preset on 2 CPU cores",
     ),
     (
         "V2 uses depthwise instead of standard convolution for feature extraction",
-        "not measured in the V2 block: no variant with a standard 3x3 inside the inverted "
-        "residual (section 4 measures it for V1 only)",
+        "the model builder has no V2 block with a standard 3x3: ModelConfig.conv_type applies "
+        "to MobileNetV1 only (config.APPLIES_TO); section 4 measures it for V1",
     ),
     (
         "non-linearity is useful in high dimensions (expansion without ReLU)",
-        "not measured: no ablation removes the ReLU6 of the expansion",
+        "the model builder cannot drop the expansion's ReLU6 alone: ModelConfig.activation "
+        "(relu or relu6) sets every layer, bottleneck_activation only the projection",
     ),
 )
 

@@ -3,7 +3,8 @@
 Each distinct variant is built and trained for a few steps on random inputs of the cell's
 resolution (batch: the cell's on CUDA, 8 images on the CPU so that VGG16 stays affordable),
 after one untimed step; the fastest timed step counts. A cell's time is then its training images x epochs x the measured
-seconds per image, plus evaluation at a third of that per image (forward only). These are
+seconds per image, plus evaluation (validation split each epoch, test images once) at a third
+of that per image (forward only). These are
 step-time measurements on this machine, not a run of the study.
 """
 
@@ -54,6 +55,15 @@ def seconds_per_image(
     return min(times) / batch
 
 
+def forward_images(tr: Any, n_test: int) -> int:
+    """Images one cell evaluates: its selection split every epoch (the validation split, or
+    the test images without one), then the test images once when a validation split exists."""
+    if not tr.val_split:
+        return n_test * tr.epochs
+    n_val = min(tr.val_split, tr.max_eval_samples or tr.val_split)
+    return n_val * tr.epochs + n_test
+
+
 def estimate_grid(grid: Grid, jobs: int) -> dict[str, Any]:
     """Per-cell and total estimated seconds on this machine's ``--device``, with report lines."""
     import torch
@@ -63,7 +73,8 @@ def estimate_grid(grid: Grid, jobs: int) -> dict[str, Any]:
     tr = grid.training
     device = tr.device or ("cuda" if torch.cuda.is_available() else "cpu")
     kind, _ = parse_spec(tr.data)
-    n_train = tr.max_train_samples or TRAIN_IMAGES.get(kind)
+    n_val = tr.val_split or 0
+    n_train = tr.max_train_samples or (TRAIN_IMAGES[kind] - n_val if kind in TRAIN_IMAGES else None)
     n_eval = tr.max_eval_samples or EVAL_IMAGES.get(kind)
     if n_train is None or n_eval is None:
         return {"lines": ["# --estimate knows the sizes of Fashion-MNIST and CIFAR only"]}
@@ -79,7 +90,7 @@ def estimate_grid(grid: Grid, jobs: int) -> dict[str, Any]:
         if c.variant.key not in per_variant:
             per_variant[c.variant.key] = seconds_per_image(c.variant, batch, device, n_cls, chans)
         s = per_variant[c.variant.key]
-        cells[c.id] = n_train * tr.epochs * s + n_eval * tr.epochs * s / 3
+        cells[c.id] = n_train * tr.epochs * s + forward_images(tr, n_eval) * s / 3
     total = sum(cells.values())
     hw = torch.cuda.get_device_name() if device == "cuda" else "this CPU"
     lines = [

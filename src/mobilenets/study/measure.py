@@ -30,13 +30,26 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
+# The body of a MobileNet: the stem and the blocks, without V2's 1280-channel head conv and
+# the classifier (profile()'s op names start with the module's name).
+BODY = ("stem", "blocks")
+
+
 def cost(variant: Variant, num_classes: int, in_chans: int) -> dict[str, Any]:
-    """Params, MACs and peak activation memory from :func:`mobilenets.profile`."""
+    """Params, MACs and peak activation memory from :func:`mobilenets.profile`, and the
+    params and MACs of the body alone (``BODY``: the ops of the stem and the blocks)."""
     from ..models import build_from_config
     from ..profiling import profile
 
     r = profile(build_from_config(variant.config(num_classes, in_chans)))
-    return {"params": r.params, "macs": r.macs, "peak_activation_bytes": r.peak_activation_bytes}
+    body = [op for op in r.ops if op.name.split(".")[0] in BODY]
+    return {
+        "params": r.params,
+        "macs": r.macs,
+        "peak_activation_bytes": r.peak_activation_bytes,
+        "body_params": sum(op.params for op in body),
+        "body_macs": sum(op.macs for op in body),
+    }
 
 
 def latency_path(out: str | Path, variant: Variant) -> Path:
@@ -79,20 +92,71 @@ def degradation_path(out: str | Path, name: str) -> Path:
     return Path(out) / "degradation" / f"{name.replace(' ', '_').replace(',', '')}.json"
 
 
+DEGRADATION_VERSION = 2  # 2: per-layer ``identity_block`` and the shortcut-layer totals
+
+
+def identity_blocks(model: Any) -> list[str]:
+    """Module-name prefixes (``blocks.4.``) of the inverted residuals whose input and output
+    have the same shape (stride 1, channels in == out): where the V2 paper adds its bottleneck
+    shortcut. Structural: the same list for every ``shortcut`` option of one width."""
+    from ..models import InvertedResidual
+
+    found = []
+    for name, m in model.named_modules():
+        if not isinstance(m, InvertedResidual):
+            continue
+        first = m.expand.conv if m.expand is not None else m.dw.conv
+        stride1 = tuple(m.dw.conv.stride) == (1, 1)
+        if stride1 and first.in_channels == m.project.conv.out_channels:
+            found.append(name + ".")
+    return found
+
+
 def dead_channels(checkpoint: str | Path, dataset: Any, max_images: int = 1000) -> dict[str, Any]:
-    """Per ReLU/ReLU6 layer, the fraction of channels never positive on the test images.
+    """Per ReLU/ReLU6 layer, the channels never positive on the test images (counts).
 
     Runs the first ``max_images`` test images (a seeded subset is not needed: every image
-    counts for "never"), recording each channel's maximum over images and positions.
+    counts for "never"), recording each channel's maximum over images and positions. Each
+    layer says whether it lies in an identity-shaped block (:func:`identity_blocks`); the
+    totals over those layers are what the shortcut comparison uses.
     """
+    from ..checkpoint import load_checkpoint
+
+    ck = load_checkpoint(checkpoint)
+    maxima = _channel_maxima(ck, dataset.split("test"), max_images)
+    ident = identity_blocks(ck.model)
+    layers = [
+        {
+            "layer": k,
+            "channels": len(v),
+            "dead": int((v <= 0).sum()),
+            "dead_fraction": float((v <= 0).float().mean()),
+            "identity_block": any(k.startswith(p) for p in ident),
+        }
+        for k, v in maxima.items()
+    ]
+    total = sum(r["channels"] for r in layers)
+    in_ident = [r for r in layers if r["identity_block"]]
+    return {
+        "version": DEGRADATION_VERSION,
+        "checkpoint": str(ck.path),
+        "images": min(max_images, len(dataset.split("test"))),
+        "layers": layers,
+        "dead": sum(r["dead"] for r in layers),
+        "channels": total,
+        "dead_fraction": sum(r["dead"] for r in layers) / max(total, 1),
+        "identity_dead": sum(r["dead"] for r in in_ident),
+        "identity_channels": sum(r["channels"] for r in in_ident),
+    }
+
+
+def _channel_maxima(ck: Any, split: Any, max_images: int) -> dict[str, Any]:
+    """Each ReLU/ReLU6 layer's per-channel maximum over the first ``max_images`` of ``split``."""
     import torch
     from torch import nn
 
-    from ..checkpoint import load_checkpoint
     from ..data import eval_batches
 
-    ck = load_checkpoint(checkpoint)
-    prep = ck.preprocess
     maxima: dict[str, torch.Tensor] = {}
 
     def hook(name: str):
@@ -107,26 +171,14 @@ def dead_channels(checkpoint: str | Path, dataset: Any, max_images: int = 1000) 
         for n, m in ck.model.named_modules()
         if isinstance(m, (nn.ReLU, nn.ReLU6))
     ]
-    split = dataset.split("test")
     n = min(max_images, len(split))
-    with torch.inference_mode():
-        for x, _ in eval_batches(split, prep, 256, torch.device("cpu"), torch.arange(n)):
-            ck.model(x)
-    for h in handles:
-        h.remove()
-    layers = [
-        {
-            "layer": k,
-            "channels": len(v),
-            "dead": int((v <= 0).sum()),
-            "dead_fraction": float((v <= 0).float().mean()),
-        }
-        for k, v in maxima.items()
-    ]
-    total = sum(r["channels"] for r in layers)
-    return {
-        "checkpoint": str(ck.path),
-        "images": n,
-        "layers": layers,
-        "dead_fraction": sum(r["dead"] for r in layers) / max(total, 1),
-    }
+    try:
+        with torch.inference_mode():
+            for x, _ in eval_batches(
+                split, ck.preprocess, 256, torch.device("cpu"), torch.arange(n)
+            ):
+                ck.model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return maxima

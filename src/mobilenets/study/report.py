@@ -86,9 +86,10 @@ def write_report(ev: Evidence, out: Path) -> dict[str, Any]:
 
 
 def _config(ev: Evidence, key: str) -> dict[str, Any]:
-    from .cells import imagenet_shape
+    from .cells import cost_only, imagenet_shape
 
-    for vs in [*ev.grid.sections.values(), list(ev.grid.degradation.values())]:
+    extra = cost_only(ev.grid)
+    for vs in [*ev.grid.sections.values(), list(ev.grid.degradation.values()), extra]:
         for v in vs:
             for x in (v, imagenet_shape(v)):
                 if x.key == key:
@@ -200,7 +201,7 @@ def _draw_layers(plt, spec, ev):
         ax.set_title(f"{s['name']}\n{s['label']}", fontsize=8)
         ax.set_xlabel("ReLU layer (this model)", fontsize=8)
         top = max((max(ys) for ys in s["seeds"] if ys), default=0.0)
-        ax.set_ylim(0, max(1.0, 1.1 * top))  # percentages: never below 0
+        ax.set_ylim(0, max(1.0, 1.1 * top))  # counts: never below 0
         ax.legend(fontsize=6)
     axes[0][0].set_ylabel(spec["ylabel"], fontsize=8)
     fig.suptitle(spec["title"], fontsize=9, y=1.04)
@@ -322,8 +323,17 @@ def budget_text(budget: dict[str, Any]) -> str:
         f"Budget: {early}{budget['epochs']} epoch(s) on {budget['train_images']:,} training "
         f"images, batch {budget['batch_size']} ({budget['steps']:,} steps); accuracies on "
         f"{budget['test_images']:,} test images, noise floor ±{budget['noise_floor_pp']:.1f} pp "
-        f"(binomial standard error of one accuracy at 50%)."
+        f"(binomial standard error of one accuracy at 50%)." + _selection_text(budget)
     )
+
+
+def _selection_text(budget: dict[str, Any]) -> str:
+    """`` Selection: N validation images ...; <lr rule>.`` (empty for older studies)."""
+    if "lr_rule" not in budget:
+        return ""
+    val = budget.get("val_images") or 0
+    where = f"{val:,} validation images held out of training" if val else "no validation split"
+    return f" Selection: {where}; {budget['lr_rule']}."
 
 
 def _section_html(s: Section, images: dict[str, str], budget: dict[str, Any]) -> str:

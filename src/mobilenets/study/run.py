@@ -19,6 +19,7 @@ from typing import Any
 from ..errors import UsageError
 from .cells import PRESETS, Grid, Variant, build_grid, read_summary
 from .measure import (
+    DEGRADATION_VERSION,
     cost,
     dead_channels,
     degradation_path,
@@ -45,6 +46,7 @@ def run_study(
     estimate: bool = False,
     report_only: bool = False,
     grid: Grid | None = None,
+    val_split: int | None = None,
 ) -> dict[str, Any]:
     """Run the study of the MobileNet claims and write ``out/report.html``.
 
@@ -58,17 +60,21 @@ def run_study(
             time a few training steps per cell on ``device`` and extrapolate.
         report_only: train nothing; build the report from the finished cells.
         grid: a custom :class:`~mobilenets.study.cells.Grid` instead of the preset's
-            (smaller studies, tests); ``preset``, ``epochs``, ``seeds`` and ``device`` are then
-            ignored.
+            (smaller studies, tests); ``preset``, ``epochs``, ``seeds``, ``device`` and
+            ``val_split`` are then ignored.
+        val_split: training images held out as the validation split (selection; never the
+            test images); default: the preset's (quick 2,000, paper 5,000); 0: none.
 
     Returns:
         The plan (``plan``) or the study (what ``out/study.json`` holds).
     """
     check_arguments(data, out, preset, epochs, seeds, jobs, device, grid)
+    if val_split is not None and (not _is(val_split, (int,)) or val_split < 0):
+        raise UsageError(f"--val-split must be an integer >= 0, got {val_split!r}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; the study needs a folder")
-    grid = grid or build_grid(preset, data, epochs, seeds, device)
+    grid = grid or build_grid(preset, data, epochs, seeds, device, val_split)
     if plan:
         return print_plan(grid, out, estimate, jobs)
     check_cells(grid, out, report_only)
@@ -144,13 +150,13 @@ def check_cells(grid: Grid, out: Path, report_only: bool = False) -> None:
 def gather(grid: Grid, out: Path, dataset: Any):
     """Measure what is missing (latency, dead channels) and collect every figure."""
     from .blocks import compare_blocks
-    from .cells import imagenet_shape
+    from .cells import cost_only
     from .claims import Evidence
     from .collapse import relu_collapse
 
     n_cls, chans = len(dataset.class_names), dataset.channels
     variants = [v for vs in grid.sections.values() for v in vs] + list(grid.degradation.values())
-    variants += [imagenet_shape(v) for v in grid.sections["alpha"] if v.model == "mobilenet_v1"]
+    variants += cost_only(grid)
     costs = {v.key: cost(v, n_cls, chans) for v in dict.fromkeys(variants)}
     summaries = {}
     for c in grid.cells:
@@ -194,7 +200,8 @@ def _structure(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 def budget(grid: Grid, dataset: Any) -> dict[str, Any]:
     """What every cell was trained and tested on, and the test set's noise floor (the binomial
     standard error of one accuracy at 50%, its largest)."""
-    n_train = len(dataset.split("train"))
+    n_val = grid.training.val_split or 0
+    n_train = len(dataset.split("train")) - n_val
     n_train = min(n_train, grid.training.max_train_samples or n_train)
     n_test = len(dataset.split("test"))
     n_test = min(n_test, grid.training.max_eval_samples or n_test)
@@ -207,7 +214,26 @@ def budget(grid: Grid, dataset: Any) -> dict[str, Any]:
         "test_images": n_test,
         "noise_floor_pp": 100 * (0.25 / n_test) ** 0.5,
         "early": grid.preset != "paper",
+        "val_images": n_val,
+        "lr": grid.training.lr,
+        "lr_rule": lr_rule(grid),
     }
+
+
+def lr_rule(grid: Grid) -> str:
+    """How the learning rate was chosen (shown in the budget line)."""
+    from .cells import QUICK_LR, QUICK_LR_SWEEP, QUICK_VAL_SPLIT
+
+    if grid.training.lr is None:
+        return "the recipe's learning rate (scaled with the batch), the same for every variant"
+    if grid.preset == "quick" and grid.training.lr == QUICK_LR and QUICK_LR_SWEEP:
+        tried = ", ".join(f"{lr:g}" for lr in sorted(QUICK_LR_SWEEP))
+        return (
+            f"lr {QUICK_LR:g}, one for every variant, chosen among {tried} on the validation "
+            f"top-1 of {QUICK_VAL_SPLIT:,} held-out training images (seeds 100-101; no test "
+            "image; cells.choose_lr)"
+        )
+    return f"lr {grid.training.lr:g}, the same for every variant (set by the grid)"
 
 
 def _latency(v: Variant, n_cls: int, chans: int, out: Path) -> list[dict[str, Any]]:
@@ -224,10 +250,12 @@ def _degradation(grid: Grid, out: Path, dataset: Any) -> dict[str, dict[str, Any
         seeds = grid.seeds if v in grid.seeded else 1
         for c in (Cell(v, s) for s in range(seeds)):
             path = degradation_path(out, c.id)
-            if not path.exists() and c.done(out):
+            stored = read_json(path)
+            current = isinstance(stored, dict) and stored.get("version") == DEGRADATION_VERSION
+            if not current and c.done(out):  # missing, or counted before the per-block totals
                 n = grid.training.max_eval_samples or 10000
                 write_json(path, dead_channels(c.folder(out) / "last.ckpt", dataset, n))
-            stored = read_json(path)
+                stored = read_json(path)
             if stored is not None:
                 found[c.id] = stored
     return found
