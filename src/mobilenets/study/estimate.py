@@ -1,8 +1,8 @@
 """``study --plan --estimate``: time a few training steps of every cell, extrapolate the study.
 
 Each distinct variant is built and trained for a few steps on random inputs of the cell's
-resolution (batch: the cell's on CUDA, 8 images on the CPU so that VGG16 stays affordable),
-after one untimed step; the fastest timed step counts. A cell's time is then its training images x epochs x the measured
+resolution (batch: the cell's, at most 32 images on the CPU so that VGG16 stays affordable),
+after two untimed steps; the fastest timed step counts. A cell's time is then its training images x epochs x the measured
 seconds per image, plus evaluation (validation split each epoch, test images once) at a third
 of that per image (forward only). These are
 step-time measurements on this machine, not a run of the study.
@@ -15,8 +15,9 @@ from typing import Any
 
 from .cells import Grid, Variant
 
-CPU_BATCH = 8
-TIMED_STEPS = 3
+CPU_BATCH = 32
+TIMED_STEPS = 5
+WARMUP_STEPS = 2
 TRAIN_IMAGES = {"fashion-mnist": 60000, "cifar10": 50000, "cifar100": 50000}
 EVAL_IMAGES = {"fashion-mnist": 10000, "cifar10": 10000, "cifar100": 10000}
 
@@ -42,7 +43,8 @@ def seconds_per_image(
         loss.backward()
         opt.step()
 
-    step()
+    for _ in range(WARMUP_STEPS):  # lazy initialization, allocator, thread pool
+        step()
     times = []
     for _ in range(TIMED_STEPS):  # the fastest step: other jobs on the machine only add time
         if device == "cuda":
