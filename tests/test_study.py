@@ -287,6 +287,25 @@ def test_ablation_decides_each_pair_on_its_own():
     assert s.verdict == UNDECIDED and all("95% CI" in w for _, _, w in s.aspects)
 
 
+def test_ablation_curves_per_epoch_only_when_cells_run_several_epochs():
+    from dataclasses import replace
+
+    from mobilenets.plots import _pyplot
+    from mobilenets.study.report import DRAW
+
+    ev = _crafted()
+    assert [p["name"] for p in claims.claim_ablation(ev).plots] == ["ablation"]  # 1 epoch
+    ev.grid.training = replace(ev.grid.training, epochs=2, val_split=100)
+    v = ev.grid.sections["ablation"][0]
+    ev.curves = {Cell(v, s).id: [0.5, 0.6 + s / 100] for s in range(3)}
+    spec = claims.claim_ablation(ev).plots[1]
+    assert spec["kind"] == "curves" and "validation top-1 per epoch" in spec["title"]
+    assert spec["series"][0]["seeds"] == [[50.0, 60.0], [50.0, 61.0], [50.0, 62.0]]
+    assert spec["series"][1]["seeds"] == []  # no metrics: nothing drawn, nothing invented
+    plt = _pyplot()
+    plt.close(DRAW["curves"](plt, spec, ev))
+
+
 def test_memory_headline_is_the_whole_network_from_the_planner():
     s = claims.claim_blocks(_crafted())  # V2 100 < V1 400; the equal-width block is worse
     assert s.verdict == S and "equal width: inverted residual materializes less" in " ".join(

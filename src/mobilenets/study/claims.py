@@ -208,6 +208,7 @@ class Evidence:
     structure: dict[str, Any] = field(default_factory=dict)  # structure.structure_facts()
     memory: dict[str, Any] = field(default_factory=dict)  # structure.network_memory()
     budget: dict[str, Any] = field(default_factory=dict)  # training budget and noise floor
+    curves: dict[str, list[float]] = field(default_factory=dict)  # cell id -> val top-1/epoch
 
     def cells_of(self, v: Variant) -> list[Cell]:
         n = self.grid.seeds if v in self.grid.seeded else 1
@@ -408,7 +409,7 @@ def claim_alpha(ev: Evidence) -> Section:
             "V2's parameters (and, at small inputs, its MACs) fall slower than α²: its last 1×1 "
             "conv keeps 1280 channels for α < 1 (V2 paper §5.1), so that conv (linear in α) and "
             "the 1280-input classifier (constant) hold a share that does not shrink as α².",
-            "Latency: onnxruntime, batch 1, all cores, after every training cell (median of the runs).",
+            "Latency (only where a verdict uses it in quick): onnxruntime, batch 1, all cores, after every training cell (median of the runs).",
         ],
         [
             _loglog(
@@ -729,8 +730,33 @@ def claim_ablation(ev: Evidence) -> Section:
                     for label, x in zip(ABLATION_BARS, (base, relu6, expansion, none), strict=True)
                 ],
             }
-        ],
+        ]
+        + ablation_curves(ev, (base, relu6, expansion, none)),
     )
+
+
+def ablation_curves(ev: Evidence, variants: tuple[Variant, ...]) -> list[dict[str, Any]]:
+    """Fig. 6 style: top-1 per epoch of every seed of each ablation variant, when the cells run
+    more than one epoch (the selection split's top-1 from ``metrics.jsonl``: the validation
+    split when there is one; the test images are evaluated once, at the end)."""
+    if ev.grid.training.epochs < 2:
+        return []
+    series = []
+    for label, v in zip(ABLATION_BARS, variants, strict=True):
+        runs = [ev.curves[c.id] for c in ev.cells_of(v) if ev.curves.get(c.id)]
+        series.append(
+            {"label": label.replace("\n", " "), "seeds": [[100 * a for a in r] for r in runs]}
+        )
+    split = "validation" if ev.grid.training.val_split else "test"
+    return [
+        {
+            "name": "ablation_curves",
+            "kind": "curves",
+            "title": f"V2 ablations: {split} top-1 per epoch (Fig. 6 style)",
+            "ylabel": f"{split} top-1 (%)",
+            "series": series,
+        }
+    ]
 
 
 EFFECT_FRACTION = 0.01  # a dead-channel gap decides only if >= 1% of the channels compared

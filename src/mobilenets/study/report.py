@@ -209,6 +209,27 @@ def _draw_layers(plt, spec, ev):
     return fig
 
 
+def _draw_curves(plt, spec, ev):
+    """Per-epoch accuracy: one colour per variant, a thin line per seed, the mean bold."""
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for i, s in enumerate(spec["series"]):
+        color = f"C{i}"
+        for ys in s["seeds"]:
+            ax.plot(range(1, len(ys) + 1), ys, "-", color=color, lw=0.6, alpha=0.5)
+        full = [ys for ys in s["seeds"] if ys]
+        if full:
+            n = min(len(ys) for ys in full)
+            mean = np.mean([ys[:n] for ys in full], axis=0)
+            ax.plot(range(1, n + 1), mean, "o-", color=color, lw=1.8, ms=3, label=s["label"])
+    ax.set(title=spec["title"] + " (thin: one seed; bold: mean)", ylabel=spec["ylabel"])
+    ax.set_xlabel("epoch")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 def _draw_collapse(plt, spec, ev):
     c = ev.collapse
     outs = c["outputs"]
@@ -229,6 +250,7 @@ DRAW = {
     "bars": _draw_bars,
     "layers": _draw_layers,
     "collapse": _draw_collapse,
+    "curves": _draw_curves,
 }
 
 

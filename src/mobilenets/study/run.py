@@ -11,6 +11,7 @@ latencies and dead channels that are missing).
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -179,7 +180,24 @@ def gather(grid: Grid, out: Path, dataset: Any):
     return Evidence(
         grid, out, n_cls, chans, costs, summaries, latencies, degradation,
         relu_collapse(), compare_blocks(), timing, *_structure(out), budget(grid, dataset),
+        curves=_curves(grid, out),
     )  # fmt: skip
+
+
+def _curves(grid: Grid, out: Path) -> dict[str, list[float]]:
+    """Each finished cell's selection top-1 per epoch (``metrics.jsonl``), for Fig. 6 curves."""
+    from ..runfolder import METRICS
+
+    found = {}
+    for c in grid.cells:
+        try:
+            rows = [json.loads(x) for x in (c.folder(out) / METRICS).read_text().splitlines() if x]
+        except (OSError, ValueError):
+            continue
+        found[c.id] = [
+            float(r["val_top1"]) for r in rows if isinstance(r, dict) and "val_top1" in r
+        ]
+    return found
 
 
 def _structure(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
