@@ -12,8 +12,12 @@ Execution model (the C engine in ``templates/mn_engine.c`` does exactly this, an
 - A tensor whose producer and consumers all work row by row is a *ring* of ``R`` rows, ``R``
   the smallest count that no consumer still needs when a new row overwrites slot
   ``row % R``. The others (model input, the pooled vector, logits) are held *whole*.
-- A whole tensor may be written over rows of an earlier whole tensor that no op reads any more
-  (a stem output over dead input rows): ``Y.offset <= X.offset - delta(X, Y)``.
+- A tensor (whole or ring) may be written over rows of an earlier whole tensor that no op
+  reads any more (the stem's row ring over the input rows the stem has finished with, as
+  TinyEngine's in-place updates): ``Y.offset <= X.offset - delta(X, Y)``, where ``delta`` (may
+  be negative: ``Y`` inside ``X``) is the largest, over ``Y``'s row writes, of how far the
+  written slot ends past ``X``'s dead rows. :meth:`Plan.check` re-verifies every such overlap
+  row by row from the replayed accesses, not from ``delta``.
 
 Why rows and not MobileNetV2 §5.1's channel slices: slicing the expanded tensor by channels
 keeps the block's whole input and an int32 accumulator over the whole projection output
@@ -136,6 +140,16 @@ class Buffer:
 
 
 @dataclass
+class _Trace:
+    """What :func:`simulate` records: row writes and reads with their tick."""
+
+    writes: dict[int, list[tuple[int, int]]]  # tensor -> [(tick, row)]
+    reads: dict[int, list[tuple[int, int]]]  # tensor -> [(tick, row)]
+    stage_ticks: list[tuple[int, int]]
+    ticks: int
+
+
+@dataclass
 class Plan:
     """The result of :func:`plan_memory`."""
 
@@ -154,12 +168,14 @@ class Plan:
     stage_live_bytes: list[int] = field(default_factory=list)
     layer_by_layer_bytes: int = 0  # the arena with streaming off (0 in hold_input=False plans)
     streaming: bool = True
-    deltas: dict[tuple[int, int], int] = field(default_factory=dict)
+    deltas: dict[tuple[int, int], int] = field(default_factory=dict)  # the placer's bounds
+    trace: _Trace | None = None  # the replayed row accesses that check() verifies overlaps by
 
     def check(self) -> None:
         """TFLite Micro's planner self-check: every buffer lies inside the arena, aligned, and
-        no two buffers live at the same tick overlap, except a whole tensor written over rows of
-        an earlier whole tensor that no op reads any more (at least ``delta`` below it).
+        no two buffers live at the same tick overlap, except a tensor written over rows of an
+        earlier whole tensor that no op reads any more, verified row by row (every row write
+        lands only on rows whose last read came at an earlier tick).
         Raises MobilenetsError naming the two buffers."""
         for b in self.buffers:
             if b.offset < 0 or b.offset % ALIGN or b.offset + b.size > self.arena_bytes:
@@ -173,17 +189,36 @@ class Plan:
                     continue  # never live together
                 if a.offset + a.size <= b.offset or b.offset + b.size <= a.offset:
                     continue
-                if self._may_overlap(a, b) or self._may_overlap(b, a):
+                if self._writes_dead_rows(a, b) or self._writes_dead_rows(b, a):
                     continue
                 raise MobilenetsError(
                     f"memory plan: buffers {a.name} [{a.offset}, {a.offset + a.size}) and "
                     f"{b.name} [{b.offset}, {b.offset + b.size}) overlap while both are live"
                 )
 
-    def _may_overlap(self, x: Buffer, y: Buffer) -> bool:
-        """``y`` (a whole tensor written after ``x`` is complete) sits far enough below ``x``."""
-        key = (x.tensor, y.tensor)
-        return x.tensor >= 0 and key in self.deltas and y.offset <= x.offset - self.deltas[key]
+    def _writes_dead_rows(self, x: Buffer, y: Buffer) -> bool:
+        """Every row write of ``y`` (all after ``x`` is complete) lands on bytes of the whole
+        tensor ``x`` only in rows that no op reads at that tick or later."""
+        if x.tensor < 0 or y.tensor < 0 or self.trace is None:
+            return False
+        tx, ty = self.tensors[x.tensor], self.tensors[y.tensor]
+        writes = self.trace.writes[ty.id]
+        x_done = max((tk for tk, _ in self.trace.writes[tx.id]), default=-1)
+        if not tx.whole or not writes or min(tk for tk, _ in writes) <= x_done:
+            return False
+        last_read = [-1] * tx.h
+        for tk, row in self.trace.reads[tx.id]:
+            last_read[row] = max(last_read[row], tk)
+        end = x.offset + tx.nbytes
+        for tk, row in writes:
+            lo = y.offset + (row % ty.ring) * ty.row_bytes
+            hi = min(lo + ty.row_bytes, end)
+            if hi <= x.offset or lo >= end:
+                continue
+            rows = range(max(lo - x.offset, 0) // tx.row_bytes, (hi - 1 - x.offset) // tx.row_bytes + 1)
+            if any(last_read[i] >= tk for i in rows):
+                return False
+        return True
 
     @property
     def peak_op(self) -> str:
@@ -358,16 +393,6 @@ def _tensor_plans(qm: QuantizedModel, stages: list[Stage], streaming: bool):
     return tensors, readers, ringable
 
 
-@dataclass
-class _Trace:
-    """What :func:`simulate` records: row writes and reads with their tick."""
-
-    writes: dict[int, list[tuple[int, int]]]  # tensor -> [(tick, row)]
-    reads: dict[int, list[tuple[int, int]]]  # tensor -> [(tick, row)]
-    stage_ticks: list[tuple[int, int]]
-    ticks: int
-
-
 def simulate(stages: list[Stage], tensors: dict[int, TensorPlan], inp: int, drive: list[int]):
     """Replay the C engine's demand-driven row order (``mn_run``) and record every access."""
     nxt = {t: 0 for t in tensors}
@@ -470,6 +495,7 @@ def plan_memory(
         trace.stage_ticks,
         streaming=streaming,
         deltas=deltas,
+        trace=trace,
     )
     plan.check()
     _peak(plan)
@@ -585,22 +611,25 @@ def _dw_patch(s: Stage) -> bool:
 
 
 def _overlap_deltas(tensors, trace: _Trace, buffers) -> dict[tuple[int, int], int]:
-    """delta[(x, y)]: whole tensor ``y`` may sit at ``offset(x) - delta`` or lower."""
+    """delta[(x, y)]: tensor ``y`` (whole, or a ring of rows) may sit at ``offset(x) - delta``
+    or lower over the whole tensor ``x``, which is complete before ``y``'s first row: each row
+    of ``y`` lands in slot ``row % ring`` and must end at or below the rows of ``x`` that no op
+    reads at that tick or later. A negative delta puts ``y`` inside ``x``."""
     whole = [b for b in buffers if b.tensor >= 0 and tensors[b.tensor].whole]
     deltas = {}
     for bx in whole:
         x = tensors[bx.tensor]
         x_done = max((tk for tk, _ in trace.writes[x.id]), default=-1)
         lo = None
-        for by in whole:
-            y = tensors[by.tensor]
-            ws = trace.writes[y.id]
-            if y.id == x.id or not ws or ws[0][0] <= x_done or by.first > bx.last:
+        for by in buffers:
+            y = tensors[by.tensor] if by.tensor >= 0 else None
+            ws = trace.writes[y.id] if y else []
+            if y is None or y.id == x.id or not ws or ws[0][0] <= x_done or by.first > bx.last:
                 continue
             if lo is None:
                 lo = _suffix_min_reader(trace.reads[x.id], trace.ticks, x.h)
-            d = max((r + 1) * y.row_bytes - lo[tk] * x.row_bytes for tk, r in ws)
-            deltas[(bx.tensor, by.tensor)] = _align(max(d, 0))
+            d = max((r % y.ring + 1) * y.row_bytes - lo[tk] * x.row_bytes for tk, r in ws)
+            deltas[(bx.tensor, by.tensor)] = _align(d)
     return deltas
 
 
@@ -609,17 +638,22 @@ def _place(buffers: list[Buffer], deltas) -> int:
 
     Buffers are placed in order of first use, each at an overlap with a dying input where
     allowed, else at the highest (or, second try, the lowest) free offset; a third try places
-    the largest buffers first (TFLite's greedy-by-size). The arena size is found by bisection
+    the largest buffers first (TFLite's greedy-by-size), a fourth places the tensors by first
+    use, highest first, and the scratch buffers after them (so that the rows written over a
+    dying input, not the scratch, take the room next to it). The arena size is found by bisection
     for each strategy and the smallest result is kept."""
     by_time = sorted(range(len(buffers)), key=lambda i: (buffers[i].first, -buffers[i].size))
     by_size = sorted(range(len(buffers)), key=lambda i: (-buffers[i].size, buffers[i].first))
+    # tensors first, scratch last: it leaves the top of a dying input to the rows written there
+    tensors_first = sorted(by_time, key=lambda i: buffers[i].tensor < 0)
     best = None
-    for order, high in ((by_time, True), (by_time, False), (by_size, False)):
+    tries = ((by_time, True, False), (by_time, False, False), (by_size, False, False))
+    for order, high, most in (*tries, (tensors_first, True, True)):
         lo = max(b.size for b in buffers)
         hi = sum(b.size for b in buffers) + ALIGN * len(buffers)
         while lo <= hi:
             mid = _align((lo + hi) // 2)
-            offs = _try_place(buffers, order, deltas, mid, high)
+            offs = _try_place(buffers, order, deltas, mid, high, most)
             if offs is None:
                 lo = mid + ALIGN
             else:
@@ -633,7 +667,11 @@ def _place(buffers: list[Buffer], deltas) -> int:
     return max(b.offset + b.size for b in buffers)
 
 
-def _try_place(buffers, order, deltas, arena: int, high: bool = True):
+def _try_place(buffers, order, deltas, arena: int, high: bool = True, most: bool = False):
+    """Offsets of ``buffers`` placed in ``order`` in ``arena`` bytes, or None if one does not
+    fit. Each takes the first free candidate offset (highest first when ``high``), or the
+    first one overlapping a dying whole tensor where allowed; with ``most``, the one that
+    overlaps it by the most bytes (the lowest of those)."""
     offs = [-1] * len(buffers)
     placed: list[int] = []
     for i in order:
@@ -650,28 +688,31 @@ def _try_place(buffers, order, deltas, arena: int, high: bool = True):
                 cands.add(offs[j] - deltas[key])
         best = None
         for c in sorted(cands, reverse=high):
-            if c < 0 or c + b.size > arena or c % ALIGN:
+            if c < 0 or c + b.size > arena or c % ALIGN or not _fits(buffers, offs, live, over, b, c):
                 continue
-            ok = True
-            for j in live:
-                oj, sj = offs[j], buffers[j].size
-                disjoint = c + b.size <= oj or c >= oj + sj
-                if not disjoint and not (j in over and c <= oj - over[j]):
-                    ok = False
-                    break
-            if ok:
-                uses_overlap = any(
-                    not (c + b.size <= offs[j] or c >= offs[j] + buffers[j].size) for j in over
-                )
-                if best is None or (uses_overlap and not best[1]):
-                    best = (c, uses_overlap)
-                if uses_overlap:
-                    break
+            shared = sum(
+                max(0, min(c + b.size, offs[j] + buffers[j].size) - max(c, offs[j])) for j in over
+            )
+            score = (shared, -c if shared else 0) if most else (shared > 0,)
+            if best is None or score > best[1]:
+                best = (c, score)
+            if shared and not most:
+                break
         if best is None:
             return None
         offs[i] = best[0]
         placed.append(i)
     return offs
+
+
+def _fits(buffers, offs, live, over, b: Buffer, c: int) -> bool:
+    """``b`` at ``c`` is disjoint from every live buffer, or over one it may overlap."""
+    for j in live:
+        oj, sj = offs[j], buffers[j].size
+        disjoint = c + b.size <= oj or c >= oj + sj
+        if not disjoint and not (j in over and c <= oj - over[j]):
+            return False
+    return True
 
 
 def _peak(plan: Plan) -> None:
