@@ -11,7 +11,7 @@ import subprocess
 import numpy as np
 import pytest
 from support import build_host_program
-from test_ops import HAVE_CC, _G, needs_tflm
+from test_ops import _G, HAVE_CC, needs_tflm
 
 from mobilenets.errors import MobilenetsError
 from mobilenets.micro.planner import ALIGN, plan_memory

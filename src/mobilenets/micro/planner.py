@@ -215,7 +215,9 @@ class Plan:
             hi = min(lo + ty.row_bytes, end)
             if hi <= x.offset or lo >= end:
                 continue
-            rows = range(max(lo - x.offset, 0) // tx.row_bytes, (hi - 1 - x.offset) // tx.row_bytes + 1)
+            rows = range(
+                max(lo - x.offset, 0) // tx.row_bytes, (hi - 1 - x.offset) // tx.row_bytes + 1
+            )
             if any(last_read[i] >= tk for i in rows):
                 return False
         return True
@@ -688,7 +690,12 @@ def _try_place(buffers, order, deltas, arena: int, high: bool = True, most: bool
                 cands.add(offs[j] - deltas[key])
         best = None
         for c in sorted(cands, reverse=high):
-            if c < 0 or c + b.size > arena or c % ALIGN or not _fits(buffers, offs, live, over, b, c):
+            if (
+                c < 0
+                or c + b.size > arena
+                or c % ALIGN
+                or not _fits(buffers, offs, live, over, b, c)
+            ):
                 continue
             shared = sum(
                 max(0, min(c + b.size, offs[j] + buffers[j].size) - max(c, offs[j])) for j in over
