@@ -5,6 +5,11 @@ and ``padding="same"``, the deployment form with no PAD op), it reports:
 
 - ``arena_bytes``: ``MN_ARENA_BYTES`` (all RAM ``mn_infer`` touches but its stack), against the
   issue's goal; ``arena_without_input_bytes``; the peak op and what is live there;
+  ``tflm_arena_bytes``, TFLite Micro's smallest working arena for the same ``.tflite`` (the
+  interpreter bisected, when ``tflite-micro`` is installed), and ``arena_over_tflm`` (issue 17's
+  goal for the V3 rows: <= 0.40);
+- ``host_c_equals_reference`` (the generated C against the NumPy reference), ``tflm_equals_c``
+  and ``m7_equals_host``: one random input, bit for bit;
 - ``flash_bytes`` (text + data) and ``sram_bytes`` (data + bss) of the library objects only
   (``arm-none-eabi-size model.o mn_engine.o``, Cortex-M7 build), beside the int8 ``.tflite`` size
   when the ``.tflite`` writer is available;
@@ -42,6 +47,7 @@ from mobilenets import create_model, generate_c, profile
 from mobilenets.env import hardware_record, tool_version
 from mobilenets.micro.export import quantize_input
 from mobilenets.micro.quantizer import quantize_int8
+from mobilenets.micro.reference import run_int8
 
 MODELS = [  # (key, architecture, width, resolution, arena goal in bytes or None)
     ("v2_a0.35_144", "mobilenet_v2", 0.35, 144, 128_000),
@@ -56,6 +62,8 @@ MODELS = [  # (key, architecture, width, resolution, arena goal in bytes or None
 OPTIONS = {"v3s_min_a1.0_128": {"minimal": True}}
 STACK_GOAL = 4096
 IPM_GOAL = {"v2_a0.35_144": 3.0}
+V3_KEYS = ("v3s_a1.0_224", "v3s_min_a1.0_128", "v3l_a1.0_224")
+TFLM_GOAL = 0.40  # issue 17: our arena <= 40% of TFLite Micro's, for each V3 row
 
 
 def tools() -> dict[str, str | None]:
@@ -101,7 +109,7 @@ def library_size(out: Path) -> tuple[int, int]:
 
 def tflite_figures(qm, out: Path, x: np.ndarray, host: np.ndarray) -> dict:
     """.tflite size, and the tflite-micro interpreter's output and host time when installed."""
-    from mobilenets.micro.runtimes import _tflm, have_tflm, silenced_fd2
+    from mobilenets.micro.runtimes import _tflm, have_tflm, silenced_fd2, tflm_arena
     from mobilenets.micro.tflite import write_tflite
 
     path = write_tflite(qm, out / "model.tflite")
@@ -117,6 +125,8 @@ def tflite_figures(qm, out: Path, x: np.ndarray, host: np.ndarray) -> dict:
     for _ in range(n):
         interp.invoke()
     row["tflm_host_us"] = round((time.perf_counter() - t0) / n * 1e6, 1)
+    facts, code = in_child(tflm_arena, path, (1, *x.shape))  # TFLite Micro may abort
+    row.update(facts or {"tflm_arena_bytes": None, "tflm_reason": f"died (exit {code})"})
     return row
 
 
@@ -175,12 +185,17 @@ def measure(
         host_out = subprocess.run(
             [str(out / "mn_host")], input=x[:1].tobytes(), capture_output=True
         ).stdout
+        ref = run_int8(qm, x[:1]).reshape(-1)
+        row["host_c_equals_reference"] = bool(np.array_equal(np.frombuffer(host_out, np.int8), ref))
         if host_only:
             return {**row, "cortex_m7": "skipped (--host-only)"}
         row.update(cortex_m7_figures(out, host_out, macs, key))
         row.update(tflite_figures(qm, out, x[0], np.frombuffer(host_out, np.int8)))
         if row.get("tflite_bytes"):
             row["flash_le_tflite"] = row["flash_bytes"] <= row["tflite_bytes"]
+        if row.get("tflm_arena_bytes"):
+            row["arena_over_tflm"] = round(rep["arena_bytes"] / row["tflm_arena_bytes"], 3)
+            row["tflm_goal_met"] = row["arena_over_tflm"] <= TFLM_GOAL if key in V3_KEYS else None
         row["sram_within_64_of_arena"] = abs(row["sram_bytes"] - rep["arena_bytes"]) <= 64
         return row
     finally:

@@ -481,7 +481,10 @@ def plan_memory(
     if not hold_input:
         buffers = [b for b in buffers if b.tensor != qm.input]
     deltas = _overlap_deltas(tensors, trace, buffers)
-    arena = _place(buffers, deltas)
+    # also tried: whole tensors over whole tensors only, never inside (the planner before rings
+    # could overlap), so that no arena gets larger than it was
+    narrow = {k: max(d, 0) for k, d in deltas.items() if tensors[k[1]].whole}
+    arena = _place(buffers, [narrow, deltas])
     for b in buffers:
         if b.tensor >= 0:
             tensors[b.tensor].offset = b.offset
@@ -635,33 +638,34 @@ def _overlap_deltas(tensors, trace: _Trace, buffers) -> dict[tuple[int, int], in
     return deltas
 
 
-def _place(buffers: list[Buffer], deltas) -> int:
+def _place(buffers: list[Buffer], delta_sets: list[dict[tuple[int, int], int]]) -> int:
     """Smallest arena (to ``ALIGN``) for which a greedy placement fits; sets offsets.
 
     Buffers are placed in order of first use, each at an overlap with a dying input where
     allowed, else at the highest (or, second try, the lowest) free offset; a third try places
     the largest buffers first (TFLite's greedy-by-size), a fourth places the tensors by first
     use, highest first, and the scratch buffers after them (so that the rows written over a
-    dying input, not the scratch, take the room next to it). The arena size is found by bisection
-    for each strategy and the smallest result is kept."""
+    dying input, not the scratch, take the room next to it). Each try runs with each set of
+    allowed overlaps; the arena size is found by bisection for each, the smallest is kept."""
     by_time = sorted(range(len(buffers)), key=lambda i: (buffers[i].first, -buffers[i].size))
     by_size = sorted(range(len(buffers)), key=lambda i: (-buffers[i].size, buffers[i].first))
     # tensors first, scratch last: it leaves the top of a dying input to the rows written there
     tensors_first = sorted(by_time, key=lambda i: buffers[i].tensor < 0)
     best = None
     tries = ((by_time, True, False), (by_time, False, False), (by_size, False, False))
-    for order, high, most in (*tries, (tensors_first, True, True)):
-        lo = max(b.size for b in buffers)
-        hi = sum(b.size for b in buffers) + ALIGN * len(buffers)
-        while lo <= hi:
-            mid = _align((lo + hi) // 2)
-            offs = _try_place(buffers, order, deltas, mid, high, most)
-            if offs is None:
-                lo = mid + ALIGN
-            else:
-                hi = mid - ALIGN
-                if best is None or mid < best[0]:
-                    best = (mid, offs)
+    for deltas in delta_sets:
+        for order, high, most in (*tries, (tensors_first, True, True)):
+            lo = max(b.size for b in buffers)
+            hi = sum(b.size for b in buffers) + ALIGN * len(buffers)
+            while lo <= hi:
+                mid = _align((lo + hi) // 2)
+                offs = _try_place(buffers, order, deltas, mid, high, most)
+                if offs is None:
+                    lo = mid + ALIGN
+                else:
+                    hi = mid - ALIGN
+                    if best is None or mid < best[0]:
+                        best = (mid, offs)
     if best is None:  # pragma: no cover - the sum always fits
         raise MobilenetsError("memory planner failed")
     for b, off in zip(buffers, best[1], strict=True):
