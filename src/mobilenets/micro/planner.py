@@ -481,10 +481,7 @@ def plan_memory(
     if not hold_input:
         buffers = [b for b in buffers if b.tensor != qm.input]
     deltas = _overlap_deltas(tensors, trace, buffers)
-    # also tried: whole tensors over whole tensors only, never inside (the planner before rings
-    # could overlap), so that no arena gets larger than it was
-    narrow = {k: max(d, 0) for k, d in deltas.items() if tensors[k[1]].whole}
-    arena = _place(buffers, [narrow, deltas])
+    arena = _place(buffers, [_whole_only(tensors, deltas), deltas])
     for b in buffers:
         if b.tensor >= 0:
             tensors[b.tensor].offset = b.offset
@@ -636,6 +633,12 @@ def _overlap_deltas(tensors, trace: _Trace, buffers) -> dict[tuple[int, int], in
             d = max((r % y.ring + 1) * y.row_bytes - lo[tk] * x.row_bytes for tk, r in ws)
             deltas[(bx.tensor, by.tensor)] = _align(d)
     return deltas
+
+
+def _whole_only(tensors, deltas: dict[tuple[int, int], int]) -> dict[tuple[int, int], int]:
+    """The overlaps the planner allowed before rings could overlap (whole tensors over whole
+    tensors, never inside one), also tried so that no arena gets larger than it was."""
+    return {k: max(d, 0) for k, d in deltas.items() if tensors[k[1]].whole}
 
 
 def _place(buffers: list[Buffer], delta_sets: list[dict[tuple[int, int], int]]) -> int:
