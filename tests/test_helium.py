@@ -23,10 +23,10 @@ MISSING = [t for t in TOOLS if shutil.which(t) is None]
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"not installed: {', '.join(MISSING)}")
 
 
-def _spread_model(arch: str, width: float, classes: int, seed: int):
+def _spread_model(arch: str, width: float, classes: int, seed: int, res: int = 32):
     torch.manual_seed(seed)
-    model = create_model(arch, width, 32, num_classes=classes, padding="same").eval()
-    calib = torch.randn(16, 3, 32, 32)
+    model = create_model(arch, width, res, num_classes=classes, padding="same").eval()
+    calib = torch.randn(16, 3, res, res)
     with torch.no_grad():  # batch-norm statistics of real activations keep every layer alive
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -34,14 +34,14 @@ def _spread_model(arch: str, width: float, classes: int, seed: int):
         model.train()(calib)
         model.eval()
     qm = quantize_int8(model, calib)
-    x = np.random.default_rng(seed).integers(-128, 128, (3, 32, 32, 3)).astype(np.int8)
+    x = np.random.default_rng(seed).integers(-128, 128, (3, res, res, 3)).astype(np.int8)
     return qm, x
 
 
-def _qemu_outputs(out) -> np.ndarray:
-    subprocess.run(["make", "-s", "-C", str(out), "cortex-m55"], check=True, capture_output=True)
+def _qemu_outputs(out, core: str = "cortex-m55") -> np.ndarray:
+    subprocess.run(["make", "-s", "-C", str(out), core], check=True, capture_output=True)
     res = subprocess.run(
-        ["make", "-s", "-C", str(out), "run-cortex-m55"],
+        ["make", "-s", "-C", str(out), f"run-{core}"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -75,3 +75,39 @@ def test_helium_paths_are_compiled_for_the_m55_only(tmp_path):
         cmd = ["arm-none-eabi-gcc", *cpu, "-mthumb", "-O2", "-S", str(src), "-o", "-"]
         asm = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         assert ("vmladava" in asm) == (core == "cortex-m55"), core
+
+
+CLANG_M7 = "clang --target=arm-none-eabi -mcpu=cortex-m7 -mthumb -mfloat-abi=hard -mfpu=fpv5-d16"
+GCC_M7 = "arm-none-eabi-gcc -mcpu=cortex-m7 -mthumb -mfloat-abi=hard -mfpu=fpv5-d16"
+
+
+def _clang_m7_outputs(out) -> np.ndarray:
+    """The library built by clang (as benchmarks/cmsis_peer.py does), linked by gcc, on QEMU."""
+    clang = [*CLANG_M7.split(), "-O2", "-isystem", "/usr/lib/arm-none-eabi/include"]
+    for src in ("model.c", "mn_engine.c"):
+        subprocess.run([*clang, "-c", src, "-o", f"{src}.clang.o"], cwd=out, check=True)
+    link = [*GCC_M7.split(), "-O2", "-nostartfiles", "--specs=rdimon.specs", "-T", "mps2-an500.ld"]
+    objs = ["model.c.clang.o", "mn_engine.c.clang.o", "main_mcu.c", "mn_inputs.c", "startup.c"]
+    subprocess.run([*link, *objs, "-o", "clang.elf"], cwd=out, check=True, capture_output=True)
+    qemu = ["qemu-system-arm", "-machine", "mps2-an500", "-cpu", "cortex-m7", "-nographic"]
+    qemu += ["-monitor", "none", "-serial", "none", "-semihosting-config"]
+    qemu += ["enable=on,target=native", "-kernel", "clang.elf"]
+    res = subprocess.run(qemu, cwd=out, capture_output=True, text=True, timeout=120)
+    rows = re.findall(r"^out \d+:(.*)$", res.stdout, re.M)
+    return np.array([[int(v) for v in r.split()] for r in rows], np.int64)
+
+
+def test_odd_shapes_take_every_tail_bit_exact_on_m7_and_m55(tmp_path):
+    """V1 alpha 0.3 at 40 px: 9, 19, 38, 76 and 153 channels and rows of 5 pixels reach every
+    remainder path beside the fast kernels (odd cout and k % 4 != 0 on the M7's SIMD32 path,
+    cout % 8 == 4 and cout % 4 != 0 in the Helium depthwise and pointwise, an odd last pixel);
+    Cortex-M7 (gcc, and clang when installed) and M55 outputs equal the NumPy reference."""
+    qm, x = _spread_model("mobilenet_v1", 0.3, 7, 2, res=40)
+    ref = run_int8(qm, x).astype(np.int64)
+    assert len(np.unique(ref)) > 5, "degenerate logits: the check would mean nothing"
+    out = tmp_path / "lib"
+    generate_c(qm, out, target="cortex-m7", test_inputs=x)
+    for core in ("cortex-m55", "cortex-m7"):
+        assert np.array_equal(_qemu_outputs(out, core), ref), core
+    if shutil.which("clang"):
+        assert np.array_equal(_clang_m7_outputs(out), ref), "clang"

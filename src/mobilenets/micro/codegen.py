@@ -48,6 +48,9 @@ from .validate import GraphError, check_model
 TARGETS = ("host", "cortex-m4", "cortex-m7", "cortex-m55")
 MARKER = ".mobilenets-codegen"
 ENGINE_FILES = ("mn_engine.h", "mn_engine.c", "startup.c")  # copied as they are
+# right shifts up to this fold out_zp * 2^shift into the rounding constant: |x| < 2^30 and
+# 128 * 2^22 + 2^21 < 2^30 keep the sum inside int32 (MN_FAST_ZP in mn_engine.h)
+MAX_ZP_FOLD_SHIFT = 22
 DRIVER_FILES = ("main_host.c", "main_mcu.c")  # @p@/@P@ become the prefix
 DEFAULT_PREFIX = "mn_"
 # what the generated Makefile builds (``make clean`` removes them): may be replaced too
@@ -67,12 +70,12 @@ def engine_file(name: str) -> str:
     return _template(name).replace("@MN_OPS@", c_enum())
 
 
-def _c_array(ctype: str, name: str, values: np.ndarray) -> str:
+def _c_array(ctype: str, name: str, values: np.ndarray, align: str = "") -> str:
     flat = np.asarray(values).reshape(-1)
     if flat.size == 0:
         flat = np.zeros(1, dtype=np.int64)
     body = ",".join(map(str, flat.tolist()))
-    return f"static const {ctype} {name}[{flat.size}] = {{{body}}};\n"
+    return f"static const {ctype} {name}[{flat.size}]{align} = {{{body}}};\n"
 
 
 def _f32(x: float) -> float:
@@ -107,6 +110,8 @@ def _conv_params(qm: QuantizedModel, s: Stage, tag: str) -> tuple[str, str]:
     if bound >= 2**31:
         raise UnsupportedModelError(f"op {op.name}: the int32 accumulator could overflow")
     fast = int(bound < 2**30 and bool((shift <= -1).all()))
+    if fast and bool((shift >= -MAX_ZP_FOLD_SHIFT).all()):
+        fast |= 2  # the zero point folds into the rounding constant (see mn_engine.h)
     if s.kind == "dw":
         wc = dw_weight_order(w)
     elif kp := im2col_length(s, cin):  # rows padded with zero weights to the im2col length
@@ -114,7 +119,7 @@ def _conv_params(qm: QuantizedModel, s: Stage, tag: str) -> tuple[str, str]:
         wc[:, : w[0].size] = w.reshape(cout, -1)
     else:
         wc = w
-    code = _c_array("int8_t", f"{tag}_w", wc)
+    code = _c_array("int8_t", f"{tag}_w", wc, " MN_ALIGN4")  # whole-word loads in the kernels
     code += _c_array("int32_t", f"{tag}_b", bias)
     code += _c_array("int32_t", f"{tag}_be", eff)
     code += _c_array("int32_t", f"{tag}_m", m0)

@@ -107,6 +107,28 @@ static inline int8_t mn_sat(int32_t v, int32_t lo, int32_t hi)
     return (int8_t)v;
 }
 
+#if MN_SIMD32
+/* 2 * zp + 1: with MN_FAST_ZP, (2 * zp + 1) << (e - 1) = 2^(e-1) + zp * 2^e is the rounding
+ * constant of mn_rq_e with the output zero point folded in (no overflow for e <= 22). */
+static inline uint32_t mn_zp_round(int32_t zp)
+{
+    return (uint32_t)(2 * zp + 1);
+}
+
+/* mn_rq_e(acc, m0, e, 2^(e-1)) + zp for e = -shift, from mn_zp_round(zp) */
+static inline int32_t mn_rq_zp(int32_t acc, int32_t m0, int32_t shift, uint32_t zr)
+{
+    return mn_rq_e(acc, m0, -shift, (int32_t)(zr << (~shift)));
+}
+
+/* v clamped to the int8 range: one SSAT (gcc 12 builds compares and branches from the C) */
+static inline int8_t mn_sat8(int32_t v)
+{
+    __asm__("ssat %0, #8, %1" : "=r"(v) : "r"(v));
+    return (int8_t)v;
+}
+#endif
+
 /* The requantized, clamped int8 output; callers keep the parameters in locals, since every
  * int8 store may alias the parameter block as far as the compiler knows. */
 static inline int8_t mn_clamp8(int32_t acc, int32_t m0, int32_t shift, int32_t zp, int32_t lo,
@@ -147,6 +169,13 @@ static inline int32_t mn_rd32(const int8_t *p)
 #endif
     return v;
 }
+/* a = the word at p, b = the word at p + k, then p += 4: two LDR whose addressing forms every
+ * compiler keeps (clang otherwise spills rebased pointers). Only the word at p is declared to
+ * the compiler: callers read memory nothing writes during the call, after MN_FENCE(). */
+#define MN_LD2(a, b, p, k)                                                                        \
+    __asm__("ldr %1, [%2, %3]\n\tldr %0, [%2], #4"                                              \
+            : "=&r"(a), "=&r"(b), "+r"(p)                                                       \
+            : "r"(k), "m"(*(const mn_bytes4 *)(const void *)(p)))
 /* bytes 1 and 3 sign-extended to two halfwords: SXTB16 with its ROR #8 operand */
 static inline int16x2_t mn_sxtb16_odd(int32_t v)
 {
@@ -164,8 +193,11 @@ typedef struct {
 } mn_acc4;
 
 #if defined(__GNUC__)
+/* no instruction: every store before it is done before any load after it */
+#define MN_FENCE() __asm__ __volatile__("" ::: "memory")
 #define MN_ALWAYS_INLINE inline __attribute__((always_inline))
 #else
+#define MN_FENCE()
 #define MN_ALWAYS_INLINE inline
 #endif
 
@@ -314,6 +346,56 @@ static void mn_pw_pairs(const mn_conv_params *p, int k, const int8_t *in, int pa
     }
 }
 
+#if MN_SIMD32
+/* mn_pw_pairs when cout is even, k a multiple of 4, the input and weights word-aligned,
+ * MN_FAST_ZP set and the clamp the whole int8 range (one SSAT): the row length k steps to both
+ * the second weight row and the second pixel, so the inner loop needs four pointers and
+ * counters, and the constants are read after it. */
+static void mn_pw_even(const mn_conv_params *p, int k, const int8_t *in, int pairs, int8_t *out)
+{
+    const int cout = p->cout, n4 = k >> 2;
+    int o;
+    for (o = 0; o < cout; o += 2) {
+        const int8_t *const wr = p->w + (size_t)o * (size_t)k;
+        const int8_t *xp = in;
+        int8_t *y = out + o;
+        int px;
+        for (px = 0; px < pairs; ++px) { /* constants reloaded after the loop: fewer spills */
+            int32_t a00 = p->bias_eff[o], a01 = p->bias_eff[o + 1], a10 = a00, a11 = a01;
+            const int8_t *x = xp, *w = wr;
+            int n;
+            for (n = n4; n > 0; --n) {
+                int32_t wa, wb, xa, xb;
+                MN_LD2(wa, wb, w, k);
+                MN_LD2(xa, xb, x, k);
+                const int16x2_t wa0 = __sxtb16(wa), wa1 = mn_sxtb16_odd(wa);
+                const int16x2_t wb0 = __sxtb16(wb), wb1 = mn_sxtb16_odd(wb);
+                int16x2_t v0 = __sxtb16(xa), v1 = mn_sxtb16_odd(xa);
+                a00 = __smlad(v0, wa0, a00);
+                a00 = __smlad(v1, wa1, a00);
+                a01 = __smlad(v0, wb0, a01);
+                a01 = __smlad(v1, wb1, a01);
+                v0 = __sxtb16(xb);
+                v1 = mn_sxtb16_odd(xb);
+                a10 = __smlad(v0, wa0, a10);
+                a10 = __smlad(v1, wa1, a10);
+                a11 = __smlad(v0, wb0, a11);
+                a11 = __smlad(v1, wb1, a11);
+            }
+            {   /* read through p after the loop: nothing but p and o stays live across it */
+                const uint32_t zr = mn_zp_round(p->out_zp);
+                y[0] = mn_sat8(mn_rq_zp(a00, p->m0[o], p->shift[o], zr));
+                y[cout] = mn_sat8(mn_rq_zp(a10, p->m0[o], p->shift[o], zr));
+                y[1] = mn_sat8(mn_rq_zp(a01, p->m0[o + 1], p->shift[o + 1], zr));
+                y[cout + 1] = mn_sat8(mn_rq_zp(a11, p->m0[o + 1], p->shift[o + 1], zr));
+            }
+            xp += 2 * k;
+            y += 2 * cout;
+        }
+    }
+}
+#endif
+
 #if MN_MVE
 /* ---- Helium (MVE) kernels, bit-identical to the plain C paths above ---- */
 
@@ -366,8 +448,73 @@ static inline int32x4_t mn_dot4_mve(const int8_t *x, const int8_t *w, int k)
     return vsetq_lane_s32(a3, r, 3);
 }
 
-/* Pointwise (and im2col, FC) convolution, four output channels of one pixel per step.
- * Requires p->fast. */
+/* Eight dot products of length k from the bias be[0..3]: pixels x and x + k by the weight
+ * rows w, w + k, w + 2k, w + 3k; each weight vector serves both pixels. */
+typedef struct {
+    int32x4_t p0, p1;
+} mn_acc2x4_mve;
+
+static inline mn_acc2x4_mve mn_dot4x2_mve(const int8_t *x, const int8_t *w, int k,
+                                          const int32_t *be)
+{
+    const int kf = k & ~15;
+    const int8_t *const x1 = x + k, *const w1 = w + k, *const w2 = w1 + k, *const w3 = w2 + k;
+    int32_t a0 = be[0], a1 = be[1], a2 = be[2], a3 = be[3];
+    int32_t b0 = a0, b1 = a1, b2 = a2, b3 = a3;
+    mn_acc2x4_mve r;
+    int i;
+#define MN_ROW2(a, b, wv)                                                                         \
+    do {                                                                                          \
+        const int8x16_t v_ = (wv);                                                                \
+        a = vmladavaq_s8(a, xa, v_);                                                              \
+        b = vmladavaq_s8(b, xb, v_);                                                              \
+    } while (0)
+    for (i = 0; i < kf; i += 16) {
+        const int8x16_t xa = vld1q_s8(x + i), xb = vld1q_s8(x1 + i);
+        MN_ROW2(a0, b0, vld1q_s8(w + i));
+        MN_ROW2(a1, b1, vld1q_s8(w1 + i));
+        MN_ROW2(a2, b2, vld1q_s8(w2 + i));
+        MN_ROW2(a3, b3, vld1q_s8(w3 + i));
+    }
+    if (kf < k) {
+        const mve_pred16_t t = vctp8q((uint32_t)(k - kf));
+        const int8x16_t xa = vldrbq_z_s8(x + kf, t), xb = vldrbq_z_s8(x1 + kf, t);
+        MN_ROW2(a0, b0, vldrbq_z_s8(w + kf, t));
+        MN_ROW2(a1, b1, vldrbq_z_s8(w1 + kf, t));
+        MN_ROW2(a2, b2, vldrbq_z_s8(w2 + kf, t));
+        MN_ROW2(a3, b3, vldrbq_z_s8(w3 + kf, t));
+    }
+#undef MN_ROW2
+    r.p0 = vsetq_lane_s32(a3, vsetq_lane_s32(a2, vsetq_lane_s32(a1, vdupq_n_s32(a0), 1), 2), 3);
+    r.p1 = vsetq_lane_s32(b3, vsetq_lane_s32(b2, vsetq_lane_s32(b1, vdupq_n_s32(b0), 1), 2), 3);
+    return r;
+}
+
+/* One pixel of mn_pw_mve from output channel o0 (a multiple of 4): four channels per step. */
+static void mn_pw1_mve(const mn_conv_params *p, int k, const int8_t *x, int8_t *y, int o0)
+{
+    const int cout = p->cout, c4 = cout & ~3;
+    const int8_t *const wt = p->w;
+    const int32_t *const be = p->bias_eff;
+    MN_PARAMS(p);
+    int o;
+    (void)fast;
+    for (o = o0; o < c4; o += 4) {
+        const int32x4_t acc = vaddq_s32(vld1q_s32(be + o),
+                                        mn_dot4_mve(x, wt + (size_t)o * (size_t)k, k));
+        mn_st4_mve(y + o, mn_rq_mve(acc, vld1q_s32(m0 + o), vld1q_s32(sh + o)), zp, lo, hi);
+    }
+    for (; o < cout; ++o) {
+        const int8_t *const w = wt + (size_t)o * (size_t)k;
+        int32_t a = be[o];
+        int i;
+        for (i = 0; i < k; ++i) a += x[i] * w[i];
+        y[o] = MN_OUT(a, o);
+    }
+}
+
+/* Pointwise (and im2col, FC) convolution: two pixels by four output channels per step, the
+ * channels past cout & ~3 and an odd last pixel one pixel at a time. Requires p->fast. */
 static void mn_pw_mve(const mn_conv_params *p, int k, const int8_t *in, int npix, int8_t *out)
 {
     const int cout = p->cout, c4 = cout & ~3;
@@ -376,22 +523,23 @@ static void mn_pw_mve(const mn_conv_params *p, int k, const int8_t *in, int npix
     MN_PARAMS(p);
     int px, o;
     (void)fast;
-    for (px = 0; px < npix; ++px) {
+    for (px = 0; px + 1 < npix; px += 2) {
         const int8_t *const x = in + (size_t)px * (size_t)k;
         int8_t *const y = out + (size_t)px * (size_t)cout;
         for (o = 0; o < c4; o += 4) {
-            const int32x4_t acc = vaddq_s32(vld1q_s32(be + o),
-                                            mn_dot4_mve(x, wt + (size_t)o * (size_t)k, k));
-            mn_st4_mve(y + o, mn_rq_mve(acc, vld1q_s32(m0 + o), vld1q_s32(sh + o)), zp, lo, hi);
+            const mn_acc2x4_mve a = mn_dot4x2_mve(x, wt + (size_t)o * (size_t)k, k, be + o);
+            const int32x4_t m = vld1q_s32(m0 + o), s = vld1q_s32(sh + o);
+            mn_st4_mve(y + o, mn_rq_mve(a.p0, m, s), zp, lo, hi);
+            mn_st4_mve(y + cout + o, mn_rq_mve(a.p1, m, s), zp, lo, hi);
         }
-        for (; o < cout; ++o) {
-            const int8_t *const w = wt + (size_t)o * (size_t)k;
-            int32_t a = be[o];
-            int i;
-            for (i = 0; i < k; ++i) a += x[i] * w[i];
-            y[o] = MN_OUT(a, o);
+        if (c4 < cout) {
+            mn_pw1_mve(p, k, x, y, c4);
+            mn_pw1_mve(p, k, x + k, y + cout, c4);
         }
     }
+    if (npix & 1)
+        mn_pw1_mve(p, k, in + (size_t)(npix - 1) * (size_t)k, out + (size_t)(npix - 1) * (size_t)cout,
+                   0);
 }
 
 /* s + x * w, lane by lane (MVE multiplies vector by vector, accumulates by scalar only) */
@@ -400,18 +548,78 @@ static inline int32x4_t mn_mla_mve(int32x4_t s, int32x4_t x, int32x4_t w)
     return vaddq_s32(s, vmulq_s32(x, w));
 }
 
-/* Depthwise 3x3 interior pixel, four channels per step (weights: groups of 4 channels by 9
- * taps, see mn_dw_widx). Requires p->fast; returns the channels done (cout & ~3). */
+/* No instruction: u and v become opaque and memory is read after it, so the compiler keeps
+ * each tap's loads and sums in tap order (gcc 12 otherwise hoists every load and product and
+ * spills most vector registers to the stack). */
+#define MN_KEEP2(u, v) __asm__ __volatile__("" : "+w"(u), "+w"(v) : : "memory")
+
+/* Depthwise 3x3 interior pixel, eight channels per step in 16-bit lanes: VMULLB and VMULLT
+ * widen the even and the odd channels' products to 32 bits, VLD2 splits the per-channel
+ * constants the same way and VMOVNB/VMOVNT put the outputs back in order. The weights of
+ * channels o..o+3 and o+4..o+7 lie in two groups 36 bytes apart (see mn_dw_widx): one gather.
+ * Requires p->fast; returns the channels done (cout & ~7). */
+static int mn_dw3x3_mve8(const mn_conv_params *p, const int8_t *a, const int8_t *b,
+                         const int8_t *c, int8_t *y)
+{
+    static const uint16_t groups[8] = {0, 1, 2, 3, 36, 37, 38, 39};
+    const int cin = p->cin, c8 = p->cout & ~7;
+    const int8_t *w = p->w;
+    const int32_t *const be = p->bias_eff;
+    const uint16x8_t offs = vld1q_u16(groups);
+    MN_PARAMS(p);
+    int o;
+    (void)fast;
+#define MN_TAP8(x, t)                                                                             \
+    do {                                                                                          \
+        const int16x8_t xv = vldrbq_s16(x), wv = vldrbq_gather_offset_s16(w + 4 * (t), offs);     \
+        se = vaddq_s32(se, vmullbq_int_s16(xv, wv));                                              \
+        so = vaddq_s32(so, vmulltq_int_s16(xv, wv));                                              \
+        MN_KEEP2(se, so);                                                                         \
+    } while (0)
+    for (o = 0; o < c8; o += 8) {
+        const int32x4x2_t bias = vld2q_s32(be + o);
+        int32x4_t se = bias.val[0], so = bias.val[1];
+        MN_TAP8(a, 0);
+        MN_TAP8(a + cin, 1);
+        MN_TAP8(a + 2 * cin, 2);
+        MN_TAP8(b, 3);
+        MN_TAP8(b + cin, 4);
+        MN_TAP8(b + 2 * cin, 5);
+        MN_TAP8(c, 6);
+        MN_TAP8(c + cin, 7);
+        MN_TAP8(c + 2 * cin, 8);
+        {
+            const int32x4x2_t m = vld2q_s32(m0 + o), e = vld2q_s32(sh + o);
+            const int32x4_t vlo = vdupq_n_s32(lo), vhi = vdupq_n_s32(hi);
+            se = vminq_s32(vmaxq_s32(vaddq_n_s32(mn_rq_mve(se, m.val[0], e.val[0]), zp), vlo), vhi);
+            so = vminq_s32(vmaxq_s32(vaddq_n_s32(mn_rq_mve(so, m.val[1], e.val[1]), zp), vlo), vhi);
+            vstrbq_s16(y + o, vmovntq_s32(vmovnbq_s32(vdupq_n_s16(0), se), so));
+        }
+        w += 72;
+        a += 8;
+        b += 8;
+        c += 8;
+    }
+#undef MN_TAP8
+    return c8;
+}
+
+/* Depthwise 3x3 interior pixel from channel o0 (a multiple of 4), four channels per step
+ * (weights: groups of 4 channels by 9 taps, see mn_dw_widx). Requires p->fast; returns the
+ * channels done (cout & ~3). */
 static int mn_dw3x3_mve(const mn_conv_params *p, const int8_t *a, const int8_t *b,
-                        const int8_t *c, int8_t *y)
+                        const int8_t *c, int8_t *y, int o0)
 {
     const int cin = p->cin, c4 = p->cout & ~3;
-    const int8_t *w = p->w;
+    const int8_t *w = p->w + 9 * o0;
     const int32_t *const be = p->bias_eff;
     MN_PARAMS(p);
     int o;
     (void)fast;
-    for (o = 0; o < c4; o += 4) {
+    a += o0;
+    b += o0;
+    c += o0;
+    for (o = o0; o < c4; o += 4) {
         int32x4_t s = vld1q_s32(be + o);
         s = mn_mla_mve(s, vldrbq_s32(a), vldrbq_s32(w));
         s = mn_mla_mve(s, vldrbq_s32(a + cin), vldrbq_s32(w + 4));
@@ -461,8 +669,9 @@ static void mn_pw8(const mn_conv_params *p, const int8_t *in, int npix, int8_t *
     const int8_t *const wt = p->w;
     const int32_t *const be = p->bias_eff;
     MN_PARAMS(p);
+    const int sat8 = (fast & MN_FAST_ZP) && lo == -128 && hi == 127;
+    const uint32_t zr = mn_zp_round(zp);
     int o, px;
-    (void)fast;
     for (px = 0; px + 1 < npix; px += 2) {
         const int8_t *const x = in + (size_t)px * (size_t)8;
         const int16x2_t p0 = __sxtb16(mn_rd32(x)), p1 = mn_sxtb16_odd(mn_rd32(x));
@@ -475,7 +684,6 @@ static void mn_pw8(const mn_conv_params *p, const int8_t *in, int npix, int8_t *
             const int32_t wa = mn_rd32(w), wb = mn_rd32(w + 4);
             const int16x2_t w0 = __sxtb16(wa), w1 = mn_sxtb16_odd(wa);
             const int16x2_t w2 = __sxtb16(wb), w3 = mn_sxtb16_odd(wb);
-            const int32_t e = -sh[o], r = (1 << e) >> 1, m = m0[o];
             int32_t a = __smlad(p0, w0, be[o]), b = __smlad(q0, w0, be[o]);
             a = __smlad(p1, w1, a);
             b = __smlad(q1, w1, b);
@@ -483,8 +691,14 @@ static void mn_pw8(const mn_conv_params *p, const int8_t *in, int npix, int8_t *
             b = __smlad(q2, w2, b);
             a = __smlad(p3, w3, a);
             b = __smlad(q3, w3, b);
-            y[o] = mn_sat(mn_rq_e(a, m, e, r) + zp, lo, hi);
-            y[cout + o] = mn_sat(mn_rq_e(b, m, e, r) + zp, lo, hi);
+            if (sat8) {
+                y[o] = mn_sat8(mn_rq_zp(a, m0[o], sh[o], zr));
+                y[cout + o] = mn_sat8(mn_rq_zp(b, m0[o], sh[o], zr));
+            } else {
+                const int32_t e = -sh[o], r = (1 << e) >> 1, m = m0[o];
+                y[o] = mn_sat(mn_rq_e(a, m, e, r) + zp, lo, hi);
+                y[cout + o] = mn_sat(mn_rq_e(b, m, e, r) + zp, lo, hi);
+            }
             w += 8;
         }
     }
@@ -496,6 +710,7 @@ static void mn_pw8(const mn_conv_params *p, const int8_t *in, int npix, int8_t *
 
 void mn_pointwise(const mn_conv_params *p, const int8_t *in, int npix, int8_t *out)
 {
+    MN_FENCE(); /* the input rows are stored before the kernels read them */
     mn_pointwise_k(p, p->cin, in, npix, out);
 }
 
@@ -528,7 +743,14 @@ static void mn_pointwise_k(const mn_conv_params *p, int k, const int8_t *in, int
             mn_dot_block(p, k, in + (size_t)px * (size_t)k, in + (size_t)(px + 1) * (size_t)k,
                          out + (size_t)px * (size_t)cout, out + (size_t)(px + 1) * (size_t)cout);
     }
-    if (fast) mn_pw_pairs(p, k, in, npix >> 1, out);
+#if MN_SIMD32
+    if (fast && !(cout & 1) && !(k & 3) && p->act_min == -128 && p->act_max == 127 &&
+        (fast & MN_FAST_ZP) && !(((uintptr_t)in | (uintptr_t)p->w) & 3u))
+        mn_pw_even(p, k, in, npix >> 1, out);
+    else
+#endif
+        if (fast)
+        mn_pw_pairs(p, k, in, npix >> 1, out);
     if (npix & 1)
         mn_dot_one(p, k, in + (size_t)(npix - 1) * (size_t)k, out + (size_t)(npix - 1) * (size_t)cout);
 }
@@ -572,6 +794,7 @@ void mn_conv_row(const mn_conv_params *p, const int8_t *const *rows, int kh, int
             mn_gather(p, rows, kh, kw, sw, pl, in_w, ox, dst);
             for (i = k; i < kp; ++i) dst[i] = 0;
         }
+        MN_FENCE(); /* the gathered patches are stored before the kernels read them */
         mn_pointwise_k(p, kp, scratch, out_w, out);
         return;
     }
@@ -616,7 +839,7 @@ static void mn_dw3x3_pixel(const mn_conv_params *p, const int8_t *a, const int8_
     int o = 0, t;
 #if MN_MVE
     if (fast) {
-        o = mn_dw3x3_mve(p, a, b, c, y);
+        o = mn_dw3x3_mve(p, a, b, c, y, mn_dw3x3_mve8(p, a, b, c, y));
         a += o;
         b += o;
         c += o;
@@ -624,7 +847,8 @@ static void mn_dw3x3_pixel(const mn_conv_params *p, const int8_t *a, const int8_
     }
 #endif
 #if MN_SIMD32
-    const int cin2 = 2 * cin;
+    const int cin2 = 2 * cin, sat8 = (fast & MN_FAST_ZP) && lo == -128 && hi == 127;
+    const uint32_t zr = mn_zp_round(zp);
 #define MN_TAP(x)                                                                                 \
     do {                                                                                          \
         const int32_t xv = mn_rd32(x), wv = mn_rd32(w);                                           \
@@ -647,7 +871,12 @@ static void mn_dw3x3_pixel(const mn_conv_params *p, const int8_t *a, const int8_
         MN_TAP(c);
         MN_TAP(c + cin);
         MN_TAP(c + cin2);
-        if (fast) {
+        if (sat8) {
+            y[o] = mn_sat8(mn_rq_zp(s0, m0[o], sh[o], zr));
+            y[o + 1] = mn_sat8(mn_rq_zp(s1, m0[o + 1], sh[o + 1], zr));
+            y[o + 2] = mn_sat8(mn_rq_zp(s2, m0[o + 2], sh[o + 2], zr));
+            y[o + 3] = mn_sat8(mn_rq_zp(s3, m0[o + 3], sh[o + 3], zr));
+        } else if (fast) {
             y[o] = mn_sat(mn_rq_e(s0, m0[o], -sh[o], (1 << -sh[o]) >> 1) + zp, lo, hi);
             y[o + 1] = mn_sat(mn_rq_e(s1, m0[o + 1], -sh[o + 1], (1 << -sh[o + 1]) >> 1) + zp, lo, hi);
             y[o + 2] = mn_sat(mn_rq_e(s2, m0[o + 2], -sh[o + 2], (1 << -sh[o + 2]) >> 1) + zp, lo, hi);

@@ -14,6 +14,15 @@ extern "C" {
 /* kernel ids and limits: generated from the op registry (mobilenets.micro.ops) */
 @MN_OPS@
 
+#define MN_FAST_ZP 2
+
+/* conv weights start on a word, so that kernels may read them four bytes at a time */
+#if defined(__GNUC__)
+#define MN_ALIGN4 __attribute__((aligned(4)))
+#else
+#define MN_ALIGN4
+#endif
+
 /* Per-channel requantization of a conv, depthwise conv or fully connected op. */
 typedef struct {
     int32_t cin, cout, mult; /* mult: depth multiplier of a depthwise conv */
@@ -27,8 +36,11 @@ typedef struct {
     const int32_t *bias_eff; /* bias - zp_in * sum(w): pointwise and FC fast path, else NULL */
     const int32_t *m0;       /* Q31 multipliers */
     const int32_t *shift;    /* power-of-two exponents (TFLite convention) */
-    int32_t fast;            /* 1: every shift <= 0 and |accumulator| < 2^30 (checked at
-                              * generation), so requantization takes the short exact path */
+    int32_t fast;            /* bit 0: every shift <= -1 and |accumulator| < 2^30 (checked at
+                              * generation), so requantization takes the short exact path;
+                              * bit 1 (MN_FAST_ZP): also every shift >= -22, so
+                              * out_zp * 2^-shift joins the rounding constant without
+                              * overflow */
 } mn_conv_params;
 
 /* TFLite int8 ADD: both inputs shifted left by 20, rescaled, summed, rescaled. */
