@@ -14,7 +14,9 @@ or of its test command):
 ``--small`` writes the committed fixtures (each <= 300 kB: 10-class heads, the V2/V3 bodies
 truncated after a few blocks), ``--full`` the full-size files of the issue's acceptance list.
 Every file gets a ``NAME.tflite.json`` beside it: the converter, its version, the model and
-its options. Calibration uses seeded random images in the model's input range.
+its options. Calibration uses seeded random images in the model's input range. litert-torch's
+files go through its PT2E int8 flow (torchao's ``prepare_pt2e``, calibration, ``convert_pt2e``,
+then ``litert_torch.convert``); rerunning the script rewrites the same bytes.
 """
 
 from __future__ import annotations
@@ -85,18 +87,40 @@ def keras_models(small: bool):
     import tensorflow as tf
 
     app = tf.keras.applications
-    if not small:
-        yield "keras_mobilenet_a025_96_gray_2cls.tflite", app.MobileNet(
-            input_shape=(96, 96, 1), alpha=0.25, weights=None, classes=2
-        ), (96, 96, 1), False, {"alpha": 0.25, "classes": 2, "softmax": True}
-        yield "keras_mobilenet_a025_128.tflite", app.MobileNet(
+    yield from (_keras_small(app) if small else _keras_full(app))
+
+
+def _keras_full(app):
+    """The full-size files of the issue's acceptance list."""
+    yield (
+        "keras_mobilenet_a025_96_gray_2cls.tflite",
+        app.MobileNet(input_shape=(96, 96, 1), alpha=0.25, weights=None, classes=2),
+        (96, 96, 1),
+        False,
+        {"alpha": 0.25, "classes": 2, "softmax": True},
+    )
+    yield (
+        "keras_mobilenet_a025_128.tflite",
+        app.MobileNet(
             input_shape=(128, 128, 3), alpha=0.25, weights=None, classifier_activation=None
-        ), (128, 128, 3), False, {"alpha": 0.25, "softmax": False}
-        yield "keras_mobilenet_v2_a035_144.tflite", app.MobileNetV2(
+        ),
+        (128, 128, 3),
+        False,
+        {"alpha": 0.25, "softmax": False},
+    )
+    yield (
+        "keras_mobilenet_v2_a035_144.tflite",
+        app.MobileNetV2(
             input_shape=(144, 144, 3), alpha=0.35, weights=None, classifier_activation=None
-        ), (144, 144, 3), False, {"alpha": 0.35, "softmax": False}
-        for minimal in (False, True):
-            yield f"keras_mobilenet_v3_small_96{'_minimal' if minimal else ''}.tflite", (
+        ),
+        (144, 144, 3),
+        False,
+        {"alpha": 0.35, "softmax": False},
+    )
+    for minimal in (False, True):
+        yield (
+            f"keras_mobilenet_v3_small_96{'_minimal' if minimal else ''}.tflite",
+            (
                 app.MobileNetV3Small(
                     input_shape=(96, 96, 3),
                     minimalistic=minimal,
@@ -104,8 +128,15 @@ def keras_models(small: bool):
                     include_preprocessing=False,
                     classifier_activation=None,
                 )
-            ), (96, 96, 3), False, {"alpha": 1.0, "minimalistic": minimal, "softmax": False}
-        return
+            ),
+            (96, 96, 3),
+            False,
+            {"alpha": 1.0, "minimalistic": minimal, "softmax": False},
+        )
+
+
+def _keras_small(app):
+    """The committed fixtures (<= 300 kB each)."""
     for softmax in (False, True):
         tag = "_softmax" if softmax else ""
         v1 = app.MobileNet(
@@ -115,15 +146,25 @@ def keras_models(small: bool):
             classes=10,
             classifier_activation="softmax" if softmax else None,
         )
-        yield f"keras_mobilenet_a025_32_gray{tag}.tflite", v1, (32, 32, 1), False, {
-            "alpha": 0.25,
-            "classes": 10,
-            "softmax": softmax,
-        }
+        yield (
+            f"keras_mobilenet_a025_32_gray{tag}.tflite",
+            v1,
+            (32, 32, 1),
+            False,
+            {
+                "alpha": 0.25,
+                "classes": 10,
+                "softmax": softmax,
+            },
+        )
         v2 = app.MobileNetV2(input_shape=(48, 48, 3), alpha=0.35, weights=None, include_top=False)
-        yield f"keras_mobilenet_v2_a035_48_b6{tag}.tflite", truncated(
-            v2, "block_6_project_BN", 10, softmax
-        ), (48, 48, 3), False, {"alpha": 0.35, "truncated_after": "block_6", "softmax": softmax}
+        yield (
+            f"keras_mobilenet_v2_a035_48_b6{tag}.tflite",
+            truncated(v2, "block_6_project_BN", 10, softmax),
+            (48, 48, 3),
+            False,
+            {"alpha": 0.35, "truncated_after": "block_6", "softmax": softmax},
+        )
         for minimal in (False, True):
             v3 = app.MobileNetV3Small(
                 input_shape=(48, 48, 3),
@@ -133,15 +174,25 @@ def keras_models(small: bool):
                 include_preprocessing=False,
             )
             name = f"keras_mobilenet_v3_small_48{'_minimal' if minimal else ''}_b5{tag}.tflite"
-            opts = {"minimalistic": minimal, "truncated_after": "expanded_conv_5", "softmax": softmax}
+            opts = {
+                "minimalistic": minimal,
+                "truncated_after": "expanded_conv_5",
+                "softmax": softmax,
+            }
             yield name, truncated(v3, "expanded_conv_5_add", 10, softmax), (48, 48, 3), False, opts
     v1 = app.MobileNet(input_shape=(32, 32, 1), alpha=0.25, weights=None, classes=10)
-    yield "keras_mobilenet_a025_32_gray_float_io.tflite", v1, (32, 32, 1), True, {
-        "alpha": 0.25,
-        "classes": 10,
-        "softmax": True,
-        "float_io": True,
-    }
+    yield (
+        "keras_mobilenet_a025_32_gray_float_io.tflite",
+        v1,
+        (32, 32, 1),
+        True,
+        {
+            "alpha": 0.25,
+            "classes": 10,
+            "softmax": True,
+            "float_io": True,
+        },
+    )
 
 
 def make_keras(out: Path, small: bool) -> None:
@@ -165,32 +216,84 @@ def make_keras(out: Path, small: bool) -> None:
 # ---------------------------------------------------------------- litert-torch (PT2E)
 
 
-def make_litert_torch(out: Path, small: bool) -> None:
-    """torchvision MobileNetV2 alpha 0.35 through litert-torch's PT2E int8 quantizer."""
-    from importlib.metadata import version
+CALIB_IMAGES = 32  # seeded random calibration images of the PT2E observers (batch 1: the
+# exported graph has a static batch)
 
-    import litert_torch
+
+def litert_torch_net(small: bool):
+    """torchvision MobileNetV2 alpha 0.35 (eval), seeded; ``small``: the first 7 inverted
+    residuals, then pool and a 10-way classifier (<= 300 kB)."""
     import torch
     import torchvision
-    from litert_torch.quantize import pt2e_quantizer, quant_config
 
     torch.manual_seed(0)
     net = torchvision.models.mobilenet_v2(width_mult=0.35, num_classes=10 if small else 1000)
-    res = 48 if small else 144
-    if small:  # the first 7 inverted residuals, then pool and classifier (<= 300 kB)
+    if small:
         net = torch.nn.Sequential(
             net.features[:8],
             torch.nn.AdaptiveAvgPool2d(1),
             torch.nn.Flatten(1),
             torch.nn.Linear(net.features[7].out_channels, 10),
         )
-    net = net.eval()
+    return normalized(net, 48 if small else 144)
+
+
+def normalized(net, res: int):
+    """``net`` with seeded random BatchNorm affine parameters (weight U(0.5, 1.5), bias
+    N(0, 0.2)) and its BatchNorm statistics re-estimated on 64 seeded random images in [-1, 1]:
+    a freshly initialised torchvision network's activations shrink block after block (PT2E
+    then quantizes them at its minimum scale, 2^-12), which would make the comparisons weak."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the batches below
+    net.train()
+    with torch.no_grad():
+        for _ in range(8):
+            net(torch.rand(8, 3, res, res, generator=g) * 2 - 1)
+    return net.eval()
+
+
+def pt2e_quantized(net, res: int, quantizer):
+    """PT2E int8 (torchao's ``quantize_pt2e``, the flow litert-torch documents): export,
+    insert observers (``prepare_pt2e``), calibrate on ``CALIB_IMAGES`` seeded random images in
+    [-1, 1] one at a time, ``convert_pt2e`` with the quantize/dequantize pairs left unfolded
+    (``litert_torch.convert`` turns them into int8 ops)."""
+    import torch
+    from torchao.quantization.pt2e import quantize_pt2e
+
     x = (torch.rand(1, 3, res, res) * 2 - 1,)
+    m = torch.export.export(net, x).module()
+    m = quantize_pt2e.prepare_pt2e(m, quantizer)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _ in range(CALIB_IMAGES):
+            m(torch.rand(1, 3, res, res, generator=gen) * 2 - 1)
+    return quantize_pt2e.convert_pt2e(m, fold_quantize=False), x
+
+
+def make_litert_torch(out: Path, small: bool) -> None:
+    """torchvision MobileNetV2 alpha 0.35 through litert-torch's PT2E int8 flow
+    (``prepare_pt2e``, calibration, ``convert_pt2e``, ``litert_torch.convert``)."""
+    from importlib.metadata import version
+
+    import litert_torch
+    import torch
+    from litert_torch.quantize import pt2e_quantizer, quant_config
+
+    res = 48 if small else 144
     quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
         pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True)
     )
+    m, x = pt2e_quantized(litert_torch_net(small), res, quantizer)
     edge = litert_torch.convert(
-        net, x, quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer)
+        m, x, quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer)
     )
     name = f"litert_torch_mobilenet_v2_a035_{res}{'_b7' if small else ''}.tflite"
     tmp = out / (name + ".export")
@@ -199,12 +302,15 @@ def make_litert_torch(out: Path, small: bool) -> None:
     data = tmp.read_bytes()
     tmp.unlink()
     info = {
-        "converter": "litert-torch PT2E int8 (symmetric, per-channel)",
+        "converter": "litert-torch PT2E int8 (symmetric, per-channel, static): prepare_pt2e, "
+        f"{CALIB_IMAGES} seeded random images in [-1, 1], convert_pt2e",
         "litert-torch": version("litert-torch"),
         "torch": torch.__version__,
-        "model": "torchvision mobilenet_v2(width_mult=0.35)",
+        "torchao": version("torchao"),
+        "model": "torchvision mobilenet_v2(width_mult=0.35), random BatchNorm affine, statistics "
+        "re-estimated on 64 random images",
         "input_shape": [1, 3, res, res],
-        "options": {"truncated_after": "features[7]"} if small else {},
+        "options": {"truncated_after": "features[7]", "classes": 10} if small else {},
         "python": platform.python_version(),
     }
     write(out, name, data, info, small)

@@ -7,8 +7,10 @@ elsewhere); the Cortex-M7 build under QEMU equals the host on 3 inputs.
 Not compared with TFLite Micro: ``keras_mobilenet_a025_32_gray_softmax`` and ``..._float_io``
 (both end in int8 SOFTMAX of collapsed logits): TFLite Micro and LiteRT BUILTIN_REF abort the
 process (SIGABRT) on them; there the reference equals the host C, and the logits before the
-SOFTMAX equal TFLite Micro through our own writer. The litert-torch fixture is float32 throughout
-and is refused in one line (not integer-only).
+SOFTMAX equal TFLite Micro through our own writer. The litert-torch fixture (PT2E int8) takes an
+NCHW input through a TRANSPOSE that the reader drops (the graph, the reference and the C take
+NHWC; TFLite Micro is given the same images transposed) and computes two of its three residual
+ADDs in float32 (``float_add``, :mod:`mobilenets.micro.float_islands`).
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ from mobilenets.micro.tflite import read_graph, write_tflite
 
 FOREIGN = Path(__file__).parent / "data/foreign"
 ABORTS = ("keras_mobilenet_a025_32_gray_softmax", "keras_mobilenet_a025_32_gray_float_io")
-INTEGER = sorted(p.stem for p in FOREIGN.glob("keras_*.tflite"))
+LITERT = "litert_torch_mobilenet_v2_a035_48_b7"
+INTEGER = sorted(p.stem for p in FOREIGN.glob("*.tflite"))
 COMPARED = [n for n in INTEGER if n not in ABORTS]
 M7 = ["keras_mobilenet_a025_32_gray", "keras_mobilenet_v2_a035_48_b6",
-      "keras_mobilenet_v3_small_48_b5"]  # fmt: skip
+      "keras_mobilenet_v3_small_48_b5", LITERT]  # fmt: skip
 N_INPUTS = 20
 HAVE_CC = shutil.which("cc") is not None
 WARN = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-Wpedantic", "-Wconversion", "-Wshadow",
@@ -93,6 +96,20 @@ def test_fixtures_read_as_integer_graphs():
     assert len(consts) == 4 and all(op.weights.size == 1 for op in consts)
     boundary = read_graph(FOREIGN / "keras_mobilenet_a025_32_gray_float_io.tflite")
     assert boundary.ops[0].kind == "quantize" and boundary.ops[-1].kind == "dequantize"
+
+
+def test_litert_torch_fixture_reads_with_its_float_islands():
+    """The input TRANSPOSE is dropped (NHWC in); the float residual chain of the 32-channel
+    stage (2 ADDs) becomes 2 ``float_add`` ops over 2 and 3 int8 leaves, the first (int8) ADD
+    stays an ADD; no float tensor is left in the graph."""
+    g = read_graph(FOREIGN / f"{LITERT}.tflite")
+    assert g.input_tensor.shape == (1, 48, 48, 3)
+    assert g.op_counts() == {"pad": 4, "conv2d": 14, "depthwise_conv2d": 7, "add": 1,
+                             "float_add": 2, "mean": 1, "fully_connected": 1}  # fmt: skip
+    islands = [op for op in g.ops if op.kind == "float_add"]
+    assert [len(op.inputs) for op in islands] == [2, 3]
+    assert islands[1].inputs[:2] == islands[0].inputs  # the running float sum, recomputed
+    assert all(g.tensors[t].scale > 0 for op in g.ops for t in (*op.inputs, op.output))
 
 
 @needs_tflm
@@ -183,7 +200,6 @@ def uint8_input(raw, m):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (None, "op 1 (PAD) computes in float32: the file is not integer-only"),
         (uint8_input, "op 0 (CONV_2D) computes in uint8: uint8 (legacy) quantization is not"),
         (uint8_inside, "uint8 (legacy) quantization is not supported"),
         (dynamic_width, "dynamic shapes are not supported"),
@@ -191,8 +207,7 @@ def uint8_input(raw, m):
     ],
 )
 def test_codegen_refuses_in_one_line(edit, message, tmp_path, capsys):
-    path = FOREIGN / "litert_torch_mobilenet_v2_a035_48_b7.tflite"
-    path = path if edit is None else _edit(tmp_path, edit)
+    path = _edit(tmp_path, edit)
     assert main(["codegen", str(path), "--out", str(tmp_path / "c")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err and str(path) in err, err

@@ -281,3 +281,33 @@ def softmax_params(s_in: float, beta: float = 1.0) -> tuple[int, int, int]:
     real = min(beta * float(np.float32(s_in)) * (1 << 26), (1 << 31) - 1.0)
     m, shift = quantize_multiplier(real)
     return m, shift, -input_radius(5, shift)
+
+
+# ---------------------------------------------------------------- float islands (TFLite Micro's
+# float32 DEQUANTIZE, ADD and QUANTIZE, as .float_islands runs them)
+
+
+def dequantize_table(scale: float, zero_point: int) -> np.ndarray:
+    """float32 values of the 256 int8 codes, index ``q + 128``: TFLite Micro's DEQUANTIZE
+    (``static_cast<float>(double(scale) * (q - zero_point))``). The C engine reads this table,
+    so its float island has no multiply that a compiler could fuse into an FMA."""
+    q = np.arange(-128, 128, dtype=np.int64) - int(zero_point)
+    return (float(np.float32(scale)) * q.astype(np.float64)).astype(np.float32)
+
+
+def round_half_away_f32(v: np.ndarray) -> np.ndarray:
+    """``std::round`` of float32 values (half away from zero), exactly: ``floor(|v| + 0.5)`` in
+    float32 is wrong for 0.49999997 (the sum rounds up to 1.0)."""
+    v = np.asarray(v, np.float32)
+    a = np.abs(v)
+    r = np.floor(a)
+    r = r + (a - r >= np.float32(0.5))  # a - floor(a) is exact in float32
+    return np.copysign(r, v).astype(np.float32)
+
+
+def quantize_f32(v: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """TFLite Micro's AffineQuantize float32 -> int8: ``round(v / float(scale)) + zero_point``
+    (float32 division, half away from zero), clamped to -128..127."""
+    x = np.asarray(v, np.float32) / np.float32(scale)
+    r = round_half_away_f32(np.clip(x, -512.0, 512.0))  # beyond +-512 clamps either way
+    return np.clip(r.astype(np.int64) + int(zero_point), -128, 127).astype(np.int8)

@@ -3,11 +3,14 @@
 - Keras's MobileNet (V1) head computes its RESHAPE's target shape at run time:
   ``SHAPE -> STRIDED_SLICE -> PACK``. Shapes here are static, so these ops are evaluated at load
   (:func:`fold`) and dropped; the RESHAPE then checks the folded shape against its output's.
-- litert-torch writes a layout TRANSPOSE (NCHW -> NHWC) on the model's input. Dropped, exactly:
-  the graph then takes NHWC input, as the generated C and ``run_int8`` always do.
-- Float islands (``DEQUANTIZE -> float op -> QUANTIZE``) and float models are not folded (a
-  float op rounds differently from any int8 kernel): :func:`check_integer_only` refuses them in
-  one line that names the first float op.
+- litert-torch writes a layout TRANSPOSE (NCHW -> NHWC) on the model's input. Dropped, exactly
+  (a TRANSPOSE moves int8 values and changes none): the graph then takes NHWC input, as the
+  generated C and ``run_int8`` always do, so a caller of the generated C passes the image as
+  H x W x C bytes, not in the file's NCHW order.
+- Float islands (``DEQUANTIZE -> float ADD -> QUANTIZE``, litert-torch's residual ADDs) become
+  one ``float_add`` op that runs TFLite Micro's float32 arithmetic (:mod:`.float_islands`).
+  Other float ops, and float models, are not folded (a float op rounds differently from any
+  int8 kernel): :func:`check_integer_only` refuses them in one line that names the first one.
 
 Works on :class:`RawOp` (operators as stored: builtin code, input and output tensor indices)
 before the registry (:mod:`.ops`) reads them; imports no graph class.

@@ -22,6 +22,7 @@ from .arith import (
     ADD_LEFT_SHIFT,
     add_multipliers,
     conv_multipliers,
+    dequantize_table,
     exp_on_negative_values,
     get_reciprocal,
     hard_swish_params,
@@ -30,6 +31,7 @@ from .arith import (
     mean_multiplier,
     mul_multiplier,
     multiply_by_quantized_multiplier,
+    quantize_f32,
     rounding_divide_by_pot,
     saturating_rounding_doubling_high_mul,
     softmax_params,
@@ -253,9 +255,18 @@ def pad(xs, op, ts, t_out) -> np.ndarray:
 def quantize(xs, op, ts, t_out) -> np.ndarray:
     """QUANTIZE float32 -> int8: ``round(x / scale) + zero_point`` in float32, half away from
     zero, clamped (TFLite's AffineQuantize)."""
-    v = np.asarray(xs[0], np.float32) / np.float32(t_out.scale)
-    q = np.sign(v) * np.floor(np.abs(v) + np.float32(0.5))
-    return np.clip(q.astype(np.int64) + t_out.zero_point, -128, 127).astype(np.int8)
+    return quantize_f32(xs[0], t_out.scale, t_out.zero_point)
+
+
+def float_add(xs, op, ts, t_out) -> np.ndarray:
+    """A float island (:mod:`.float_islands`) as TFLite Micro computes it: each int8 input
+    DEQUANTIZEd to float32, summed in float32 left to right (one float ADD each), the sum
+    QUANTIZEd. Only float32 operations, each rounded as the C engine rounds it."""
+    acc = None
+    for x, t in zip(xs, ts, strict=True):
+        d = dequantize_table(t.scale, t.zero_point)[x.astype(np.int64) + 128]
+        acc = d if acc is None else (acc + d).astype(np.float32)
+    return quantize_f32(acc, t_out.scale, t_out.zero_point)
 
 
 def dequantize(xs, op, ts, t_out) -> np.ndarray:

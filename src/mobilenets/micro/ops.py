@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import kernels, tflite_ops
+from .float_islands import FLOAT_ADD
 
 # planner stage kinds, in C kernel id order (the ``MN_*`` enum of the generated mn_engine.h)
 STAGE_KINDS = (
     *("conv", "dw", "add", "pool", "fc", "mul", "hswish", "logistic", "softmax", "pool2d", "pad"),
     "const",  # ADD or MUL by a constant operand (the planner picks it: :func:`.planner._stage`)
+    "fadd",  # a float island's ADD chain (:mod:`.float_islands`), TFLite Micro's float32 math
 )
 MAX_KERNEL = 7  # the largest conv/pool window the C engine takes (its row-pointer array)
 PATCH_MAX = 64  # the longest im2col patch (kh * kw * cin) the C engine gathers
@@ -43,6 +45,9 @@ class OpSpec:
       convolution it feeds), ``alias`` (no code: the output is the input's bytes) or
       ``boundary`` (float32 <-> int8 at the model's input or output, left to the caller: the
       C API takes and returns int8).
+    - ``n_inputs``: activation inputs (0: any number, ``float_add``'s int8 leaves).
+    - ``code`` -1 (``float_add``): no TFLite builtin; made at load from a float island
+      (:mod:`.float_islands`) and written back as DEQUANTIZE -> float ADD -> QUANTIZE.
     - ``rows``: the planner's row rule: ``window`` (a kernel's rows around ``r * stride``),
       ``same`` (row ``r`` of every input, row 0 of a one-row broadcast input; MEAN
       accumulates its input row by row), ``shift`` (row ``r - top``: PAD) or ``all`` (every
@@ -103,10 +108,12 @@ OPS: dict[str, OpSpec] = {
                stage="boundary"),
         OpSpec("reshape", 22, (1, 1), _T.write_reshape, _T.read_reshape, _K.reshape,
                quant="input", stage="alias"),
+        OpSpec("float_add", FLOAT_ADD, (1, 1), _T.write_float_add, _T.read_float_add,
+               _K.float_add, stage="fadd", n_inputs=0),
     )
 }  # fmt: skip
 OP_KINDS = tuple(OPS)
-BY_CODE = {s.code: s for s in OPS.values()}
+BY_CODE = {s.code: s for s in OPS.values()}  # FLOAT_ADD: the island op made at load
 TFLITE_NAMES = {
     0: "ADD", 1: "AVERAGE_POOL_2D", 3: "CONV_2D", 4: "DEPTHWISE_CONV_2D", 6: "DEQUANTIZE",
     9: "FULLY_CONNECTED", 14: "LOGISTIC", 17: "MAX_POOL_2D", 18: "MUL", 22: "RESHAPE",
@@ -124,7 +131,8 @@ def spec(kind: str) -> OpSpec:
 
 def supported_tflite_ops() -> str:
     """The TFLite builtin ops a file may use, comma-separated (for one-line refusals)."""
-    return ", ".join(sorted({TFLITE_NAMES.get(s.code, f"builtin {s.code}") for s in OPS.values()}))
+    codes = {s.code for s in OPS.values() if s.code >= 0}
+    return ", ".join(sorted(TFLITE_NAMES.get(c, f"builtin {c}") for c in codes))
 
 
 def c_enum() -> str:

@@ -47,6 +47,7 @@ STREAM_KINDS = (
     "logistic",
     "softmax",
     "const",
+    "fadd",
 )  # read their inputs by rows
 ROW_PRODUCERS = (
     "conv",
@@ -57,6 +58,7 @@ ROW_PRODUCERS = (
     "logistic",
     "softmax",
     "const",
+    "fadd",
 )  # write their outputs row by row
 
 
@@ -351,6 +353,8 @@ def _stage(qm, index, op, name, pending_pad, resolve) -> Stage:
                 f"op {name}: {op.kind} of shapes {big.shape} and {small.shape} is not supported "
                 "(same shapes, or MUL by one value per channel)"
             )
+    if kind == "fadd" and any(qm.tensors[t].shape != qm.tensors[op.output].shape for t in inputs):
+        raise UnsupportedModelError(f"op {name}: float_add of different shapes is not supported")
     kernel = tuple(op.kernel)
     if kind in ("conv", "dw"):
         kernel = (int(op.weights.shape[1]), int(op.weights.shape[2]))

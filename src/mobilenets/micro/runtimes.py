@@ -69,13 +69,24 @@ def _tflm(path: str | Path, arena_size: int):
     return runtime.Interpreter.from_file(str(path), arena_size=int(arena_size))
 
 
+def fit_input(it, x: np.ndarray) -> np.ndarray:
+    """One NHWC input (1, H, W, C) as interpreter ``it`` takes it: transposed to NCHW for a
+    file whose input is channels-first (litert-torch's; the reader drops that file's input
+    TRANSPOSE, so the graph, ``run_int8`` and the generated C take NHWC)."""
+    shape = tuple(int(d) for d in it.get_input_details(0)["shape"])
+    if x.shape != shape and x.ndim == 4 and x.transpose(0, 3, 1, 2).shape == shape:
+        x = x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x)
+
+
 def tflm_outputs(path: str | Path, x_int8: np.ndarray, arena_size: int = 64 << 20) -> np.ndarray:
-    """int8 outputs of the ``tflite-micro`` interpreter for int8 NHWC inputs (N, H, W, C)."""
+    """int8 outputs of the ``tflite-micro`` interpreter for int8 NHWC inputs (N, H, W, C)
+    (given NCHW to a file whose input is channels-first: :func:`fit_input`)."""
     with silenced_fd2():
         it = _tflm(path, arena_size)
     outs = []
     for x in x_int8:
-        it.set_input(np.ascontiguousarray(x[None]), 0)
+        it.set_input(fit_input(it, x[None]), 0)
         it.invoke()
         outs.append(np.array(it.get_output(0)).reshape(-1))
     return np.stack(outs)
@@ -85,7 +96,7 @@ def _runs_here(path: str | Path, arena_size: int, x: np.ndarray, expect=None) ->
     """Loads, runs, and (given ``expect``) gives the output that a roomy arena gives."""
     try:
         it = _tflm(path, arena_size)
-        it.set_input(x, 0)
+        it.set_input(fit_input(it, x), 0)
         it.invoke()
     except RuntimeError:
         return False

@@ -19,6 +19,7 @@ from ..artifact import ArtifactMeta
 from ..atomic import write_bytes
 from ..errors import MobilenetsError
 from . import tflite_model, tflite_ops
+from .float_islands import fold_islands
 from .fold_constants import FOLDED_NAMES, RawOp, check_integer_only, fold
 from .graph import Op, QuantizedModel, Tensor
 from .ops import BY_CODE, TFLITE_NAMES, spec, supported_tflite_ops
@@ -389,6 +390,7 @@ def _parse(model, path, allow_float: bool = False) -> QuantizedModel:
     raw_ops = [_raw_op(sub.Operators(i), codes, i) for i in range(sub.OperatorsLength())]
     raw_ops, graph_input = fold(ctx, raw_ops, int(sub.Inputs(0)))
     if not (allow_float and all(t.scale == 0.0 for t in tensors)):  # our fp32 files
+        raw_ops = fold_islands(ctx, raw_ops, int(sub.Outputs(0)))
         check_integer_only(ctx, raw_ops, _op_name)
     ops = [_read_op(ctx, raw) for raw in raw_ops]
     return QuantizedModel(tensors, ops, graph_input, int(sub.Outputs(0)))

@@ -496,9 +496,9 @@ def with_float_io(graph: Any) -> Any:
 
 def quantize_like_tflite(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     """TFLite's QUANTIZE float32 -> int8 (float32 division, half away from zero, clamped)."""
-    v = np.asarray(x, np.float32) / np.float32(scale)
-    q = np.sign(v) * np.floor(np.abs(v) + np.float32(0.5))
-    return np.clip(q.astype(np.int64) + zero_point, -128, 127).astype(np.int8)
+    from .arith import quantize_f32
+
+    return quantize_f32(x, scale, zero_point)
 
 
 def dequantize_like_tflite(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:

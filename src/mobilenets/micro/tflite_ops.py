@@ -212,6 +212,27 @@ def write_reshape(w: Any, op: Any) -> None:
     w.operator(op.kind, [op.inputs[0]], [op.output], t.BuiltinOptions.ReshapeOptions, opts)
 
 
+def write_float_add(w: Any, op: Any) -> None:
+    """A float island (:mod:`.float_islands`) as TFLite files hold it: each int8 input
+    DEQUANTIZEd, float ADDs left to right, the sum QUANTIZEd into the op's output."""
+    t, b = w.tfl, w.b
+    shape = w.graph.tensors[op.output].shape
+    base = op.name or w.graph.tensors[op.output].name
+    acc = None
+    for i, x in enumerate(op.inputs):
+        f = w.tensor(f"{base}.dequantized{i}", shape, FLOAT32)
+        w.operator("dequantize", [x], [f], 0, None)
+        if acc is None:
+            acc = f
+            continue
+        s = w.tensor(f"{base}.sum{i}", shape, FLOAT32)
+        t.AddOptionsStart(b)
+        t.AddOptionsAddFusedActivationFunction(b, 0)
+        w.operator("add", [acc, f], [s], t.BuiltinOptions.AddOptions, t.AddOptionsEnd(b))
+        acc = s
+    w.operator("quantize", [acc], [op.output], 0, None)
+
+
 # ---------------------------------------------------------------- readers
 
 
@@ -345,6 +366,11 @@ def read_reshape(ctx: Any, ins: list[int], op: Any) -> None:
             f"{ctx.path}: RESHAPE to {want} but its output has shape {out}: dynamic shapes are "
             "not supported"
         )
+
+
+def read_float_add(ctx: Any, ins: list[int], op: Any) -> None:
+    """A float island's op (made at load by :mod:`.float_islands`): its int8 leaves, in order."""
+    op.inputs = tuple(ins)
 
 
 def read_none(ctx: Any, ins: list[int], op: Any) -> None:

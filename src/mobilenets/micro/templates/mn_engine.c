@@ -1265,7 +1265,47 @@ void mn_pool_finish(const mn_pool_params *p, const int32_t *acc, int8_t *out, in
     }
 }
 
+/* ---- float islands: TFLite Micro's float32 DEQUANTIZE -> ADD ... -> QUANTIZE ---- */
+
+/* AffineQuantize: round(v) half away from zero (std::round; exact: a - (float)q is exact for
+ * a <= 512), plus the zero point, clamped. Beyond +-512 the result clamps either way. */
+static int8_t mn_quantize_f32(float v, int32_t zp)
+{
+    float a = v < 0.0f ? -v : v;
+    int32_t q;
+    if (a > 512.0f) a = 512.0f;
+    q = (int32_t)a;
+    if (a - (float)q >= 0.5f) ++q;
+    return mn_sat((v < 0.0f ? -q : q) + zp, -128, 127);
+}
+
+/* Only float32 additions and one division per value: nothing a compiler may contract (FMA). */
+void mn_fadd_row(const mn_fadd_params *p, const int8_t *const *in, int8_t *out, int n)
+{
+    int i, k;
+    for (i = 0; i < n; ++i) {
+        float acc = p->lut[in[0][i] + 128];
+        for (k = 1; k < p->n_in; ++k) acc += p->lut[256 * k + in[k][i] + 128];
+        out[i] = mn_quantize_f32(acc / p->out_scale, p->out_zp);
+    }
+}
+
 /* ---- scheduler: compute rows on demand, as planner.simulate replays it ---- */
+
+/* Input i of a stage (-1: none): in0, in1, or a float island's list. */
+static int mn_input(const mn_stage *s, int i)
+{
+    if (s->kind == MN_FADD) {
+        const mn_fadd_params *p = (const mn_fadd_params *)s->params;
+        return i < p->n_in ? p->in[i] : -1;
+    }
+    return i == 0 ? s->in0 : i == 1 ? s->in1 : -1;
+}
+
+static int mn_n_inputs(const mn_stage *s)
+{
+    return s->kind == MN_FADD ? (int)((const mn_fadd_params *)s->params)->n_in : 2;
+}
 
 static int8_t *mn_row(uint8_t *arena, const mn_tensor *t, int r)
 {
@@ -1354,6 +1394,13 @@ static void mn_compute(const mn_net *net, uint8_t *arena, const mn_stage *s, int
                    mn_row(arena, ot, r), ot->w, ot->c);
         break;
     }
+    case MN_FADD: {
+        const mn_fadd_params *p = (const mn_fadd_params *)s->params;
+        int k;
+        for (k = 0; k < p->n_in; ++k) rows[k] = mn_row(arena, &net->tensors[p->in[k]], r);
+        mn_fadd_row(p, rows, mn_row(arena, ot, r), ot->w * ot->c);
+        break;
+    }
     case MN_LOGISTIC:
         mn_logistic_row((const mn_prob_params *)s->params, mn_row(arena, in, r),
                         mn_row(arena, ot, r), ot->w * ot->c);
@@ -1397,8 +1444,8 @@ int mn_run(const mn_net *net, uint8_t *arena, int16_t *next, int16_t *stack)
             }
             s = &net->stages[net->tensors[t].producer];
             r = next[t];
-            for (i = 0; i < 2 && !missing; ++i) {
-                const int in = i == 0 ? s->in0 : s->in1;
+            for (i = 0; i < mn_n_inputs(s) && !missing; ++i) {
+                const int in = mn_input(s, i);
                 int need;
                 if (in < 0) continue;
                 need = mn_needed(s, r, net->tensors[in].h);

@@ -92,6 +92,18 @@ typedef struct {
     int32_t value;
 } mn_pad_params;
 
+/* A float island (litert-torch's float32 residual ADDs): n_in int8 inputs (tensor ids in
+ * summation order), each DEQUANTIZEd through its table of 256 float32 values (lut[256 * k + q +
+ * 128], TFLite Micro's values), summed in float32 left to right, divided by out_scale, rounded
+ * half away from zero, plus out_zp, clamped: TFLite Micro's float32 arithmetic, bit for bit. */
+typedef struct {
+    int32_t n_in;
+    const int16_t *in;
+    const float *lut;
+    float out_scale;
+    int32_t out_zp;
+} mn_fadd_params;
+
 typedef struct {
     int32_t h, w, c;  /* rows of w * c bytes */
     int32_t offset;   /* in the arena */
@@ -130,6 +142,7 @@ void mn_logistic_row(const mn_prob_params *p, const int8_t *in, int8_t *out, int
 void mn_softmax_row(const mn_prob_params *p, const int8_t *in, int8_t *out, int npix, int c);
 void mn_pool2d_row(const mn_pool2d_params *p, const int8_t *const *rows, int kh, int kw, int sw,
                    int pl, int in_w, int8_t *out, int out_w);
+void mn_fadd_row(const mn_fadd_params *p, const int8_t *const *in, int8_t *out, int n);
 void mn_pool_row(const mn_pool_params *p, int32_t *acc, const int8_t *row, int w, int c, int first);
 void mn_pool_finish(const mn_pool_params *p, const int32_t *acc, int8_t *out, int c);
 
