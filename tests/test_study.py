@@ -569,6 +569,28 @@ def test_cells_trained_with_other_settings_are_refused(tiny_study, capsys):
     assert len(err) == 1 and "was trained with epochs 1 (this study: 3)" in err[0], err
 
 
+def test_cells_recorded_with_an_older_config_schema_are_the_same_cells(tiny_study, tmp_path):
+    """A cell trained before ``expansion_activation`` existed (schema 3) built the same model:
+    it is not retrained or refused; a model that really differs still is."""
+    out, _ = tiny_study
+    grid = tiny_grid()
+    cell = next(c for c in grid.cells if c.variant.model == "mobilenet_v2")
+    shutil.copytree(cell.folder(out), cell.folder(tmp_path))
+    path = cell.folder(tmp_path) / "run.json"
+    record = json.loads(path.read_text())
+    model = record["defining"]["model"]
+    del model["expansion_activation"]
+    path.write_text(
+        json.dumps(
+            {**record, "defining": {**record["defining"], "model": {**model, "schema_version": 3}}}
+        )
+    )
+    assert cell.mismatch(grid.training, tmp_path) is None
+    model["shortcut"] = "none"
+    path.write_text(json.dumps({**record, "defining": {**record["defining"], "model": model}}))
+    assert cell.mismatch(grid.training, tmp_path) == "model shortcut none (this study: bottleneck)"
+
+
 def _fake_quick_cell(out: Path, summary: str | None = None, record: str | None = None) -> Path:
     """The first quick-preset cell's folder in ``out`` with the given (or valid) records."""
     folder = build_grid("quick", "fashion-mnist").cells[0].folder(out)

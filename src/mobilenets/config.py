@@ -131,6 +131,19 @@ class ModelConfig:
         return cls.from_dict(json.loads(text))
 
 
+def current_dict(d: Any) -> Any:
+    """A stored config dict as this version writes it: an older schema version upgraded (its
+    missing fields at their defaults, which is what it built), so that a record written before
+    a new field compares equal to the same model now; anything that does not parse as a config
+    comes back unchanged (the caller's comparison then reports it)."""
+    if not isinstance(d, dict):
+        return d
+    try:
+        return ModelConfig.from_dict(d).to_dict()
+    except (UsageError, TypeError):
+        return d
+
+
 def min_resolution(small_input: bool) -> int:
     return 16 if small_input else 32
 

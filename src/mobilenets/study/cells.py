@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ModelConfig
+from ..config import ModelConfig, current_dict
 from ..errors import UsageError
 from ..runfolder import RECORD
 
@@ -194,6 +194,7 @@ class Cell:
         record = resolve_run(args, dataset or _load_dataset(training.data), world=1).record
         old = stored.get("defining")
         old = old if isinstance(old, dict) else {}
+        old = {**old, "model": current_dict(old.get("model"))}  # older config schemas upgrade
         for key, new in record.items():
             if old.get(key) != new:
                 return _differs(key, old.get(key), new)
