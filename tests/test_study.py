@@ -314,6 +314,9 @@ def test_dwconv_headline_is_224px_cost_and_accuracy_and_the_small_shape_is_a_sid
     ev.grid.trained -= {ev.grid.sections["dwconv"][1]}
     s = claims.claim_dwconv(ev)
     assert s.verdict == UNDECIDED and s.rows[1][3] == "not trained in tiny"
+    assert (
+        s.aspects[2][2] == "MobileNetV2 α=0.2 16px standard 3x3 in the block: not trained in tiny"
+    )
 
 
 def test_expansion_relu_verdict_is_the_paired_ordering_of_the_two_variants():
