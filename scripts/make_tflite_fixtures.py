@@ -86,25 +86,47 @@ def keras_models(small: bool):
 
     app = tf.keras.applications
     if not small:
-        yield "keras_mobilenet_a025_96_gray_2cls.tflite", app.MobileNet(
-            input_shape=(96, 96, 1), alpha=0.25, weights=None, classes=2
-        ), (96, 96, 1), False, {"alpha": 0.25, "classes": 2, "softmax": True}
-        yield "keras_mobilenet_a025_128.tflite", app.MobileNet(
-            input_shape=(128, 128, 3), alpha=0.25, weights=None, classifier_activation=None
-        ), (128, 128, 3), False, {"alpha": 0.25, "softmax": False}
-        yield "keras_mobilenet_v2_a035_144.tflite", app.MobileNetV2(
-            input_shape=(144, 144, 3), alpha=0.35, weights=None, classifier_activation=None
-        ), (144, 144, 3), False, {"alpha": 0.35, "softmax": False}
+        yield (
+            "keras_mobilenet_a025_96_gray_2cls.tflite",
+            app.MobileNet(input_shape=(96, 96, 1), alpha=0.25, weights=None, classes=2),
+            (96, 96, 1),
+            False,
+            {"alpha": 0.25, "classes": 2, "softmax": True},
+        )
+        yield (
+            "keras_mobilenet_a025_128.tflite",
+            app.MobileNet(
+                input_shape=(128, 128, 3), alpha=0.25, weights=None, classifier_activation=None
+            ),
+            (128, 128, 3),
+            False,
+            {"alpha": 0.25, "softmax": False},
+        )
+        yield (
+            "keras_mobilenet_v2_a035_144.tflite",
+            app.MobileNetV2(
+                input_shape=(144, 144, 3), alpha=0.35, weights=None, classifier_activation=None
+            ),
+            (144, 144, 3),
+            False,
+            {"alpha": 0.35, "softmax": False},
+        )
         for minimal in (False, True):
-            yield f"keras_mobilenet_v3_small_96{'_minimal' if minimal else ''}.tflite", (
-                app.MobileNetV3Small(
-                    input_shape=(96, 96, 3),
-                    minimalistic=minimal,
-                    weights=None,
-                    include_preprocessing=False,
-                    classifier_activation=None,
-                )
-            ), (96, 96, 3), False, {"alpha": 1.0, "minimalistic": minimal, "softmax": False}
+            yield (
+                f"keras_mobilenet_v3_small_96{'_minimal' if minimal else ''}.tflite",
+                (
+                    app.MobileNetV3Small(
+                        input_shape=(96, 96, 3),
+                        minimalistic=minimal,
+                        weights=None,
+                        include_preprocessing=False,
+                        classifier_activation=None,
+                    )
+                ),
+                (96, 96, 3),
+                False,
+                {"alpha": 1.0, "minimalistic": minimal, "softmax": False},
+            )
         return
     for softmax in (False, True):
         tag = "_softmax" if softmax else ""
@@ -115,15 +137,25 @@ def keras_models(small: bool):
             classes=10,
             classifier_activation="softmax" if softmax else None,
         )
-        yield f"keras_mobilenet_a025_32_gray{tag}.tflite", v1, (32, 32, 1), False, {
-            "alpha": 0.25,
-            "classes": 10,
-            "softmax": softmax,
-        }
+        yield (
+            f"keras_mobilenet_a025_32_gray{tag}.tflite",
+            v1,
+            (32, 32, 1),
+            False,
+            {
+                "alpha": 0.25,
+                "classes": 10,
+                "softmax": softmax,
+            },
+        )
         v2 = app.MobileNetV2(input_shape=(48, 48, 3), alpha=0.35, weights=None, include_top=False)
-        yield f"keras_mobilenet_v2_a035_48_b6{tag}.tflite", truncated(
-            v2, "block_6_project_BN", 10, softmax
-        ), (48, 48, 3), False, {"alpha": 0.35, "truncated_after": "block_6", "softmax": softmax}
+        yield (
+            f"keras_mobilenet_v2_a035_48_b6{tag}.tflite",
+            truncated(v2, "block_6_project_BN", 10, softmax),
+            (48, 48, 3),
+            False,
+            {"alpha": 0.35, "truncated_after": "block_6", "softmax": softmax},
+        )
         for minimal in (False, True):
             v3 = app.MobileNetV3Small(
                 input_shape=(48, 48, 3),
@@ -133,15 +165,25 @@ def keras_models(small: bool):
                 include_preprocessing=False,
             )
             name = f"keras_mobilenet_v3_small_48{'_minimal' if minimal else ''}_b5{tag}.tflite"
-            opts = {"minimalistic": minimal, "truncated_after": "expanded_conv_5", "softmax": softmax}
+            opts = {
+                "minimalistic": minimal,
+                "truncated_after": "expanded_conv_5",
+                "softmax": softmax,
+            }
             yield name, truncated(v3, "expanded_conv_5_add", 10, softmax), (48, 48, 3), False, opts
     v1 = app.MobileNet(input_shape=(32, 32, 1), alpha=0.25, weights=None, classes=10)
-    yield "keras_mobilenet_a025_32_gray_float_io.tflite", v1, (32, 32, 1), True, {
-        "alpha": 0.25,
-        "classes": 10,
-        "softmax": True,
-        "float_io": True,
-    }
+    yield (
+        "keras_mobilenet_a025_32_gray_float_io.tflite",
+        v1,
+        (32, 32, 1),
+        True,
+        {
+            "alpha": 0.25,
+            "classes": 10,
+            "softmax": True,
+            "float_io": True,
+        },
+    )
 
 
 def make_keras(out: Path, small: bool) -> None:
