@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mobilenets.study.cells import Grid, Training, Variant
+from mobilenets.study.cells import Grid, Training, Variant, v2_sections
 
 
 def tiny_grid(data: str = "fashion-mnist", seeds: int = 1) -> Grid:
@@ -34,7 +34,8 @@ def tiny_grid(data: str = "fashion-mnist", seeds: int = 1) -> Grid:
             v("mobilenet_v2", 0.2, shortcut="none"),
         ],
     }
-    g.trained = {v1, v2, v("mobilenet_v2", 0.2, shortcut="none")}
+    v2_sections(g, v2)  # dwconv (cost only here, as in quick) and expansion (trained)
+    g.trained = {v1, v2, v("mobilenet_v2", 0.2, shortcut="none"), *g.sections["expansion"]}
     g.degradation = {"V1": v1, "V2": v2, "V2, no shortcut": v("mobilenet_v2", 0.2, shortcut="none")}
     g.latency = [v1]  # each timing exports to ONNX (~10 s): one is enough to check the wiring
     return g

@@ -205,7 +205,7 @@ def _non_default(name: str, default):
     return default / 2 if isinstance(default, float) and default else 1
 
 
-V1_ONLY, V2_ONLY = ("conv_type",), ("bottleneck_activation", "shortcut")
+V1_ONLY, V2_ONLY = (), ("bottleneck_activation", "expansion_activation", "shortcut")
 
 
 def test_every_model_config_option_is_a_train_flag(capsys):

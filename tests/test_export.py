@@ -99,6 +99,20 @@ def test_fold_bn_is_exact(name):
     assert (ref - got).abs().max() <= 1e-5 * scale
 
 
+@pytest.mark.parametrize("option", [("conv_type", "full"), ("expansion_activation", "linear")])
+def test_v2_ablations_export_and_match_pytorch(tmp_path, option):
+    """The V2 ablation blocks (a standard 3x3 in the block; no ReLU after the expansion) export
+    like the paper's block: onnxruntime's logits equal PyTorch's and the config round-trips."""
+    model = randomize_bn(create_model("mobilenet_v2", 0.35, 32, num_classes=5, **dict([option])))
+    info = export_onnx(model, tmp_path / "m.onnx")
+    assert info["max_abs_diff"] <= 1e-4
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert np.abs(run_ort(ort_session(tmp_path / "m.onnx"), x) - ref).max() <= 1e-4
+    assert getattr(read_metadata(tmp_path / "m.onnx")["config"], option[0]) == option[1]
+
+
 def test_export_is_one_file_with_dynamic_batch_and_metadata(tmp_path):
     model = randomize_bn(
         create_model("mobilenet_v2", 0.35, 48, num_classes=5, in_chans=3), **WIDE_BN

@@ -170,6 +170,30 @@ def test_reference_is_bit_exact_on_random_v2(padding, tmp_path):
         )
 
 
+@needs_tflm
+@needs_litert
+@pytest.mark.parametrize("option", [("conv_type", "full"), ("expansion_activation", "linear")])
+def test_reference_is_bit_exact_on_v2_ablations(option, tmp_path):
+    """V2 with a standard 3x3 in the block (CONV_2D over the expanded channels instead of
+    DEPTHWISE_CONV_2D) and V2 without the expansion's ReLU6 (no fused activation there): our
+    reference equals TFLite Micro and LiteRT to the LSB."""
+    torch.manual_seed(1)
+    model = create_model("mobilenet_v2", 0.35, 32, num_classes=100, **dict([option]))
+    model = randomize_bn(model, linear_std=0.1)
+    qmodel = quantize_int8(
+        model, torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    )
+    depthwise = qmodel.op_counts().get("depthwise_conv2d", 0)
+    assert depthwise == (0 if option[0] == "conv_type" else 17)
+    xq = np.random.default_rng(0).integers(-128, 128, (8, 32, 32, 3)).astype(np.int8)
+    ours = run_int8(qmodel, xq)
+    assert len(np.unique(ours)) > 50
+    for name, theirs in peer_outputs(tmp_path, qmodel, xq).items():
+        assert np.array_equal(ours, theirs), (
+            f"{name}: {np.abs(ours - theirs.astype(int)).max()} LSB"
+        )
+
+
 def test_int8_follows_fp32(trained_v1):
     model, calib, test, _ = trained_v1
     qmodel = quantize_int8(model, calib)

@@ -122,3 +122,27 @@ def test_tampered_onnx_metadata_gives_one_line(tiny, tmp_path, key, value, capsy
     one_line_error(capsys.readouterr().err, key)
     assert main(["bench", str(bad), "--runtimes", "onnx", "--runs", "1", "--warmup", "0"]) == 1
     one_line_error(capsys.readouterr().err, key)
+
+
+def test_schema_3_checkpoint_and_onnx_without_expansion_activation_still_load(tiny, tmp_path):
+    """Schema 4 added ``expansion_activation``; older files load as "nonlinear" (the model's
+    activation after the expansion, which is what they computed)."""
+    _, ckpt, onnx_path, img = tiny
+
+    def schema_3(info):
+        info["model"].pop("expansion_activation")
+        info["model"]["schema_version"] = 3
+
+    old = copy_ckpt(ckpt, tmp_path / "old", schema_3)
+    assert "expansion_activation" not in json.loads((old / CONFIG).read_text())["model"]
+    cfg = load_checkpoint(old).config
+    assert cfg.expansion_activation == "nonlinear" and cfg.schema_version == 4
+    assert Predictor(old).predict(str(img)) == Predictor(ckpt).predict(str(img))
+    proto = onnx.load(str(onnx_path))
+    for p in proto.metadata_props:
+        if p.key == "config":
+            d = json.loads(p.value)
+            d.pop("expansion_activation")
+            p.value = json.dumps({**d, "schema_version": 3})
+    onnx.save(proto, str(tmp_path / "old.onnx"))
+    assert read_metadata(tmp_path / "old.onnx")["config"].expansion_activation == "nonlinear"

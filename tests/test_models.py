@@ -106,12 +106,34 @@ def test_v1_full_conv_ablation():
     assert not any(isinstance(c, nn.Conv2d) and c.groups > 1 for c in m.modules())
 
 
+def test_v2_standard_conv_and_linear_expansion_ablations():
+    base = create_model("mobilenet_v2", 0.35, 32)
+    full = create_model("mobilenet_v2", 0.35, 32, conv_type="full")
+    linear = create_model("mobilenet_v2", 0.35, 32, expansion_activation="linear")
+    # the same submodules (state-dict keys) as the paper's block; only the 3x3's groups differ
+    assert list(full.state_dict()) == list(base.state_dict()) == list(linear.state_dict())
+    for b, f in zip(base.blocks, full.blocks, strict=True):
+        hid = b.dw.conv.in_channels
+        assert b.dw.conv.groups == hid and f.dw.conv.groups == 1
+        assert f.dw.conv.weight.shape == (hid, hid, 3, 3)
+    # linear: only the expansion's activation is dropped (the 3x3 keeps ReLU6)
+    assert all(isinstance(b.expand.act, nn.Identity) for b in linear.blocks if b.expand)
+    assert all(isinstance(b.dw.act, nn.ReLU6) for b in linear.blocks)
+    assert all(isinstance(b.expand.act, nn.ReLU6) for b in base.blocks if b.expand)
+    relu = create_model("mobilenet_v2", activation="relu")  # nonlinear: the model's activation
+    assert all(isinstance(b.expand.act, nn.ReLU) for b in relu.blocks if b.expand)
+    linear.load_state_dict(base.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(linear.eval()(x), base.eval()(x))
+
+
 def test_config_is_versioned_json_and_round_trips():
     m = create_model(
         "mobilenet_v2", width_mult=0.5, resolution=160, num_classes=10, in_chans=1, shortcut="none"
     )
     d = json.loads(m.config.to_json())
-    assert d["schema_version"] == 3 and d["name"] == "mobilenet_v2" and d["bn_eps"] == 1e-5
+    assert d["schema_version"] == 4 and d["name"] == "mobilenet_v2" and d["bn_eps"] == 1e-5
     assert d["padding"] == "symmetric"
     cfg = ModelConfig.from_json(m.config.to_json())
     assert cfg == m.config and cfg.rho == 160 / 224
@@ -132,7 +154,9 @@ def test_config_is_versioned_json_and_round_trips():
         ({"name": "mobilenet_v1", "resolution": 224.0}, "integer"),
         ({"name": "mobilenet_v1", "in_chans": 0}, "in_chans"),
         ({"name": "mobilenet_v1", "shortcut": "none"}, "does not apply"),
-        ({"name": "mobilenet_v2", "conv_type": "full"}, "does not apply"),
+        ({"name": "mobilenet_v3_small", "conv_type": "full"}, "does not apply"),
+        ({"name": "mobilenet_v1", "expansion_activation": "linear"}, "does not apply"),
+        ({"name": "mobilenet_v2", "expansion_activation": "relu"}, "expansion_activation must"),
         ({"name": "mobilenet_v2", "activation": "gelu"}, "activation"),
         ({"name": "resnet50", "width_mult": 0.5}, "no width multiplier"),
         ({"name": "mobilenet_v2", "colour": 1}, "unknown model option"),

@@ -102,6 +102,8 @@ def test_baselines_match_torchvision_cards(name, gmacs, params):
         ("mobilenet_v2", {"width_mult": 0.75}, 96),
         ("mobilenet_v2", {"small_input": True, "in_chans": 1, "num_classes": 10}, 28),
         ("mobilenet_v2", {"shortcut": "expansion"}, 64),
+        ("mobilenet_v2", {"width_mult": 0.35, "conv_type": "full"}, 64),
+        ("mobilenet_v2", {"width_mult": 0.35, "expansion_activation": "linear"}, 64),
         ("resnet50", {}, 64),
     ],
 )

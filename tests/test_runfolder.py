@@ -311,3 +311,21 @@ def test_run_folder_markers_include_broken_links(tmp_path):
 
     (tmp_path / "best.ckpt").symlink_to("epoch-0001.ckpt")
     assert runfolder.markers(tmp_path) == ["best.ckpt"]
+
+
+def test_resume_accepts_a_record_written_with_an_older_config_schema(tmp_path):
+    """run.json written before ``expansion_activation`` (schema 3) defines the same model: resume
+    goes on; a model that differs is still refused in one line."""
+    from mobilenets.config import ModelConfig
+    from mobilenets.errors import UsageError
+    from mobilenets.runfolder import RECORD, check_record
+
+    model = ModelConfig("mobilenet_v2", 0.35).to_dict()
+    old = {k: v for k, v in model.items() if k != "expansion_activation"}
+    (tmp_path / RECORD).write_text(
+        json.dumps({"defining": {"model": {**old, "schema_version": 3}}, "epochs": 1})
+    )
+    check_record(tmp_path, {"model": model}, 1, started=True)
+    linear = {**model, "expansion_activation": "linear"}
+    with pytest.raises(UsageError, match="expansion_activation: stored 'nonlinear'"):
+        check_record(tmp_path, {"model": linear}, 1, started=True)

@@ -141,6 +141,8 @@ def test_quick_preset_full_test_set_validation_split_and_five_seeds():
     g = build_grid("quick", "fashion-mnist")
     assert g.training.max_eval_samples is None and g.training.val_split == 2000
     assert g.seeds >= 5 and set(g.sections["ablation"]) <= g.seeded
+    assert set(g.sections["expansion"]) <= g.seeded  # V2 without the expansion's ReLU6
+    assert not set(g.sections["dwconv"][1:]) & g.trained  # the standard 3x3: ~16x the MACs
     assert g.latency == [*g.sections["baselines"], g.sections["imagenet"][3]]  # verdicts' only
     cell = Cell(g.sections["ablation"][0], 0)
     assert "--val-split 2000" in " ".join(cell.command(g.training, "o"))
@@ -287,6 +289,52 @@ def test_ablation_decides_each_pair_on_its_own():
     assert s.verdict == UNDECIDED and all("95% CI" in w for _, _, w in s.aspects)
 
 
+def test_dwconv_headline_is_224px_cost_and_accuracy_and_the_small_shape_is_a_side():
+    # crafted: a standard 3x3 costs 9x at every shape and the accuracies are equal
+    s = claims.claim_dwconv(_crafted())
+    assert s.verdict == S, s.aspects
+    assert [a for a, _, _ in s.aspects] == [
+        "depthwise V2 macs a fraction (≤ 1/4) of standard-3x3 V2, 224 px, 1000 classes",
+        "depthwise V2 params a fraction (≤ 1/4) of standard-3x3 V2, 224 px, 1000 classes",
+        "depthwise within 2 pp of a standard 3x3",
+    ]
+    assert all("16 px" in a for a in _side(s, S)) and len(s.side) == 2
+    # only 3x cheaper at the small shape: contradicted there, a side aspect only
+    ev = _crafted()
+    for v in ev.grid.sections["dwconv"][1:2]:
+        ev.costs[v.key] = {k: x / 3 for k, x in ev.costs[v.key].items()}
+    s = claims.claim_dwconv(ev)
+    assert s.verdict == S and len(_side(s, C)) == 2
+    # a standard 3x3 5 pp more accurate: the headline's accuracy aspect contradicts it
+    full5 = lambda v, seed: 0.85 + seed / 1000 if v.conv_type == "full" else 0.8 + seed / 1000  # noqa: E731
+    s = claims.claim_dwconv(_crafted(acc=full5))
+    assert s.verdict == C and "95% CI" in s.aspects[2][2]
+    # not trained (quick): the accuracy aspect is inconclusive, and so is the headline
+    ev = _crafted()
+    ev.grid.trained -= {ev.grid.sections["dwconv"][1]}
+    s = claims.claim_dwconv(ev)
+    assert s.verdict == UNDECIDED and s.rows[1][3] == "not trained in tiny"
+    assert (
+        s.aspects[2][2] == "MobileNetV2 α=0.2 16px standard 3x3 in the block: not trained in tiny"
+    )
+
+
+def test_expansion_relu_verdict_is_the_paired_ordering_of_the_two_variants():
+    def acc(gap):
+        return lambda v, seed: (
+            0.75 + seed / 200 - (gap if v.expansion_activation == "linear" else 0)
+        )
+
+    s = claims.claim_expansion(_crafted(acc=acc(0.05)))  # 5 pp lower without the ReLU6
+    assert s.verdict == S and "+5.00 pp" in s.aspects[0][2] and "paired t" in s.aspects[0][2]
+    assert [r[0] for r in s.rows] == [
+        "MobileNetV2 α=0.2 16px",
+        "MobileNetV2 α=0.2 16px linear expansion",
+    ]
+    assert claims.claim_expansion(_crafted(acc=acc(-0.05))).verdict == C  # linear is better
+    assert claims.claim_expansion(_crafted(acc=acc(0.001))).verdict == UNDECIDED  # within noise
+
+
 def test_ablation_curves_per_epoch_only_when_cells_run_several_epochs():
     from dataclasses import replace
 
@@ -356,7 +404,7 @@ def test_plan_prints_runnable_train_commands(tmp_path, capsys):
     grid = build_grid("paper", "fashion-mnist", seeds=3)
     assert len(lines) == len(grid.cells) == len({c["id"] for c in plan["cells"]})
     ablation = [c for c in plan["cells"] if c["variant"].startswith("v2-a1-r28")]
-    assert len(ablation) == 4 * 3  # 4 Fig. 6 variants x 3 seeds
+    assert len(ablation) == 6 * 3  # 4 Fig. 6 variants, standard 3x3, linear expansion x 3 seeds
     # every cell whose ordering a verdict uses has every seed: the α and ρ cells too
     ordered = grid.sections["alpha"] + grid.sections["rho"]
     assert {c.seed for c in grid.cells if c.variant in ordered} == {0, 1, 2}
@@ -366,7 +414,11 @@ def test_plan_prints_runnable_train_commands(tmp_path, capsys):
         args = parser.parse_args(shlex.split(line)[1:])
         assert args.small_input and args.resume and args.out.startswith(str(tmp_path))
     full = [parser.parse_args(shlex.split(x)[1:]) for x in lines if "--conv-type full" in x]
-    assert full and all(a.conv_type == "full" and a.model == "mobilenet_v1" for a in full)
+    assert {(a.model, a.seed) for a in full if a.conv_type == "full"} == {
+        (m, s) for m in ("mobilenet_v1", "mobilenet_v2") for s in range(3)
+    }  # V1 Table 4's full conv and V2 with a standard 3x3: every seed, in paper only
+    linear = [x for x in lines if "--expansion-activation linear" in x]
+    assert len(linear) == 3 and all("--model mobilenet_v2" in x for x in linear)
 
 
 # ---------------------------------------------------------------- a tiny study
@@ -478,7 +530,19 @@ def test_every_report_number_equals_its_source(tiny_study):
     assert "early training (4 steps)" in page_text and "noise floor ±5.0 pp" in page_text
     assert "Selection: no validation split" in page_text and b["val_images"] == 0
     # every claim of the source document is in the summary, measured or "not measurable here"
-    assert sum(r["verdict"] == "not measurable here" for r in study["summary"]) == 3
+    assert sum(r["verdict"] == "not measurable here" for r in study["summary"]) == 1
+    # the V2 block ablations: the standard 3x3's cost at 224 px, the linear expansion's accuracy
+    sources = {src for _, srcs, _ in sourced for src in srcs}
+    assert {
+        "profile(v2-a1-r224-full-imagenet):macs",
+        "profile(v2-a0.2-r16-full):params",
+        "cells/v2-a0.2-r16-linear-expansion-s0/summary.json:final_test_top1",
+    } <= sources
+    assert (
+        study["summaries"]["v2-a0.2-r16-linear-expansion-s0"]["config"]["expansion_activation"]
+        == "linear"
+    )
+    assert {s["key"] for s in study["sections"]} >= {"dwconv", "expansion"}
     structure = sec["structure"]
     assert structure["verdict"] == S and study["structure"]["v1"]["layers"] == 28
     assert study["structure"]["expansion"]["resnet50"][0] == 0.25
@@ -506,6 +570,28 @@ def test_cells_trained_with_other_settings_are_refused(tiny_study, capsys):
     assert cli.main(["study", "--out", str(out / "q"), "--epochs", "3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "was trained with epochs 1 (this study: 3)" in err[0], err
+
+
+def test_cells_recorded_with_an_older_config_schema_are_the_same_cells(tiny_study, tmp_path):
+    """A cell trained before ``expansion_activation`` existed (schema 3) built the same model:
+    it is not retrained or refused; a model that really differs still is."""
+    out, _ = tiny_study
+    grid = tiny_grid()
+    cell = next(c for c in grid.cells if c.variant.model == "mobilenet_v2")
+    shutil.copytree(cell.folder(out), cell.folder(tmp_path))
+    path = cell.folder(tmp_path) / "run.json"
+    record = json.loads(path.read_text())
+    model = record["defining"]["model"]
+    del model["expansion_activation"]
+    path.write_text(
+        json.dumps(
+            {**record, "defining": {**record["defining"], "model": {**model, "schema_version": 3}}}
+        )
+    )
+    assert cell.mismatch(grid.training, tmp_path) is None
+    model["shortcut"] = "none"
+    path.write_text(json.dumps({**record, "defining": {**record["defining"], "model": model}}))
+    assert cell.mismatch(grid.training, tmp_path) == "model shortcut none (this study: bottleneck)"
 
 
 def _fake_quick_cell(out: Path, summary: str | None = None, record: str | None = None) -> Path:
@@ -638,7 +724,7 @@ def test_report_opens_in_headless_chromium(tiny_study):
         finally:
             browser.close()
     keys = ["summary"] + [s["key"] for s in study["sections"]]
-    assert ids == keys and len(keys) == 10
+    assert ids == keys and len(keys) == 12
     assert len(widths) == 5 and all(w > 0 for w in widths), widths
     assert overflow <= 1280 and len(shot) > 10_000  # nothing wider than a 1280 px window
     assert errors == []

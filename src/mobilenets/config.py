@@ -11,7 +11,9 @@ from .errors import UsageError
 
 # 2: ``padding`` ("symmetric" or "same"); version-1 configs load as symmetric.
 # 3: ``minimal`` (MobileNetV3's minimalistic variants); older configs load with minimal=False.
-SCHEMA_VERSION = 3
+# 4: ``expansion_activation`` (V2: the expansion's activation, or none); older configs load with
+#    "nonlinear" (the model's activation, as before); ``conv_type`` also applies to V2.
+SCHEMA_VERSION = 4
 
 # The largest input side any model file may declare: 4096 px (a 3-channel float input is then
 # 200 MB); a damaged file asking for 100000 px is refused before anything is allocated.
@@ -26,6 +28,7 @@ _CHOICES = {
     "activation": ("relu", "relu6"),
     "conv_type": ("separable", "full"),
     "bottleneck_activation": ("linear", "relu6"),
+    "expansion_activation": ("nonlinear", "linear"),
     "shortcut": ("bottleneck", "expansion", "none"),
     "padding": ("symmetric", "same"),
 }
@@ -37,8 +40,9 @@ MAX_WIDTH_MULT = 4.0
 APPLIES_TO: dict[str, tuple[str, ...]] = {
     "width_mult": MOBILENETS,
     "activation": ("mobilenet_v1", "mobilenet_v2"),  # V3 fixes ReLU / hard-swish per block
-    "conv_type": ("mobilenet_v1",),
+    "conv_type": ("mobilenet_v1", "mobilenet_v2"),
     "bottleneck_activation": ("mobilenet_v2",),
+    "expansion_activation": ("mobilenet_v2",),
     "shortcut": ("mobilenet_v2",),
     "padding": MOBILENETS,
     "minimal": MOBILENET_V3,
@@ -59,7 +63,11 @@ class ModelConfig:
     ``activation`` defaults to ReLU6, as in the official TensorFlow MobileNets and timm
     (the V1 paper's text says ReLU; ReLU6 bounds activations, which helps int8).
     ``bn_eps`` defaults to PyTorch's 1e-5 so that torchvision/timm weights reproduce their logits.
-    ``conv_type`` applies to V1 only; ``bottleneck_activation`` and ``shortcut`` to V2 only;
+    ``conv_type``: ``full`` replaces V1's depthwise separable blocks by full 3x3 convs (V1
+    Table 4) and V2's 3x3 depthwise conv by a standard 3x3 conv over the expanded channels
+    (groups 1); V1 and V2 only. ``bottleneck_activation`` (the projection's),
+    ``expansion_activation`` (the expansion 1x1 conv's: ``nonlinear`` is the model's
+    ``activation``, ``linear`` none) and ``shortcut`` apply to V2 only;
     ``activation`` to V1 and V2 (V3 fixes ReLU or hard-swish per block); ``minimal`` to V3 only
     (Keras's ``minimalistic``: ReLU, 3x3 kernels and no squeeze-excite everywhere).
     ``padding``: ``symmetric`` (PyTorch's k//2 on every side; torchvision/timm weights) or
@@ -79,6 +87,7 @@ class ModelConfig:
     drop_rate: float = 0.2
     conv_type: str = "separable"
     bottleneck_activation: str = "linear"
+    expansion_activation: str = "nonlinear"
     shortcut: str = "bottleneck"
     padding: str = "symmetric"
     minimal: bool = False
@@ -120,6 +129,19 @@ class ModelConfig:
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
         return cls.from_dict(json.loads(text))
+
+
+def current_dict(d: Any) -> Any:
+    """A stored config dict as this version writes it: an older schema version upgraded (its
+    missing fields at their defaults, which is what it built), so that a record written before
+    a new field compares equal to the same model now; anything that does not parse as a config
+    comes back unchanged (the caller's comparison then reports it)."""
+    if not isinstance(d, dict):
+        return d
+    try:
+        return ModelConfig.from_dict(d).to_dict()
+    except (UsageError, TypeError):
+        return d
 
 
 def min_resolution(small_input: bool) -> int:

@@ -34,7 +34,7 @@ def create_model(
         pretrained: a state_dict file (.pth/.pt/.bin/.safetensors) from torchvision, timm or
             mobilenets, or a mobilenets checkpoint folder, loaded without unpickling objects.
         options: any other :class:`ModelConfig` field (activation, bn_eps, drop_rate,
-            conv_type, bottleneck_activation, shortcut).
+            conv_type, bottleneck_activation, expansion_activation, shortcut).
 
     Returns:
         The model, with its :class:`ModelConfig` as ``model.config``.

@@ -127,7 +127,8 @@ class BlockSpec:
     """One block of the body, in timm's spirit: the same field names for every block type.
 
     kind: ``ds`` (V1 depthwise separable), ``conv`` (V1 full 3x3 conv, Table 4's Conv MobileNet)
-    or ``ir`` (V2/V3 inverted residual with linear bottleneck). ``se_chs``: squeeze-excite
+    or ``ir`` (V2/V3 inverted residual with linear bottleneck; V2's ``conv_type="full"`` and
+    ``expansion_activation`` are applied by the builder). ``se_chs``: squeeze-excite
     width (0: none); ``act``: the block's activation (None: the config's).
     """
 
@@ -247,18 +248,29 @@ class InvertedResidual(nn.Module):
     asks for ReLU6. ``shortcut``: ``bottleneck`` (paper: joins the thin bottlenecks when
     stride is 1 and channels match), ``expansion`` (Fig. 6b ablation: the shortcut joins the
     expanded tensors, around the stride-1 depthwise conv) or ``none``. A V3 block brings its
-    own kernel, activation and squeeze-excite width in ``spec``.
+    own kernel, activation and squeeze-excite width in ``spec``. Two V2 ablations:
+    ``full_conv`` makes the kxk conv (still the submodule ``dw``) a standard conv over the
+    expanded channels (groups 1), ``linear_expansion`` drops the expand conv's activation.
     """
 
     def __init__(
-        self, spec: BlockSpec, act: str, project_act: str, shortcut: str, **bn: Any
+        self,
+        spec: BlockSpec,
+        act: str,
+        project_act: str,
+        shortcut: str,
+        full_conv: bool = False,
+        linear_expansion: bool = False,
+        **bn: Any,
     ) -> None:
         super().__init__()
         hid, act = spec.exp_chs, spec.act or act
+        expand_act = "linear" if linear_expansion else act
         self.expand = (
-            ConvBNAct(spec.in_chs, hid, 1, 1, 1, act, **bn) if hid != spec.in_chs else None
+            ConvBNAct(spec.in_chs, hid, 1, 1, 1, expand_act, **bn) if hid != spec.in_chs else None
         )
-        self.dw = ConvBNAct(hid, hid, spec.kernel, spec.stride, hid, act, **bn)
+        groups = 1 if full_conv else hid
+        self.dw = ConvBNAct(hid, hid, spec.kernel, spec.stride, groups, act, **bn)
         self.se = SqueezeExcite(hid, spec.se_chs) if spec.se_chs else None
         self.project = ConvBNAct(hid, spec.out_chs, 1, 1, 1, project_act, **bn)
         self.bottleneck_shortcut = (
@@ -434,7 +446,15 @@ def build_mobilenet(cfg: ModelConfig) -> MobileNet:
             blocks.append(FullConv(spec, act, **bn))
         else:
             blocks.append(
-                InvertedResidual(spec, act, cfg.bottleneck_activation, cfg.shortcut, **bn)
+                InvertedResidual(
+                    spec,
+                    act,
+                    cfg.bottleneck_activation,
+                    cfg.shortcut,
+                    full_conv=cfg.conv_type == "full",
+                    linear_expansion=cfg.expansion_activation == "linear",
+                    **bn,
+                )
             )
     last = specs[-1].out_chs
     head = None

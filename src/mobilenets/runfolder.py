@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_text as write_atomic
+from .config import current_dict
 from .errors import MobilenetsError, UsageError
 
 RECORD = "run.json"
@@ -178,6 +179,7 @@ def check_record(out: Path, record: dict[str, Any], epochs: int, started: bool) 
             f"learning-rate schedule depends on the total, so a run cannot be extended or "
             f"shortened (start a new run with --pretrained {out / 'last.ckpt'})"
         )
+    old = {**old, "model": current_dict(old.get("model"))}  # older config schemas upgrade
     for key, flag in DEFINING.items():
         if old.get(key) != record.get(key):
             raise UsageError(

@@ -24,8 +24,8 @@ What the source networks compute (timm 1.0 ``_gen_mobilenet_v1``/``_gen_mobilene
 torchvision ``MobileNetV2``): ReLU6 after every conv except V2's linear projection,
 BatchNorm eps 1e-5, symmetric ``k // 2`` padding, and timm's V1 blocks are ``dsa`` blocks,
 which have no skip connection (as in the paper and in our V1). These are our defaults. A
-model built with another ``activation``, ``bn_eps``, ``conv_type``, ``bottleneck_activation``
-or ``shortcut`` would not reproduce the source's logits, so loading is refused with a message
+model built with another ``activation``, ``bn_eps``, ``conv_type``, ``bottleneck_activation``,
+``expansion_activation`` or ``shortcut`` would not reproduce the source's logits, so loading is refused with a message
 naming the ``create_model`` option to use (for a mobilenets checkpoint folder, the options
 in its ``config.json``). ``small_input=True`` only changes strides: the weights load, with a
 warning that the logits differ from the source's (a normal start for fine-tuning).
@@ -127,6 +127,7 @@ SOURCE_OPTIONS = {
     "bn_eps": 1e-5,
     "conv_type": "separable",
     "bottleneck_activation": "linear",
+    "expansion_activation": "nonlinear",
     "shortcut": "bottleneck",
 }
 # Where a layout's source network differs from SOURCE_OPTIONS (torchvision's V3 uses

@@ -110,8 +110,11 @@ MODEL_HELP = {
     "bn_eps": "BatchNorm epsilon",
     "bn_momentum": "BatchNorm running-statistics momentum (PyTorch's convention)",
     "drop_rate": "dropout before the classifier, in [0, 1)",
-    "conv_type": "MobileNetV1: depthwise separable or full convolutions (paper Table 4)",
+    "conv_type": "MobileNetV1: depthwise separable or full convolutions (paper Table 4); "
+    "MobileNetV2: the block's 3x3 depthwise or a standard 3x3 over the expanded channels",
     "bottleneck_activation": "MobileNetV2: linear bottlenecks or ReLU6 (paper Fig. 6a)",
+    "expansion_activation": "MobileNetV2: the expansion 1x1 conv keeps the model's activation "
+    "(nonlinear, default) or has none (linear)",
     "shortcut": "MobileNetV2: shortcut between bottlenecks, expansions or none (paper Fig. 6b)",
     "minimal": "MobileNetV3: the minimalistic variant (ReLU, 3x3 kernels, no squeeze-excite)",
 }
