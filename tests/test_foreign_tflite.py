@@ -211,3 +211,14 @@ def test_degenerate_softmax_scale_is_refused_in_one_line_not_a_crash(name, tmp_p
     assert main(["predict", str(FOREIGN / f"{name}.tflite"), str(img)]) == 1
     err = capsys.readouterr().err.strip()
     assert "SOFTMAX input scale 7.84e-09 is degenerate" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.skipif(not runtimes.have_tflm(), reason="tflite-micro is missing")
+@pytest.mark.parametrize("runtime", ["tflite-micro", "reference"])
+def test_channels_first_file_runs_in_tflite_micro_and_the_reference(runtime):
+    """litert-torch's NCHW file: its input TRANSPOSE is dropped for TFLite Micro's runner and the
+    reference, so the batch goes in channels last; top-1 equals LiteRT BUILTIN_REF's."""
+    path = FOREIGN / "litert_torch_mobilenet_v2_a035_48_b7.tflite"
+    pred = Predictor(path, runtime=runtime, foreign=ForeignInput(class_names=NAMES))
+    x = torch.cat([pred.preprocess(im) for im in _images(pred.in_chans, 20)])
+    assert np.array_equal(pred.logits(x).argmax(1), _peer(path, x).argmax(1))

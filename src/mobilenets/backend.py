@@ -125,9 +125,12 @@ class _TFLiteBase(_Base):
     graph: Any = None  # micro.graph.QuantizedModel; None: a file our reader does not take yet
     io: Any = None  # micro.tflite_model.TFLiteIO: the file's input/output
 
-    def _int8_input(self, batch: torch.Tensor | np.ndarray) -> np.ndarray:
+    def _int8_input(self, batch: torch.Tensor | np.ndarray, nhwc: bool = False) -> np.ndarray:
+        """The file's input for ``batch``; ``nhwc``: channels last even for a channels-first
+        file (TFLite Micro's runner and the reference, which drop its input TRANSPOSE)."""
         if self.io is not None:
-            return self.io.to_input(np.asarray(batch, np.float32))
+            x = self.io.to_input(np.asarray(batch, np.float32))
+            return x.transpose(0, 2, 3, 1) if nhwc and self.io.layout == "NCHW" else x
         return quantize_input(np.asarray(batch, np.float32), self.graph)
 
     def _float_output(self, y: np.ndarray) -> np.ndarray:
@@ -163,7 +166,7 @@ class TFLiteMicroBackend(_TFLiteBase):
         """Dequantized int8 logits of TFLite Micro."""
         from .micro.runtimes import tflm_outputs
 
-        return self._float_output(tflm_outputs(self.path, self._int8_input(batch)))
+        return self._float_output(tflm_outputs(self.path, self._int8_input(batch, nhwc=True)))
 
 
 @dataclass
@@ -176,7 +179,7 @@ class ReferenceBackend(_TFLiteBase):
         """Dequantized int8 logits of the NumPy reference."""
         from .micro.reference import run_graph, run_int8
 
-        x = self._int8_input(batch)
+        x = self._int8_input(batch, nhwc=True)
         if x.dtype != np.int8:  # float I/O: its boundary QUANTIZE/DEQUANTIZE run too
             return self._float_output(run_graph(self.graph, x).reshape(len(x), -1))
         return self._float_output(run_int8(self.graph, x))
