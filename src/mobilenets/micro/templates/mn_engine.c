@@ -201,6 +201,27 @@ typedef struct {
 #define MN_ALWAYS_INLINE inline
 #endif
 
+
+#if MN_SIMD32
+/* Four int8 weights of two output channels (wa, wb) times four int8 inputs of two pixels
+   (xa, xb), added to the 2x2 accumulators: the inner step of both 2x2 pointwise kernels. */
+#define MN_MAC2X2(wa, wb, xa, xb, a00, a01, a10, a11) do { \
+        const int16x2_t wa0_ = __sxtb16(wa), wa1_ = mn_sxtb16_odd(wa); \
+        const int16x2_t wb0_ = __sxtb16(wb), wb1_ = mn_sxtb16_odd(wb); \
+        int16x2_t v0_ = __sxtb16(xa), v1_ = mn_sxtb16_odd(xa); \
+        (a00) = __smlad(v0_, wa0_, (a00)); \
+        (a00) = __smlad(v1_, wa1_, (a00)); \
+        (a01) = __smlad(v0_, wb0_, (a01)); \
+        (a01) = __smlad(v1_, wb1_, (a01)); \
+        v0_ = __sxtb16(xb); \
+        v1_ = mn_sxtb16_odd(xb); \
+        (a10) = __smlad(v0_, wa0_, (a10)); \
+        (a10) = __smlad(v1_, wa1_, (a10)); \
+        (a11) = __smlad(v0_, wb0_, (a11)); \
+        (a11) = __smlad(v1_, wb1_, (a11)); \
+    } while (0)
+#endif
+
 static MN_ALWAYS_INLINE mn_acc4 mn_mac2x2(mn_acc4 a, const int8_t *w0, ptrdiff_t ws,
                                           const int8_t *x0, ptrdiff_t xs, int k)
 {
@@ -212,19 +233,7 @@ static MN_ALWAYS_INLINE mn_acc4 mn_mac2x2(mn_acc4 a, const int8_t *w0, ptrdiff_t
     while (n-- > 0) {
         const int32_t wa = mn_rd32(w), wb = mn_rd32(w + ws);
         const int32_t xa = mn_rd32(x), xb = mn_rd32(x + xs);
-        const int16x2_t wa0 = __sxtb16(wa), wa1 = mn_sxtb16_odd(wa);
-        const int16x2_t wb0 = __sxtb16(wb), wb1 = mn_sxtb16_odd(wb);
-        int16x2_t v0 = __sxtb16(xa), v1 = mn_sxtb16_odd(xa);
-        a00 = __smlad(v0, wa0, a00);
-        a00 = __smlad(v1, wa1, a00);
-        a01 = __smlad(v0, wb0, a01);
-        a01 = __smlad(v1, wb1, a01);
-        v0 = __sxtb16(xb);
-        v1 = mn_sxtb16_odd(xb);
-        a10 = __smlad(v0, wa0, a10);
-        a10 = __smlad(v1, wa1, a10);
-        a11 = __smlad(v0, wb0, a11);
-        a11 = __smlad(v1, wb1, a11);
+        MN_MAC2X2(wa, wb, xa, xb, a00, a01, a10, a11);
         w += 4;
         x += 4;
     }
@@ -368,19 +377,7 @@ static void mn_pw_even(const mn_conv_params *p, int k, const int8_t *in, int pai
                 int32_t wa, wb, xa, xb;
                 MN_LD2(wa, wb, w, k);
                 MN_LD2(xa, xb, x, k);
-                const int16x2_t wa0 = __sxtb16(wa), wa1 = mn_sxtb16_odd(wa);
-                const int16x2_t wb0 = __sxtb16(wb), wb1 = mn_sxtb16_odd(wb);
-                int16x2_t v0 = __sxtb16(xa), v1 = mn_sxtb16_odd(xa);
-                a00 = __smlad(v0, wa0, a00);
-                a00 = __smlad(v1, wa1, a00);
-                a01 = __smlad(v0, wb0, a01);
-                a01 = __smlad(v1, wb1, a01);
-                v0 = __sxtb16(xb);
-                v1 = mn_sxtb16_odd(xb);
-                a10 = __smlad(v0, wa0, a10);
-                a10 = __smlad(v1, wa1, a10);
-                a11 = __smlad(v0, wb0, a11);
-                a11 = __smlad(v1, wb1, a11);
+                MN_MAC2X2(wa, wb, xa, xb, a00, a01, a10, a11);
             }
             {   /* read through p after the loop: nothing but p and o stays live across it */
                 const uint32_t zr = mn_zp_round(p->out_zp);
