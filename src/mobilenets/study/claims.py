@@ -595,21 +595,9 @@ def claim_baselines(ev: Evidence) -> Section:
 def claim_conv(ev: Evidence) -> Section:
     sep, full = ev.grid.sections["conv"]
     isep, ifull = ev.grid.sections["imagenet"][0], ev.grid.sections["imagenet"][4]
-    aspects: list[tuple[str, str, str]] = []
-    side: list[tuple[str, str, str]] = []
-    for a, b, where, to in (
-        (sep, full, f"{sep.resolution} px", side),
-        (isep, ifull, "224 px, 1000 classes (V1 Table 4's shape)", aspects),
-    ):
-        for what in ("macs", "params"):
-            r = ev.costs[b.key][what] / ev.costs[a.key][what]
-            to.append(
-                (
-                    f"separable {what} a fraction (≤ 1/4) of full, {where}",
-                    SUPPORTED if r >= 4 else CONTRADICTED,
-                    f"full / separable = {r:.2f}",
-                )
-            )
+    names = ("separable", "full", "separable", "full")
+    side = _ratio_aspects(ev, sep, full, f"{sep.resolution} px", names)
+    aspects = _ratio_aspects(ev, isep, ifull, "224 px, 1000 classes (V1 Table 4's shape)", names)
     v, why = small_drop_verdict(ev.accuracies(sep), ev.accuracies(full), MAX_DROP)
     aspects.append((f"separable within {100 * MAX_DROP:g} pp of full", v, why))
     pm, pp, pt = published.V1_PAPER_FULL_CONV
@@ -1048,16 +1036,24 @@ def claim_structure(ev: Evidence) -> Section:
     )
 
 
-def _ratio_aspects(ev: Evidence, a: Variant, b: Variant, where: str) -> list[tuple[str, str, str]]:
-    """Is ``a`` (depthwise) a fraction (≤ 1/4) of ``b`` (standard 3x3) in MACs and params?"""
+def _ratio_aspects(
+    ev: Evidence,
+    a: Variant,
+    b: Variant,
+    where: str,
+    names: tuple[str, str, str, str] = ("depthwise V2", "standard-3x3 V2", "depthwise", "standard"),
+) -> list[tuple[str, str, str]]:
+    """Is ``a`` a fraction (≤ 1/4) of ``b`` in MACs and params? ``names``: a's and b's names in
+    the aspect, then in the ratio (default: depthwise against a standard 3x3 in V2's block)."""
+    a_name, b_name, a_short, b_short = names
     found = []
     for what in ("macs", "params"):
         r = ev.costs[b.key][what] / ev.costs[a.key][what]
         found.append(
             (
-                f"depthwise V2 {what} a fraction (≤ 1/4) of standard-3x3 V2, {where}",
+                f"{a_name} {what} a fraction (≤ 1/4) of {b_name}, {where}",
                 SUPPORTED if r >= 4 else CONTRADICTED,
-                f"standard / depthwise = {r:.2f}",
+                f"{b_short} / {a_short} = {r:.2f}",
             )
         )
     return found
